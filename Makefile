@@ -1,0 +1,26 @@
+# One command each: `make demo` (the built-in model's Pass@k table) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU build of torch; torch is only a test-time reference.
+TORCH ?= torch==2.13.0
+PY := $(VENV)/bin/python
+
+.PHONY: install test demo clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test,convert]"
+	touch $@
+
+test: install
+	$(PY) -m pytest -q tests
+
+demo: install
+	$(PY) -m experiments.demo
+
+clean:
+	rm -rf $(VENV)

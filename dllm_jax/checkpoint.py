@@ -1,0 +1,177 @@
+"""Orbax checkpoints of converted parameters: save, load (onto shardings), convert from and export
+to Hugging Face safetensors.
+
+A checkpoint is a directory:
+  config.json   the `ModelConfig` (dtype policy included)
+  params/       an Orbax PyTree checkpoint of `init_params(config)`'s tree
+Every writer builds the directory under a temporary sibling name and renames it into place, so a
+failure never leaves a partial checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+import shutil
+import uuid
+from typing import Any, Callable, Iterator
+
+import jax
+import numpy as np
+import orbax.checkpoint.experimental.v1 as ocp
+
+from dllm_jax.models import hf_layout
+from dllm_jax.models.config import ModelConfig, from_hf_config, to_hf_config
+from dllm_jax.models.model import Params, abstract_params
+from dllm_jax.models.safetensors_io import (FLOAT_DTYPES, CheckpointError, read_tensor,
+                                            scan_checkpoint, write_checkpoint)
+
+CONFIG_FILE = "config.json"
+PARAMS_DIR = "params"
+_DTYPE_NAMES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
+
+
+@contextlib.contextmanager
+def _atomic_directory(target: str | os.PathLike, overwrite: bool) -> Iterator[pathlib.Path]:
+  """Yields a temporary directory that becomes `target` only if the block succeeds."""
+  target = pathlib.Path(target)
+  if target.exists() and not overwrite:
+    raise FileExistsError(f"{target} already exists (pass overwrite=True to replace it)")
+  target.parent.mkdir(parents=True, exist_ok=True)
+  temp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+  try:
+    temp.mkdir()
+    yield temp
+    if target.exists():
+      trash = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+      os.replace(target, trash)
+      os.replace(temp, target)
+      shutil.rmtree(trash)
+    else:
+      os.replace(temp, target)
+  finally:
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def save(directory: str | os.PathLike, params: Params, config: ModelConfig, *,
+         overwrite: bool = False) -> pathlib.Path:
+  """Writes `params` (any placement; gathered by Orbax) and `config` as a checkpoint."""
+  with _atomic_directory(directory, overwrite) as temp:
+    ocp.save_pytree(temp / PARAMS_DIR, params)
+    (temp / CONFIG_FILE).write_text(config.to_json())
+  return pathlib.Path(directory)
+
+
+def load_config(directory: str | os.PathLike) -> ModelConfig:
+  path = pathlib.Path(directory) / CONFIG_FILE
+  if not path.is_file():
+    raise FileNotFoundError(f"{directory} is not a dllm_jax checkpoint (no {CONFIG_FILE})")
+  return ModelConfig.from_json(path.read_text())
+
+
+def load(directory: str | os.PathLike, mesh: jax.sharding.Mesh | None = None, *,
+         shardings: Any = None) -> tuple[Params, ModelConfig]:
+  """Restores a checkpoint straight onto its target placement.
+
+  With `mesh`, every parameter lands on the partitioning of `dllm_jax.sharding.param_shardings`;
+  `shardings` (a tree of `jax.sharding.Sharding` matching the params) overrides that; with
+  neither, parameters go to the default device.
+  """
+  config = load_config(directory)
+  abstract = abstract_params(config)
+  if shardings is None:
+    if mesh is not None:
+      from dllm_jax import sharding as sharding_lib  # pylint: disable=import-outside-toplevel
+      shardings = sharding_lib.param_shardings(config, mesh)
+    else:
+      device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+      shardings = jax.tree.map(lambda _: device, abstract)
+  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract, shardings)
+  return ocp.load_pytree(pathlib.Path(directory) / PARAMS_DIR, target), config
+
+
+def _format_keys(keys: list[str], limit: int = 12) -> str:
+  shown = ", ".join(keys[:limit])
+  return shown + (f" ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def _check_hf_tensors(infos: dict[str, Any], config: ModelConfig) -> None:
+  """Raises one error listing every missing, unexpected, misshapen or non-float tensor."""
+  expected = hf_layout.key_map(config)
+  abstract = abstract_params(config)
+  problems = []
+  missing = sorted(set(expected) - set(infos))
+  unexpected = sorted(set(infos) - set(expected))
+  if missing:
+    problems.append(f"missing tensors: {_format_keys(missing)}")
+  if unexpected:
+    problems.append(f"unexpected tensors: {_format_keys(unexpected)}")
+  for key in sorted(set(expected) & set(infos)):
+    path, transform = expected[key]
+    want = hf_layout.hf_shape(hf_layout.get_path(abstract, path).shape, transform)
+    if infos[key].shape != want:
+      problems.append(f"{key}: shape {list(infos[key].shape)}, expected {list(want)} "
+                      f"(in {infos[key].file.name})")
+    if infos[key].dtype not in FLOAT_DTYPES:
+      problems.append(f"{key}: dtype {infos[key].dtype}, expected a floating dtype "
+                      f"(in {infos[key].file.name})")
+  if problems:
+    raise CheckpointError("checkpoint does not match its config.json:\n  " + "\n  ".join(problems))
+
+
+def convert_hf(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
+               param_dtype: str | None = None, dtype: str | None = None,
+               overwrite: bool = False, buffer_bytes: int = 256 * 2**20,
+               log: Callable[[str], None] | None = None) -> ModelConfig:
+  """Converts a LLaDA or Dream HF checkpoint directory to an Orbax checkpoint.
+
+  Every header, key, shape and dtype is checked before anything is written. Tensors are then
+  read one by one and written with Orbax partial saves whenever `buffer_bytes` have accumulated,
+  so peak host memory stays near `buffer_bytes` plus the largest tensor, whatever the shard size.
+  `param_dtype` defaults to the checkpoint's dtype, `dtype` (compute) to `param_dtype`.
+  """
+  hf_dir = pathlib.Path(hf_dir)
+  config = from_hf_config(hf_dir)
+  infos = scan_checkpoint(hf_dir)
+  _check_hf_tensors(infos, config)
+  if param_dtype is None:
+    found = sorted({info.dtype for info in infos.values()})
+    if len(found) > 1:
+      raise CheckpointError(f"{hf_dir}: tensors mix dtypes {found}; choose param_dtype")
+    param_dtype = _DTYPE_NAMES.get(found[0], "float32")
+  config = config.replace(param_dtype=param_dtype, dtype=dtype or param_dtype)
+  target_dtype = np.dtype(config.weight_dtype)
+  expected = hf_layout.key_map(config)
+  with _atomic_directory(out_dir, overwrite) as temp:
+    buffer: dict[Any, Any] = {}
+    buffered = 0
+    # File order keeps reads sequential within each shard.
+    for n, key in enumerate(sorted(infos, key=lambda k: (infos[k].file.name, k))):
+      path, transform = expected[key]
+      array = hf_layout.to_param(read_tensor(key, infos[key]), transform)
+      array = array.astype(target_dtype, copy=False)
+      hf_layout.set_path(buffer, path, array)
+      buffered += array.nbytes
+      if buffered >= buffer_bytes or n == len(infos) - 1:
+        ocp.partial.save(temp / PARAMS_DIR, buffer)
+        if log:
+          log(f"wrote {n + 1}/{len(infos)} tensors")
+        buffer, buffered = {}, 0
+    ocp.partial.finalize(temp / PARAMS_DIR)
+    (temp / CONFIG_FILE).write_text(config.to_json())
+  return config
+
+
+def export_hf(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
+              max_shard_bytes: int = 5 * 2**30, overwrite: bool = False) -> list[pathlib.Path]:
+  """Writes a checkpoint back as HF safetensors in its family's original key layout."""
+  params, config = load(ckpt_dir)
+  with _atomic_directory(out_dir, overwrite) as temp:
+    tensors = ((key, hf_layout.to_hf(np.asarray(hf_layout.get_path(params, path)), transform))
+               for key, (path, transform) in hf_layout.key_map(config).items())
+    files = write_checkpoint(tensors, temp, max_shard_bytes)
+    (temp / CONFIG_FILE).write_text(json.dumps(to_hf_config(config), indent=2))
+  return [pathlib.Path(out_dir) / f.name for f in files]

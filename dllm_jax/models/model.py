@@ -1,0 +1,62 @@
+"""A model as a pure function: `denoise(params, tokens, attention_mask) -> float32 logits`.
+
+`params` is the nested dict of arrays that `nnx.split` + `nnx.to_pure_dict` give for
+`Transformer(config)`; it travels as a jit argument and is never closed over, so one compiled
+sampler serves any weights of the same shapes.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from dllm_jax.models.config import ModelConfig
+from dllm_jax.models.transformer import Transformer
+
+Params = dict[str, Any]
+DenoiseFn = Callable[[Params, jax.Array, jax.Array], jax.Array]
+
+
+@functools.lru_cache(maxsize=None)
+def _graphdef(config: ModelConfig) -> nnx.GraphDef:
+  graphdef, _ = nnx.split(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))))
+  return graphdef
+
+
+def init_params(config: ModelConfig, seed: int = 0) -> Params:
+  """Random weights (normal(0.02) matrices, unit norm scales, zero biases)."""
+  model = Transformer(config, rngs=nnx.Rngs(seed))
+  return nnx.to_pure_dict(nnx.split(model)[1])
+
+
+def abstract_params(config: ModelConfig) -> Params:
+  """The parameter tree as `jax.ShapeDtypeStruct`s, without allocating anything."""
+  abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
+  return nnx.to_pure_dict(nnx.split(abstract)[1])
+
+
+def param_count(params: Params) -> int:
+  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params))
+
+
+@functools.lru_cache(maxsize=None)
+def make_denoise(config: ModelConfig) -> DenoiseFn:
+  """The model as a pure function (one object per config, so jit caches stay warm)."""
+  graphdef = _graphdef(config)
+
+  def denoise(params: Params, tokens_BL: jax.Array, mask_BL: jax.Array) -> jax.Array:
+    return nnx.merge(graphdef, params)(tokens_BL, mask_BL)
+
+  denoise.__name__ = f"denoise_{config.family}"
+  return denoise
+
+
+def cast_params(params: Params, dtype: jnp.dtype) -> Params:
+  """Casts floating weights to `dtype` (for example a bfloat16 checkpoint run in float32)."""
+  return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+                      params)

@@ -1,0 +1,84 @@
+"""Device meshes and partition specs for parameters and decoding inputs.
+
+One two-axis mesh, ("data", "model"), for the whole codebase. Its axes are `AxisType.Auto`: the
+model and the samplers are written once, without sharding annotations, and XLA's partitioner
+propagates the placements given to parameters and inputs (plus a few constraints on activations).
+Explicit axes would need `out_sharding=` on every contraction over a sharded dimension and
+forbid mixed-sharding `where`/`concatenate`, i.e. a second code path through every module.
+
+Parameters are split Megatron-style over "model": attention by heads (q/k/v columns, o rows),
+the MLP by its hidden width, embedding and LM head by vocabulary. A dimension that the model axis
+does not divide is replicated instead. Prompts x samples are split over "data".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from dllm_jax.models.config import ModelConfig
+from dllm_jax.models.model import abstract_params
+
+DATA, MODEL = "data", "model"
+
+
+def make_mesh(data: int = -1, model: int = 1, devices: list[jax.Device] | None = None
+              ) -> jax.sharding.Mesh:
+  """A (data, model) mesh over `devices` (all by default); `data=-1` takes what model leaves."""
+  devices = devices if devices is not None else jax.devices()
+  if data == -1:
+    if len(devices) % model:
+      raise ValueError(f"model axis {model} does not divide the {len(devices)} devices")
+    data = len(devices) // model
+  if data * model != len(devices):
+    raise ValueError(f"mesh {data}x{model} needs {data * model} devices, have {len(devices)}")
+  return jax.make_mesh((data, model), (DATA, MODEL), devices=devices,
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
+
+
+def _param_spec(path: tuple[Any, ...], shape: tuple[int, ...], config: ModelConfig,
+                model_size: int) -> P:
+  name = "/".join(str(p) for p in path if not isinstance(p, int))
+  heads_split = config.num_heads % model_size == 0
+  kv_split = config.num_kv_heads % model_size == 0
+  rules = {
+      "embed/embedding": P(MODEL, None),
+      "attn/q_proj/kernel": P(None, MODEL) if heads_split else P(),
+      "attn/q_proj/bias": P(MODEL) if heads_split else P(),
+      "attn/k_proj/kernel": P(None, MODEL) if kv_split else P(),
+      "attn/k_proj/bias": P(MODEL) if kv_split else P(),
+      "attn/v_proj/kernel": P(None, MODEL) if kv_split else P(),
+      "attn/v_proj/bias": P(MODEL) if kv_split else P(),
+      "attn/o_proj/kernel": P(MODEL, None) if heads_split else P(),
+      "mlp/gate_proj/kernel": P(None, MODEL),
+      "mlp/up_proj/kernel": P(None, MODEL),
+      "mlp/down_proj/kernel": P(MODEL, None),
+      "lm_head/kernel": P(None, MODEL),
+  }
+  key = name.removeprefix("layers/")
+  spec = rules.get(key, P())
+  for dim, axis in zip(shape, spec):
+    if axis is not None and dim % model_size:
+      return P()  # the model axis does not divide this dimension: replicate.
+  return spec
+
+
+def param_specs(config: ModelConfig, mesh: jax.sharding.Mesh) -> Any:
+  """A PartitionSpec for every parameter of `config`."""
+  model_size = mesh.shape[MODEL]
+  return jax.tree_util.tree_map_with_path(
+      lambda path, leaf: _param_spec(tuple(getattr(k, "key", getattr(k, "idx", k)) for k in path),
+                                     leaf.shape, config, model_size),
+      abstract_params(config))
+
+
+def param_shardings(config: ModelConfig, mesh: jax.sharding.Mesh) -> Any:
+  return jax.tree.map(lambda spec: NamedSharding(mesh, spec), param_specs(config, mesh),
+                      is_leaf=lambda x: isinstance(x, P))
+
+
+def shard_params(params: Any, config: ModelConfig, mesh: jax.sharding.Mesh) -> Any:
+  """Places (or re-places) a parameter tree on its mesh partitioning."""
+  return jax.device_put(params, param_shardings(config, mesh))

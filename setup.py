@@ -1,0 +1,40 @@
+"""dllm_jax: masked diffusion language models and their samplers in JAX."""
+
+import setuptools
+
+CORE = [
+    "jax>=0.6",
+    "flax>=0.12",
+    "optax",
+    "orbax-checkpoint>=0.12",
+    "numpy",
+    "absl-py",
+    "safetensors",
+    "tensorflow-datasets",
+    "ml_dtypes",
+    "math-verify",
+    "tokenizers",
+    "jinja2",
+    "matplotlib",
+]
+TEST = [
+    "pytest",
+    "torch",  # reference implementations only (tests/torch_ref, benchmarks)
+    "transformers",
+    "nbclient",
+    "nbformat",
+    "ipykernel",
+]
+CONVERT = ["huggingface_hub"]
+
+setuptools.setup(
+    name="dllm_jax",
+    version="0.1.0",
+    description="Masked diffusion LMs (LLaDA, Dream) and their samplers in JAX/Flax",
+    packages=setuptools.find_packages(include=["dllm_jax", "dllm_jax.*"]),
+    package_data={"dllm_jax": ["assets/**/*"]},
+    include_package_data=True,
+    python_requires=">=3.10",
+    install_requires=CORE,
+    extras_require={"test": TEST, "convert": CONVERT},
+)

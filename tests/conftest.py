@@ -1,0 +1,21 @@
+"""Shared pytest set-up: 8 fake CPU devices and the location of the benchmark data."""
+
+import os
+import pathlib
+
+# Multi-device tests need fake CPU devices; this must happen before jax is imported.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> pathlib.Path:
+  """The benchmark files that CI places in ../shared/data beside the repository."""
+  path = pathlib.Path(os.environ.get("DLLM_JAX_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+  if not path.is_dir():
+    raise FileNotFoundError(f"benchmark data not found at {path}; set DLLM_JAX_SHARED_DATA")
+  return path

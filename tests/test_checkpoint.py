@@ -1,0 +1,186 @@
+"""HF safetensors -> Orbax conversion: bit-exact round trip, sharded loading, and bad input."""
+
+import json
+
+import jax
+import ml_dtypes
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from dllm_jax import checkpoint
+from dllm_jax.models import safetensors_io
+from dllm_jax.models.safetensors_io import CheckpointError
+from tests import hf_fixtures as fx
+
+
+def _read_all(directory):
+  infos = safetensors_io.scan_checkpoint(directory)
+  return {key: safetensors_io.read_tensor(key, info) for key, info in infos.items()}
+
+
+@pytest.mark.parametrize("family,dtype,shards", [("llada", np.float32, 3),
+                                                 ("dream", ml_dtypes.bfloat16, 2),
+                                                 ("dream", np.float32, 1)])
+def test_round_trip_is_bit_exact(tmp_path, family, dtype, shards):
+  cfg = fx.llada_hf_config() if family == "llada" else fx.dream_hf_config()
+  tensors = fx.random_tensors(cfg, seed=5, dtype=dtype)
+  fx.write_checkpoint(tmp_path / "hf", cfg, tensors, num_shards=shards)
+  config = checkpoint.convert_hf(tmp_path / "hf", tmp_path / "jax", buffer_bytes=20_000)
+  files = checkpoint.export_hf(tmp_path / "jax", tmp_path / "back", max_shard_bytes=60_000)
+  assert len(files) > 1 and (tmp_path / "back" / "model.safetensors.index.json").is_file()
+  back = _read_all(tmp_path / "back")
+  assert sorted(back) == sorted(tensors)
+  for key, want in tensors.items():
+    got = back[key]
+    assert got.dtype == want.dtype and got.shape == want.shape, key
+    assert got.tobytes() == want.tobytes(), key
+  # The exported config.json reads back to the same architecture.
+  again = checkpoint.convert_hf(tmp_path / "back", tmp_path / "jax2")
+  assert again == config
+
+
+def test_load_onto_a_mesh(tmp_path):
+  cfg = fx.llada_hf_config()
+  fx.write_checkpoint(tmp_path / "hf", cfg, fx.random_tensors(cfg))
+  checkpoint.convert_hf(tmp_path / "hf", tmp_path / "jax")
+  mesh = jax.make_mesh((2, 4), ("data", "model"),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  params, config = checkpoint.load(tmp_path / "jax", mesh=mesh)
+  kernel = params["layers"][0]["mlp"]["gate_proj"]["kernel"]
+  assert kernel.sharding.mesh.shape == mesh.shape
+  assert kernel.addressable_shards[0].data.shape == (config.hidden_size,
+                                                     config.mlp_hidden_size // 4)
+
+
+def test_save_and_load_trained_params(tmp_path):
+  from dllm_jax.models import init_params, llada_tiny
+  config = llada_tiny()
+  params = init_params(config, seed=3)
+  checkpoint.save(tmp_path / "ckpt", params, config)
+  restored, loaded = checkpoint.load(tmp_path / "ckpt")
+  assert loaded == config
+  jax.tree.map(np.testing.assert_array_equal, restored, params)
+  with pytest.raises(FileExistsError):
+    checkpoint.save(tmp_path / "ckpt", params, config)
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input: each error names the tensor or file, and no output directory is left behind.
+
+
+def _good(tmp_path, family="llada", shards=2):
+  cfg = fx.llada_hf_config() if family == "llada" else fx.dream_hf_config()
+  tensors = fx.random_tensors(cfg)
+  return cfg, tensors
+
+
+def _convert_fails(tmp_path, match):
+  with pytest.raises((CheckpointError, ValueError), match=match):
+    checkpoint.convert_hf(tmp_path / "hf", tmp_path / "out")
+  leftovers = [p.name for p in tmp_path.iterdir() if p.name != "hf"]
+  assert leftovers == [], f"conversion left {leftovers} behind"
+
+
+def test_missing_tensor(tmp_path):
+  cfg, tensors = _good(tmp_path)
+  del tensors["model.transformer.blocks.1.up_proj.weight"]
+  fx.write_checkpoint(tmp_path / "hf", cfg, tensors)
+  _convert_fails(tmp_path, r"missing tensors: model\.transformer\.blocks\.1\.up_proj\.weight")
+
+
+def test_extra_tensor(tmp_path):
+  cfg, tensors = _good(tmp_path, "dream")
+  tensors["model.layers.0.self_attn.rotary_emb.inv_freq"] = np.ones(8, np.float32)
+  fx.write_checkpoint(tmp_path / "hf", cfg, tensors)
+  _convert_fails(tmp_path, r"unexpected tensors: model\.layers\.0\.self_attn\.rotary_emb")
+
+
+def test_wrong_shape(tmp_path):
+  cfg, tensors = _good(tmp_path)
+  tensors["model.transformer.blocks.0.k_proj.weight"] = np.ones((64, 32), np.float32)
+  fx.write_checkpoint(tmp_path / "hf", cfg, tensors, num_shards=2)
+  _convert_fails(tmp_path, r"blocks\.0\.k_proj\.weight: shape \[64, 32\], expected \[64, 64\]")
+
+
+def test_wrong_dtype(tmp_path):
+  cfg, tensors = _good(tmp_path, "dream")
+  tensors["model.norm.weight"] = np.ones(64, np.int32)
+  fx.write_checkpoint(tmp_path / "hf", cfg, tensors)
+  _convert_fails(tmp_path, r"model\.norm\.weight: dtype I32, expected a floating dtype")
+
+
+def test_mixed_dtypes_need_an_explicit_param_dtype(tmp_path):
+  cfg, tensors = _good(tmp_path)
+  tensors["model.transformer.ln_f.weight"] = tensors["model.transformer.ln_f.weight"].astype(
+      ml_dtypes.bfloat16)
+  fx.write_checkpoint(tmp_path / "hf", cfg, tensors)
+  _convert_fails(tmp_path, r"mix dtypes \['BF16', 'F32'\]")
+  config = checkpoint.convert_hf(tmp_path / "hf", tmp_path / "ok", param_dtype="float32")
+  assert config.param_dtype == "float32"
+
+
+def test_truncated_shard(tmp_path):
+  cfg, tensors = _good(tmp_path)
+  fx.write_checkpoint(tmp_path / "hf", cfg, tensors, num_shards=2)
+  shard = tmp_path / "hf" / "model-00002-of-00002.safetensors"
+  shard.write_bytes(shard.read_bytes()[:-1000])
+  _convert_fails(tmp_path, r"model-00002-of-00002\.safetensors: not a readable safetensors")
+
+
+def test_corrupt_header(tmp_path):
+  cfg, tensors = _good(tmp_path)
+  fx.write_checkpoint(tmp_path / "hf", cfg, tensors)
+  (tmp_path / "hf" / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+  _convert_fails(tmp_path, r"model\.safetensors: not a readable safetensors")
+
+
+def test_shard_listed_in_index_is_missing(tmp_path):
+  cfg, tensors = _good(tmp_path)
+  fx.write_checkpoint(tmp_path / "hf", cfg, tensors, num_shards=3)
+  (tmp_path / "hf" / "model-00003-of-00003.safetensors").unlink()
+  _convert_fails(tmp_path, r"model-00003-of-00003\.safetensors: listed in .* but missing")
+
+
+def test_unknown_model_type(tmp_path):
+  cfg, tensors = _good(tmp_path)
+  cfg["model_type"] = "gpt2"
+  fx.write_checkpoint(tmp_path / "hf", cfg, tensors)
+  _convert_fails(tmp_path, r"config\.json: unknown model_type 'gpt2'")
+
+
+def test_unsupported_architecture_flag(tmp_path):
+  cfg, tensors = _good(tmp_path)
+  cfg["attention_layer_norm"] = True
+  fx.write_checkpoint(tmp_path / "hf", cfg, tensors)
+  _convert_fails(tmp_path, r"attention_layer_norm=True is not supported")
+
+
+def test_existing_output_is_not_overwritten(tmp_path):
+  cfg, tensors = _good(tmp_path)
+  fx.write_checkpoint(tmp_path / "hf", cfg, tensors)
+  (tmp_path / "out").mkdir()
+  (tmp_path / "out" / "keep.txt").write_text("mine")
+  with pytest.raises(FileExistsError):
+    checkpoint.convert_hf(tmp_path / "hf", tmp_path / "out")
+  assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+def test_failure_while_writing_leaves_nothing(tmp_path, monkeypatch):
+  """An error after writing began (here: a tensor read fails) removes the partial output."""
+  cfg, tensors = _good(tmp_path)
+  fx.write_checkpoint(tmp_path / "hf", cfg, tensors, num_shards=2)
+  calls = {"n": 0}
+  real_read = safetensors_io.read_tensor
+
+  def flaky_read(key, info):
+    calls["n"] += 1
+    if calls["n"] == 10:
+      raise CheckpointError(f"{info.file}: cannot read tensor {key!r} (disk error)")
+    return real_read(key, info)
+
+  monkeypatch.setattr(checkpoint, "read_tensor", flaky_read)
+  with pytest.raises(CheckpointError, match="disk error"):
+    checkpoint.convert_hf(tmp_path / "hf", tmp_path / "out", buffer_bytes=1000)
+  assert calls["n"] == 10
+  assert [p.name for p in tmp_path.iterdir()] == ["hf"]
