@@ -53,6 +53,7 @@ def make_denoise(config: ModelConfig) -> DenoiseFn:
     return nnx.merge(graphdef, params)(tokens_BL, mask_BL)
 
   denoise.__name__ = f"denoise_{config.family}"
+  denoise.max_length = config.max_length  # generate() rejects longer canvases
   return denoise
 
 

@@ -1,1 +1,8 @@
-"""sampling"""
+"""Samplers for masked diffusion LMs: one compiled decode loop, remasking rules, IMH, oracle."""
+
+from dllm_jax.sampling.decode import DecodeOutput, generate
+from dllm_jax.sampling.imh import IMH
+from dllm_jax.sampling.remasking import (DreamOrigin, Entropy, LowConfidence, MaskGitPlus, Random,
+                                         Threshold, TopKMargin)
+from dllm_jax.sampling.sampler import Sampler
+from dllm_jax.sampling.schedule import DreamSchedule, LinearSchedule

@@ -1,0 +1,240 @@
+"""The compiled decoding loop: every sampler in one `lax.while_loop` under one `jax.jit`.
+
+Canvas layout (per row): [left padding | prompt | gen_length masks]; P is the padded prompt
+length and G = gen_length, so the canvas is [B, P + G] and positions P.. are generated.
+
+Each iteration runs one forward pass (IMH: K batched candidate passes), draws token values for
+every generated position, scores the positions that are still masked inside the row's current
+block (the first block that still has masks), and commits the ones the remasking rule selects.
+Committed tokens never change. Randomness of iteration t comes from `fold_in(rng, t)`, so a run
+is reproducible and independent of batching and sharding.
+
+`jax.vmap(generate, in_axes=(None,) * 5 + (0,))` over rng keys gives several samples per prompt.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from dllm_jax.sampling import imh as imh_lib
+from dllm_jax.sampling import token_sampling
+from dllm_jax.sampling.imh import IMH
+from dllm_jax.sampling.remasking import StepInputs
+from dllm_jax.sampling.sampler import Sampler
+
+DenoiseFn = Callable[..., jax.Array]
+
+
+@struct.dataclass
+class DecodeOutput:
+  tokens_BL: jax.Array          # final canvas: padding, prompt, generated tokens
+  nfe_B: jax.Array              # canvases evaluated by the denoiser (CFG x2, IMH x K)
+  steps: jax.Array              # loop iterations run
+  logprob_BG: jax.Array         # log p(token) under the model when committed (temperature 1)
+  confidence_BG: jax.Array      # the rule's score of the position when committed
+  commit_step_BG: jax.Array     # iteration at which each position was committed
+  imh_accepts_B: jax.Array      # IMH: accepted moves of the chains (0 for other rules)
+
+  @property
+  def generated_BG(self) -> jax.Array:
+    return self.tokens_BL[:, self.tokens_BL.shape[1] - self.logprob_BG.shape[1]:]
+
+
+@struct.dataclass
+class _State:
+  canvas_BL: jax.Array
+  step: jax.Array
+  nfe_B: jax.Array
+  logprob_BG: jax.Array
+  confidence_BG: jax.Array
+  commit_step_BG: jax.Array
+  imh_accepts_B: jax.Array
+  logits_BGV: jax.Array | None  # IMH only: logits of the current canvas
+
+
+def _forward(sampler: Sampler, denoise_fn: DenoiseFn, params, canvas_BL: jax.Array,
+             attn_mask_BL: jax.Array, prompt_mask_BL: jax.Array) -> jax.Array:
+  """Logits [B, G, V] of the generated region, CFG applied, forbidden tokens at -inf."""
+  if sampler.cfg_scale > 0:
+    uncond_BL = jnp.where(prompt_mask_BL, sampler.mask_token_id, canvas_BL)
+    both = denoise_fn(params, jnp.concatenate([canvas_BL, uncond_BL]),
+                      jnp.concatenate([attn_mask_BL, attn_mask_BL]))
+    cond, uncond = jnp.split(both.astype(jnp.float32), 2)
+    logits_BLV = uncond + (sampler.cfg_scale + 1.0) * (cond - uncond)
+  else:
+    logits_BLV = denoise_fn(params, canvas_BL, attn_mask_BL).astype(jnp.float32)
+  logits_BGV = logits_BLV[:, canvas_BL.shape[1] - sampler.gen_length:]
+  forbidden = [sampler.mask_token_id] + ([sampler.eos_token_id] if sampler.forbid_eos else [])
+  vocab = jnp.arange(logits_BGV.shape[-1])
+  return jnp.where(jnp.isin(vocab, jnp.array(forbidden)), -jnp.inf, logits_BGV)
+
+
+def _evaluations(sampler: Sampler) -> int:
+  return 2 if sampler.cfg_scale > 0 else 1
+
+
+def _eligible(sampler: Sampler, gen_BG: jax.Array, step: jax.Array) -> jax.Array:
+  """Masked positions inside each row's current block.
+
+  Scheduled rules give block b the iterations [b * steps_per_block, (b + 1) * steps_per_block)
+  in lockstep for all rows (a block that a random rule finishes early idles until its turn ends,
+  as Dream's loop does); Threshold moves each row to its first block with masks left.
+  """
+  masked_BG = gen_BG == sampler.mask_token_id
+  block_G = jnp.arange(sampler.gen_length) // sampler.block_len
+  if sampler.remasking.uses_schedule:
+    current_B = jnp.full(gen_BG.shape[:1], step // sampler.steps_per_block)
+  else:
+    current_B = jnp.min(jnp.where(masked_BG, block_G, sampler.num_blocks), axis=-1)
+  return masked_BG & (block_G == current_B[:, None])
+
+
+def _log_prob(logits_BGV: jax.Array, tokens_BG: jax.Array) -> jax.Array:
+  log_p = jax.nn.log_softmax(logits_BGV, axis=-1)
+  return jnp.take_along_axis(log_p, tokens_BG[..., None], axis=-1)[..., 0]
+
+
+def _commit(state: _State, sampler: Sampler, commit_BG: jax.Array, new_gen_BG: jax.Array,
+            logprob_BG: jax.Array, score_BG: jax.Array, nfe_B: jax.Array, **changes) -> _State:
+  P = state.canvas_BL.shape[1] - sampler.gen_length
+  gen_BG = jnp.where(commit_BG, new_gen_BG, state.canvas_BL[:, P:])
+  return state.replace(
+      canvas_BL=jnp.concatenate([state.canvas_BL[:, :P], gen_BG], axis=1),
+      step=state.step + 1, nfe_B=state.nfe_B + nfe_B,
+      logprob_BG=jnp.where(commit_BG, logprob_BG, state.logprob_BG),
+      confidence_BG=jnp.where(commit_BG, score_BG, state.confidence_BG),
+      commit_step_BG=jnp.where(commit_BG, state.step, state.commit_step_BG), **changes)
+
+
+def _schedule_inputs(sampler: Sampler, state: _State, eligible_BG: jax.Array):
+  step_in_block = state.step % sampler.steps_per_block
+  count_B = sampler.schedule.counts(step_in_block, sampler.steps_per_block, sampler.block_len,
+                                    jnp.sum(eligible_BG, axis=-1, dtype=jnp.int32))
+  return step_in_block, count_B
+
+
+def _eos_last(sampler: Sampler, score_BG: jax.Array, x0_BG: jax.Array) -> jax.Array:
+  if not sampler.eos_confidence_inf:
+    return score_BG
+  ends = [t for t in (sampler.eos_token_id, sampler.eot_token_id) if t is not None]
+  return jnp.where(jnp.isin(x0_BG, jnp.array(ends)), -jnp.inf, score_BG)
+
+
+def _baseline_step(sampler: Sampler, denoise_fn: DenoiseFn, params, attn_mask_BL, prompt_mask_BL,
+                   rng: jax.Array, state: _State) -> _State:
+  """One forward pass, one draw per position, commit what the rule selects."""
+  key_token, key_score, key_select = jax.random.split(jax.random.fold_in(rng, state.step), 3)
+  P = state.canvas_BL.shape[1] - sampler.gen_length
+  gen_BG = state.canvas_BL[:, P:]
+  active_B = jnp.any(gen_BG == sampler.mask_token_id, axis=-1)
+  logits_BGV = _forward(sampler, denoise_fn, params, state.canvas_BL, attn_mask_BL,
+                        prompt_mask_BL)
+  temperature = sampler.token_temperature
+  sample_logits_BGV = token_sampling.sampling_logits(logits_BGV, temperature, sampler.top_p,
+                                                     sampler.top_k)
+  x0_BG = token_sampling.draw_tokens(key_token, sample_logits_BGV, temperature)
+  eligible_BG = _eligible(sampler, gen_BG, state.step)
+  step_in_block, count_B = _schedule_inputs(sampler, state, eligible_BG)
+  inputs = StepInputs(logits_BGV, sample_logits_BGV, x0_BG, eligible_BG, count_B, step_in_block,
+                      sampler.steps_per_block)
+  rule = sampler.remasking
+  score_BG = _eos_last(sampler, rule.confidence(inputs, key_score), x0_BG)
+  commit_BG = rule.select(score_BG, inputs, key_select) & eligible_BG
+  return _commit(state, sampler, commit_BG, x0_BG, _log_prob(logits_BGV, x0_BG), score_BG,
+                 active_B * _evaluations(sampler))
+
+
+def _imh_step(sampler: Sampler, denoise_fn: DenoiseFn, params, attn_mask_BL, prompt_mask_BL,
+              rng: jax.Array, state: _State) -> _State:
+  """Choose positions, draw K candidates, score them in one batched pass, run the MH chain."""
+  rule: IMH = sampler.remasking
+  K = rule.num_candidates
+  key_cand, key_score, key_select, key_chain = jax.random.split(
+      jax.random.fold_in(rng, state.step), 4)
+  B, L = state.canvas_BL.shape
+  P = L - sampler.gen_length
+  gen_BG = state.canvas_BL[:, P:]
+  active_B = jnp.any(gen_BG == sampler.mask_token_id, axis=-1)
+  logits_BGV = state.logits_BGV
+  eligible_BG = _eligible(sampler, gen_BG, state.step)
+  step_in_block, count_B = _schedule_inputs(sampler, state, eligible_BG)
+  mode_BG = jnp.argmax(logits_BGV, axis=-1).astype(jnp.int32)
+  inputs = StepInputs(logits_BGV, logits_BGV, mode_BG, eligible_BG, count_B, step_in_block,
+                      sampler.steps_per_block)
+  score_BG = _eos_last(sampler, rule.positions.confidence(inputs, key_score), mode_BG)
+  chosen_BG = rule.positions.select(score_BG, inputs, key_select) & eligible_BG
+
+  index_BM, valid_BM = imh_lib.gather_positions(chosen_BG, sampler.max_commits_per_step)
+  logits_BMV = jnp.take_along_axis(logits_BGV, index_BM[..., None], axis=1)
+  values_KBM = imh_lib.draw_candidates(key_cand, logits_BMV, rule.alpha, K)
+  cand_gen_KBG = imh_lib.place_candidates(gen_BG, index_BM, valid_BM, values_KBM)
+  cand_canvas_KBL = jnp.concatenate(
+      [jnp.broadcast_to(state.canvas_BL[:, :P], (K, B, P)), cand_gen_KBG], axis=-1)
+  cand_logits = _forward(sampler, denoise_fn, params, cand_canvas_KBL.reshape(K * B, L),
+                         jnp.tile(attn_mask_BL, (K, 1)), jnp.tile(prompt_mask_BL, (K, 1)))
+  cand_logits_KBGV = cand_logits.reshape(K, B, *cand_logits.shape[1:])
+  remaining_BG = (gen_BG == sampler.mask_token_id) & ~chosen_BG
+  log_w_KB = imh_lib.suffix_log_mass(cand_logits_KBGV, remaining_BG, rule.alpha)
+  chosen_B, accepts_B = imh_lib.run_chain(key_chain, log_w_KB)
+
+  pick = lambda x_KB: jnp.take_along_axis(x_KB, chosen_B.reshape(1, B, *[1] * (x_KB.ndim - 2)),
+                                          axis=0)[0]
+  new_gen_BG = pick(cand_gen_KBG)
+  return _commit(state, sampler, chosen_BG, new_gen_BG, _log_prob(logits_BGV, new_gen_BG),
+                 score_BG, active_B * K * _evaluations(sampler),
+                 logits_BGV=pick(cand_logits_KBGV),
+                 imh_accepts_B=state.imh_accepts_B + accepts_B * active_B)
+
+
+def check_lengths(sampler: Sampler, prompt_length: int, max_length: int | None) -> None:
+  if max_length is not None and prompt_length + sampler.gen_length > max_length:
+    raise ValueError(f"prompt length {prompt_length} + gen_length {sampler.gen_length} = "
+                     f"{prompt_length + sampler.gen_length} exceeds the model's context of "
+                     f"{max_length} tokens")
+
+
+@functools.partial(jax.jit, static_argnames=("sampler", "denoise_fn"))
+def generate(sampler: Sampler, denoise_fn: DenoiseFn, params, prompt_BP: jax.Array,
+             prompt_mask_BP: jax.Array, rng: jax.Array) -> DecodeOutput:
+  """Decodes `sampler.gen_length` tokens after each left-padded prompt, in one compiled call.
+
+  `denoise_fn(params, tokens_BL, attention_mask_BL) -> logits_BLV` is any pure function; if it
+  has a `max_length` attribute, longer canvases are rejected. `prompt_mask_BP` marks real prompt
+  tokens (False = left padding). Recompiles only when a shape or the sampler changes.
+  """
+  B, P = prompt_BP.shape
+  if prompt_mask_BP.shape != (B, P):
+    raise ValueError(f"prompt_mask shape {prompt_mask_BP.shape} != prompt shape {(B, P)}")
+  check_lengths(sampler, P, getattr(denoise_fn, "max_length", None))
+  G = sampler.gen_length
+  canvas_BL = jnp.concatenate(
+      [prompt_BP.astype(jnp.int32), jnp.full((B, G), sampler.mask_token_id, jnp.int32)], axis=1)
+  prompt_mask_BL = jnp.concatenate([prompt_mask_BP.astype(bool), jnp.zeros((B, G), bool)], 1)
+  attn_mask_BL = jnp.concatenate([prompt_mask_BP.astype(bool), jnp.ones((B, G), bool)], 1)
+  is_imh = isinstance(sampler.remasking, IMH)
+  logits_BGV = None
+  nfe_B = jnp.zeros((B,), jnp.int32)
+  if is_imh:
+    logits_BGV = _forward(sampler, denoise_fn, params, canvas_BL, attn_mask_BL, prompt_mask_BL)
+    nfe_B = nfe_B + _evaluations(sampler)
+  state = _State(canvas_BL=canvas_BL, step=jnp.zeros((), jnp.int32), nfe_B=nfe_B,
+                 logprob_BG=jnp.zeros((B, G), jnp.float32),
+                 confidence_BG=jnp.zeros((B, G), jnp.float32),
+                 commit_step_BG=jnp.full((B, G), -1, jnp.int32),
+                 imh_accepts_B=jnp.zeros((B,), jnp.int32), logits_BGV=logits_BGV)
+  step_fn = functools.partial(_imh_step if is_imh else _baseline_step, sampler, denoise_fn,
+                              params, attn_mask_BL, prompt_mask_BL, rng)
+
+  def not_done(state: _State) -> jax.Array:
+    masks_left = jnp.any(state.canvas_BL[:, P:] == sampler.mask_token_id)
+    return (state.step < sampler.total_steps) & masks_left
+
+  state = jax.lax.while_loop(not_done, step_fn, state)
+  return DecodeOutput(tokens_BL=state.canvas_BL, nfe_B=state.nfe_B, steps=state.step,
+                      logprob_BG=state.logprob_BG, confidence_BG=state.confidence_BG,
+                      commit_step_BG=state.commit_step_BG, imh_accepts_B=state.imh_accepts_B)

@@ -1,0 +1,94 @@
+"""Exact output distributions of random-order samplers on an explicit joint P, by enumeration.
+
+A plain numpy reference, independent of the compiled loop: it walks every reachable partial
+canvas with its probability. Covered samplers commit one token per step, positions uniformly at
+random inside the current block, values by IMH (DESIGN.md §6) with K candidates drawn from
+q ∝ p(x_i | x_O)^alpha and mean-field suffix weights. K = 1 is locally tempered decoding at
+temperature 1 / alpha; alpha = 1, K = 1 is random-order remasking, whose output is P itself.
+
+Given q and the weights w, the K - 1 MH moves form a Markov chain with kernel
+T(a -> c) = q(c) min(1, w(c) / w(a)) for c != a, so the committed value has law q T^(K-1).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dllm_jax.sampling.oracle import all_sequences
+
+
+def _marginals(p_N: np.ndarray, sequences_NL: np.ndarray, vocab: int,
+               state: tuple[int | None, ...]) -> np.ndarray:
+  """Conditional marginals [L, V] of every position given the revealed ones."""
+  agree = np.ones(len(p_N), bool)
+  for position, token in enumerate(state):
+    if token is not None:
+      agree &= sequences_NL[:, position] == token
+  weights = p_N * agree
+  weights = weights / weights.sum()
+  return np.stack([np.bincount(sequences_NL[:, l], weights=weights, minlength=vocab)
+                   for l in range(len(state))])
+
+
+def _with(state: tuple, position: int, token: int) -> tuple:
+  return state[:position] + (token,) + state[position + 1:]
+
+
+def exact_distributions(p_N: np.ndarray, vocab: int, length: int, alpha: float,
+                        candidates: list[int], block_length: int | None = None
+                        ) -> dict[int, np.ndarray]:
+  """{K: exact output distribution over V^L (in `all_sequences` order)} for each K."""
+  sequences_NL = all_sequences(vocab, length)
+  block = block_length or length
+  cache: dict[tuple, np.ndarray] = {}
+
+  def marginals(state):
+    if state not in cache:
+      cache[state] = _marginals(p_N, sequences_NL, vocab, state)
+    return cache[state]
+
+  results = {}
+  for K in candidates:
+    dist = {(None,) * length: 1.0}
+    for step in range(length):
+      current_block = step // block  # one token per step: block b owns steps b*block ...
+      new: dict[tuple, float] = {}
+      for state, mass in dist.items():
+        eligible = [i for i in range(length)
+                    if state[i] is None and i // block == current_block]
+        m = marginals(state)
+        for i in eligible:
+          q = m[i] ** alpha
+          q = q / q.sum()
+          log_w = np.zeros(vocab)
+          for v in np.flatnonzero(q):
+            after = _with(state, i, int(v))
+            m_after = marginals(after)
+            log_w[v] = sum(np.log((m_after[j] ** alpha).sum())
+                           for j in range(length) if after[j] is None)
+          kernel = np.zeros((vocab, vocab))
+          for a in range(vocab):
+            for c in np.flatnonzero(q):
+              if c != a:
+                kernel[a, c] = q[c] * min(1.0, np.exp(log_w[c] - log_w[a]))
+            kernel[a, a] = 1.0 - kernel[a].sum()
+          law = q @ np.linalg.matrix_power(kernel, K - 1)
+          for v in np.flatnonzero(law > 0):
+            after = _with(state, i, int(v))
+            new[after] = new.get(after, 0.0) + mass * law[v] / len(eligible)
+      dist = new
+    out = np.zeros(vocab ** length)
+    for state, mass in dist.items():
+      out[int(sum(t * vocab ** (length - 1 - k) for k, t in enumerate(state)))] += mass
+    results[K] = out
+  return results
+
+
+def total_variation(p: np.ndarray, q: np.ndarray) -> float:
+  return 0.5 * float(np.abs(np.asarray(p, np.float64) - np.asarray(q, np.float64)).sum())
+
+
+def tv_sampling_bound(p: np.ndarray, n: int, delta: float = 1e-6) -> float:
+  """A bound that TV(empirical of n iid draws from p, p) exceeds with probability < delta:
+  E[TV] <= 1/2 sum_x sqrt(p_x / n), plus McDiarmid's deviation sqrt(log(1/delta) / (2 n))."""
+  return 0.5 * float(np.sqrt(np.asarray(p) / n).sum()) + float(np.sqrt(np.log(1 / delta) / (2 * n)))

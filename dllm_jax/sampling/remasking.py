@@ -1,0 +1,155 @@
+"""Remasking rules: which masked positions of the current block a step commits.
+
+Each rule scores the eligible positions (`confidence`) and picks the ones to commit (`select`).
+Scheduled rules commit exactly the schedule's count per step, the best-scored first, or, with
+`alg_temp > 0`, a sample without replacement from softmax(score / alg_temp) (Dream's `alg_temp`,
+done by Gumbel-top-k). `DreamOrigin` and `Threshold` decide the count themselves.
+
+Rule                     score of position i (x0 = the value drawn at i)
+Random                   u ~ U(0, 1)                                  (LLaDA "random")
+LowConfidence            softmax(logits)[x0], untempered              (LLaDA "low_confidence")
+MaskGitPlus              p(x0) under the tempered, filtered sampling distribution (Dream)
+TopKMargin               top-1 minus top-2 probability of that distribution      (Dream)
+Entropy                  sum_v p(v) log p(v), i.e. minus its entropy             (Dream)
+DreamOrigin              reveals each masked position with probability 1 - t_{j+1} / t_j
+Threshold                softmax(logits)[x0]; commits all >= threshold, at least one (Fast-dLLM)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from dllm_jax.sampling.schedule import DreamSchedule
+
+# Eligible positions scored -inf (e.g. an EOS forbidden by `eos_confidence_inf`) still rank above
+# ineligible ones, so a step never commits outside the current block or fewer than scheduled.
+_FLOOR = -1e30
+
+
+class StepInputs(NamedTuple):
+  """What a rule sees at one step (gen region only: G = gen_length)."""
+  logits_BGV: jax.Array         # model logits after forbidden tokens are set to -inf
+  sample_logits_BGV: jax.Array  # logits of the sampling distribution (tempered, filtered)
+  x0_BG: jax.Array              # drawn token values
+  eligible_BG: jax.Array        # still masked and inside the row's current block
+  count_B: jax.Array            # the schedule's count for this step
+  step_in_block: jax.Array      # scalar
+  steps_per_block: int
+
+
+def token_probability(logits_BGV: jax.Array, x0_BG: jax.Array) -> jax.Array:
+  log_probs = jax.nn.log_softmax(logits_BGV.astype(jnp.float32), axis=-1)
+  return jnp.exp(jnp.take_along_axis(log_probs, x0_BG[..., None], axis=-1)[..., 0])
+
+
+def select_top_k(score_BG: jax.Array, eligible_BG: jax.Array, count_B: jax.Array) -> jax.Array:
+  """The `count_B` best-scored eligible positions of each row (ties: lower index first)."""
+  score_BG = jnp.where(eligible_BG, jnp.maximum(score_BG, _FLOOR), -jnp.inf)
+  order_BG = jnp.argsort(-score_BG, axis=-1, stable=True)
+  rank_BG = jnp.argsort(order_BG, axis=-1, stable=True)
+  return eligible_BG & (rank_BG < count_B[:, None])
+
+
+@dataclasses.dataclass(frozen=True)
+class _Scheduled:
+  """Commits the schedule's count per step, best-scored first (or sampled with alg_temp)."""
+
+  alg_temp: float = 0.0
+  uses_schedule = True
+
+  def __post_init__(self):
+    if self.alg_temp < 0:
+      raise ValueError(f"{type(self).__name__}.alg_temp must be >= 0, got {self.alg_temp}")
+
+  def confidence(self, inputs: StepInputs, key: jax.Array) -> jax.Array:
+    raise NotImplementedError
+
+  def select(self, score_BG: jax.Array, inputs: StepInputs, key: jax.Array) -> jax.Array:
+    if self.alg_temp > 0:
+      score_BG = score_BG / self.alg_temp + jax.random.gumbel(key, score_BG.shape)
+    return select_top_k(score_BG, inputs.eligible_BG, inputs.count_B)
+
+
+@dataclasses.dataclass(frozen=True)
+class Random(_Scheduled):
+  """LLaDA's random remasking: a uniformly random order of positions."""
+
+  def confidence(self, inputs: StepInputs, key: jax.Array) -> jax.Array:
+    return jax.random.uniform(key, inputs.x0_BG.shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class LowConfidence(_Scheduled):
+  """LLaDA's low-confidence remasking: keep the most probable draws (untempered softmax)."""
+
+  def confidence(self, inputs: StepInputs, key: jax.Array) -> jax.Array:
+    return token_probability(inputs.logits_BGV, inputs.x0_BG)
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskGitPlus(_Scheduled):
+  """Dream's maskgit_plus: probability of the draw under the sampling distribution."""
+
+  def confidence(self, inputs: StepInputs, key: jax.Array) -> jax.Array:
+    return token_probability(inputs.sample_logits_BGV, inputs.x0_BG)
+
+
+@dataclasses.dataclass(frozen=True)
+class TopKMargin(_Scheduled):
+  """Dream's topk_margin: top-1 minus top-2 probability of the sampling distribution."""
+
+  def confidence(self, inputs: StepInputs, key: jax.Array) -> jax.Array:
+    top2 = jax.lax.top_k(jax.nn.softmax(inputs.sample_logits_BGV.astype(jnp.float32)), 2)[0]
+    return top2[..., 0] - top2[..., 1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Entropy(_Scheduled):
+  """Dream's entropy rule: minus the entropy of the sampling distribution."""
+
+  def confidence(self, inputs: StepInputs, key: jax.Array) -> jax.Array:
+    log_p = jax.nn.log_softmax(inputs.sample_logits_BGV.astype(jnp.float32), axis=-1)
+    return jnp.sum(jnp.where(jnp.isfinite(log_p), jnp.exp(log_p) * log_p, 0.0), axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class DreamOrigin:
+  """Dream's origin: each masked position is revealed with probability 1 - t_{j+1} / t_j
+  (all at the block's last step), so the count per step is random."""
+
+  eps: float = 1e-3
+  uses_schedule = True
+
+  def confidence(self, inputs: StepInputs, key: jax.Array) -> jax.Array:
+    return jax.random.uniform(key, inputs.x0_BG.shape)
+
+  def select(self, score_BG: jax.Array, inputs: StepInputs, key: jax.Array) -> jax.Array:
+    p = DreamSchedule(self.eps).transfer_probability(inputs.step_in_block, inputs.steps_per_block)
+    return inputs.eligible_BG & (score_BG < p)
+
+
+@dataclasses.dataclass(frozen=True)
+class Threshold:
+  """Fast-dLLM parallel decoding: commit every eligible position whose draw has untempered
+  probability >= threshold, and always the most confident one. Blocks run until complete."""
+
+  threshold: float = 0.9
+  uses_schedule = False
+
+  def __post_init__(self):
+    if not 0 < self.threshold <= 1:
+      raise ValueError(f"Threshold.threshold must be in (0, 1], got {self.threshold}")
+
+  def confidence(self, inputs: StepInputs, key: jax.Array) -> jax.Array:
+    return token_probability(inputs.logits_BGV, inputs.x0_BG)
+
+  def select(self, score_BG: jax.Array, inputs: StepInputs, key: jax.Array) -> jax.Array:
+    best_BG = select_top_k(score_BG, inputs.eligible_BG, jnp.ones_like(inputs.count_B))
+    return best_BG | (inputs.eligible_BG & (score_BG >= self.threshold))
+
+
+Remasking = Random | LowConfidence | MaskGitPlus | TopKMargin | Entropy | DreamOrigin | Threshold

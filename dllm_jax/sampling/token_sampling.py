@@ -1,0 +1,55 @@
+"""Drawing token values from logits: temperature by Gumbel-max, top-k / top-p filtering.
+
+Gumbel-max: argmax(logits / T + g), g ~ Gumbel(0, 1), samples softmax(logits / T) exactly; it is
+LLaDA's `exp(logits) / (-log u)**T` trick written additively. The noise and the scaled logits are
+float64 when `jax_enable_x64` is on (LLaDA draws in float64) and float32 otherwise; T = 0 is argmax.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+NEG_INF = -jnp.inf
+
+
+def noise_dtype() -> jnp.dtype:
+  return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+
+
+def filter_top_k(logits_BGV: jax.Array, top_k: int | None) -> jax.Array:
+  """Keeps the `top_k` largest logits per position (ties at the threshold are kept)."""
+  if top_k is None or top_k >= logits_BGV.shape[-1]:
+    return logits_BGV
+  kth = jax.lax.top_k(logits_BGV, top_k)[0][..., -1:]
+  return jnp.where(logits_BGV < kth, NEG_INF, logits_BGV)
+
+
+def filter_top_p(logits_BGV: jax.Array, top_p: float | None) -> jax.Array:
+  """Nucleus filtering: keeps the smallest set of tokens whose probability reaches `top_p`."""
+  if top_p is None or top_p >= 1.0:
+    return logits_BGV
+  order = jnp.argsort(-logits_BGV, axis=-1)
+  sorted_logits = jnp.take_along_axis(logits_BGV, order, axis=-1)
+  sorted_probs = jax.nn.softmax(sorted_logits, axis=-1)
+  # A token is dropped when the mass strictly before it already exceeds top_p.
+  mass_before = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs
+  drop_sorted = mass_before > top_p
+  drop = jnp.take_along_axis(drop_sorted, jnp.argsort(order, axis=-1), axis=-1)
+  return jnp.where(drop, NEG_INF, logits_BGV)
+
+
+def sampling_logits(logits_BGV: jax.Array, temperature: float, top_p: float | None,
+                    top_k: int | None) -> jax.Array:
+  """The logits of the distribution tokens are drawn from (before noise)."""
+  if temperature > 0:
+    logits_BGV = logits_BGV.astype(noise_dtype()) / temperature
+  return filter_top_p(filter_top_k(logits_BGV, top_k), top_p)
+
+
+def draw_tokens(key: jax.Array, sample_logits_BGV: jax.Array, temperature: float) -> jax.Array:
+  """One token per position from softmax(sample_logits) (argmax when temperature is 0)."""
+  if temperature <= 0:
+    return jnp.argmax(sample_logits_BGV, axis=-1).astype(jnp.int32)
+  gumbel = jax.random.gumbel(key, sample_logits_BGV.shape, noise_dtype())
+  return jnp.argmax(sample_logits_BGV.astype(noise_dtype()) + gumbel, axis=-1).astype(jnp.int32)
