@@ -82,3 +82,20 @@ def param_shardings(config: ModelConfig, mesh: jax.sharding.Mesh) -> Any:
 def shard_params(params: Any, config: ModelConfig, mesh: jax.sharding.Mesh) -> Any:
   """Places (or re-places) a parameter tree on its mesh partitioning."""
   return jax.device_put(params, param_shardings(config, mesh))
+
+
+def batch_sharding(mesh: jax.sharding.Mesh, ndim: int) -> NamedSharding:
+  """Rows over "data", every other dimension replicated."""
+  return NamedSharding(mesh, P(DATA, *[None] * (ndim - 1)))
+
+
+def shard_batch(mesh: jax.sharding.Mesh, *arrays: Any) -> tuple[Any, ...]:
+  """Places arrays whose leading dimension is the batch (prompts, masks, per-row keys)."""
+  data = mesh.shape[DATA]
+  placed = []
+  for array in arrays:
+    if array.shape[0] % data:
+      raise ValueError(f"batch of {array.shape[0]} rows does not divide over the data axis "
+                       f"({data}); pad the batch to a multiple of {data}")
+    placed.append(jax.device_put(array, batch_sharding(mesh, array.ndim)))
+  return tuple(placed)

@@ -1,8 +1,9 @@
 """A plain Python / numpy loop with the structure of LLaDA's reference `generate`, for checking the
 compiled loop step by step.
 
-It draws its random numbers exactly as `dllm_jax.sampling.decode` documents (iteration t uses
-`fold_in(rng, t)` split into token, score and select keys), so both must give identical tokens.
+It draws its random numbers exactly as `dllm_jax.sampling.decode` documents (row b's key is
+`split(rng, B)[b]`; at iteration t it uses `fold_in(key_b, t)` split into token, score and select
+keys), so both must give identical tokens.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def reference_generate(sampler: Sampler, denoise, params, prompt: np.ndarray,
   canvases = []
   temperature = sampler.temperature or 0.0
   steps_per_block = sampler.total_steps // sampler.num_blocks
+  row_keys = jax.random.split(rng, B)
   step = 0
   for block in range(sampler.num_blocks):
     start = P + block * sampler.block_len
@@ -39,7 +41,7 @@ def reference_generate(sampler: Sampler, denoise, params, prompt: np.ndarray,
     base, extra = n_masked // steps_per_block, n_masked % steps_per_block
     for j in range(steps_per_block):
       canvases.append(x.copy())
-      key_token, key_score, _ = jax.random.split(jax.random.fold_in(rng, step), 3)
+      keys = [jax.random.split(jax.random.fold_in(k, step), 3) for k in row_keys]
       if sampler.cfg_scale > 0:
         uncond = np.where(np.concatenate([prompt_mask, np.zeros((B, G), bool)], 1), mask_id, x)
         both = np.asarray(denoise(params, np.concatenate([x, uncond]),
@@ -53,14 +55,15 @@ def reference_generate(sampler: Sampler, denoise, params, prompt: np.ndarray,
       if sampler.forbid_eos:
         logits[..., sampler.eos_token_id] = -np.inf
       if temperature > 0:
-        gumbel = np.asarray(jax.random.gumbel(key_token, (B, G, logits.shape[-1]), np.float32))
+        gumbel = np.stack([np.asarray(jax.random.gumbel(k[0], (G, logits.shape[-1]), np.float32))
+                           for k in keys])
         x0 = np.argmax(logits[:, P:] / np.float32(temperature) + gumbel, axis=-1)
       else:
         x0 = np.argmax(logits[:, P:], axis=-1)
       if isinstance(sampler.remasking, LowConfidence):
         confidence = np.take_along_axis(_softmax(logits[:, P:]), x0[..., None], -1)[..., 0]
       else:
-        confidence = np.asarray(jax.random.uniform(key_score, (B, G)))
+        confidence = np.stack([np.asarray(jax.random.uniform(k[1], (G,))) for k in keys])
       mask_index = x[:, P:] == mask_id
       in_block = np.zeros(G, bool)
       in_block[start - P:end - P] = True

@@ -243,3 +243,15 @@ def test_prompt_beyond_context_is_rejected():
   with pytest.raises(ValueError, match=r"prompt length 96 \+ gen_length 64 = 160 exceeds the "
                                        r"model's context of 128"):
     S.generate(sampler, DENOISE, PARAMS, prompt, np.ones_like(prompt, bool), jax.random.key(0))
+
+
+def test_a_row_does_not_depend_on_its_batch():
+  """With one key per row, a sample is the same alone or among other prompts (T > 0)."""
+  sampler = S.Sampler.for_model(CONFIG, gen_length=8, block_length=4, steps=8,
+                                remasking=S.Random(), temperature=1.0)
+  prompt, mask = _prompts([5, 5, 5], seed=2)
+  keys = jax.random.split(jax.random.key(5), 3)
+  batch = S.generate(sampler, DENOISE, PARAMS, prompt, mask, keys)
+  alone = S.generate(sampler, DENOISE, PARAMS, prompt[1:2], mask[1:2], keys[1:2])
+  np.testing.assert_array_equal(batch.tokens_BL[1], alone.tokens_BL[0])
+  assert not np.array_equal(batch.generated_BG[0], batch.generated_BG[1])

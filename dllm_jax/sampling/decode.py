@@ -6,8 +6,9 @@ length and G = gen_length, so the canvas is [B, P + G] and positions P.. are gen
 Each iteration runs one forward pass (IMH: K batched candidate passes), draws token values for
 every generated position, scores the positions that are still masked inside the row's current
 block (the first block that still has masks), and commits the ones the remasking rule selects.
-Committed tokens never change. Randomness of iteration t comes from `fold_in(rng, t)`, so a run
-is reproducible and independent of batching and sharding.
+Committed tokens never change. Every row has its own key (`rng` may be one key per row; a single
+key is split into B), and row b's randomness at iteration t comes from `fold_in(key_b, t)` only,
+so a sample does not depend on the batch, shard or process it is decoded in.
 
 `jax.vmap(generate, in_axes=(None,) * 5 + (0,))` over rng keys gives several samples per prompt.
 """
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from dllm_jax.sampling import imh as imh_lib
-from dllm_jax.sampling import token_sampling
+from dllm_jax.sampling import row_random, token_sampling
 from dllm_jax.sampling.imh import IMH
 from dllm_jax.sampling.remasking import StepInputs
 from dllm_jax.sampling.sampler import Sampler
@@ -126,9 +127,9 @@ def _eos_last(sampler: Sampler, score_BG: jax.Array, x0_BG: jax.Array) -> jax.Ar
 
 
 def _baseline_step(sampler: Sampler, denoise_fn: DenoiseFn, params, attn_mask_BL, prompt_mask_BL,
-                   rng: jax.Array, state: _State) -> _State:
+                   keys_B: jax.Array, state: _State) -> _State:
   """One forward pass, one draw per position, commit what the rule selects."""
-  key_token, key_score, key_select = jax.random.split(jax.random.fold_in(rng, state.step), 3)
+  key_token, key_score, key_select = row_random.step_keys(keys_B, state.step, 3)
   P = state.canvas_BL.shape[1] - sampler.gen_length
   gen_BG = state.canvas_BL[:, P:]
   active_B = jnp.any(gen_BG == sampler.mask_token_id, axis=-1)
@@ -150,12 +151,11 @@ def _baseline_step(sampler: Sampler, denoise_fn: DenoiseFn, params, attn_mask_BL
 
 
 def _imh_step(sampler: Sampler, denoise_fn: DenoiseFn, params, attn_mask_BL, prompt_mask_BL,
-              rng: jax.Array, state: _State) -> _State:
+              keys_B: jax.Array, state: _State) -> _State:
   """Choose positions, draw K candidates, score them in one batched pass, run the MH chain."""
   rule: IMH = sampler.remasking
   K = rule.num_candidates
-  key_cand, key_score, key_select, key_chain = jax.random.split(
-      jax.random.fold_in(rng, state.step), 4)
+  key_cand, key_score, key_select, key_chain = row_random.step_keys(keys_B, state.step, 4)
   B, L = state.canvas_BL.shape
   P = L - sampler.gen_length
   gen_BG = state.canvas_BL[:, P:]
@@ -205,7 +205,8 @@ def generate(sampler: Sampler, denoise_fn: DenoiseFn, params, prompt_BP: jax.Arr
 
   `denoise_fn(params, tokens_BL, attention_mask_BL) -> logits_BLV` is any pure function; if it
   has a `max_length` attribute, longer canvases are rejected. `prompt_mask_BP` marks real prompt
-  tokens (False = left padding). Recompiles only when a shape or the sampler changes.
+  tokens (False = left padding). `rng` is one key, or one key per row ([B]). Recompiles only
+  when a shape or the sampler changes.
   """
   B, P = prompt_BP.shape
   if prompt_mask_BP.shape != (B, P):
@@ -228,7 +229,7 @@ def generate(sampler: Sampler, denoise_fn: DenoiseFn, params, prompt_BP: jax.Arr
                  commit_step_BG=jnp.full((B, G), -1, jnp.int32),
                  imh_accepts_B=jnp.zeros((B,), jnp.int32), logits_BGV=logits_BGV)
   step_fn = functools.partial(_imh_step if is_imh else _baseline_step, sampler, denoise_fn,
-                              params, attn_mask_BL, prompt_mask_BL, rng)
+                              params, attn_mask_BL, prompt_mask_BL, row_random.row_keys(rng, B))
 
   def not_done(state: _State) -> jax.Array:
     masks_left = jnp.any(state.canvas_BL[:, P:] == sampler.mask_token_id)

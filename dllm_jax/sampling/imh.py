@@ -24,6 +24,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from dllm_jax.sampling import row_random
 from dllm_jax.sampling.remasking import LowConfidence, Random
 
 
@@ -60,10 +61,11 @@ def gather_positions(chosen_BG: jax.Array, max_chosen: int) -> tuple[jax.Array, 
   return index_BM, jnp.take_along_axis(chosen_BG, index_BM, axis=-1)
 
 
-def draw_candidates(key: jax.Array, logits_BMV: jax.Array, alpha: float,
+def draw_candidates(keys_B: jax.Array, logits_BMV: jax.Array, alpha: float,
                     num_candidates: int) -> jax.Array:
   """K independent draws [K, B, M] from softmax(alpha * logits) by Gumbel-max."""
-  gumbel_KBMV = jax.random.gumbel(key, (num_candidates, *logits_BMV.shape), jnp.float32)
+  gumbel_BKMV = row_random.gumbel(keys_B, (num_candidates, *logits_BMV.shape[1:]))
+  gumbel_KBMV = jnp.swapaxes(gumbel_BKMV, 0, 1)
   return jnp.argmax(alpha * logits_BMV + gumbel_KBMV, axis=-1).astype(jnp.int32)
 
 
@@ -86,10 +88,10 @@ def suffix_log_mass(logits_KBGV: jax.Array, remaining_BG: jax.Array, alpha: floa
   return jnp.sum(jnp.where(remaining_BG, log_mass_KBG, 0.0), axis=-1)
 
 
-def run_chain(key: jax.Array, log_w_KB: jax.Array) -> tuple[jax.Array, jax.Array]:
+def run_chain(keys_B: jax.Array, log_w_KB: jax.Array) -> tuple[jax.Array, jax.Array]:
   """The independent MH chain over candidates 0..K-1: the final state [B] and accepted moves."""
   K, B = log_w_KB.shape
-  log_u_KB = jnp.log(jax.random.uniform(key, (K, B), minval=1e-38))
+  log_u_KB = jnp.log(row_random.uniform(keys_B, (K,), minval=1e-38)).T
 
   def body(k, carry):
     state_B, accepted_B = carry

@@ -1,6 +1,7 @@
 """Remasking rules: which masked positions of the current block a step commits.
 
-Each rule scores the eligible positions (`confidence`) and picks the ones to commit (`select`).
+Each rule scores the eligible positions (`confidence`) and picks the ones to commit (`select`);
+both receive one random key per batch row (`keys_B`).
 Scheduled rules commit exactly the schedule's count per step, the best-scored first, or, with
 `alg_temp > 0`, a sample without replacement from softmax(score / alg_temp) (Dream's `alg_temp`,
 done by Gumbel-top-k). `DreamOrigin` and `Threshold` decide the count themselves.
@@ -23,6 +24,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from dllm_jax.sampling import row_random
 from dllm_jax.sampling.schedule import DreamSchedule
 
 # Eligible positions scored -inf (e.g. an EOS forbidden by `eos_confidence_inf`) still rank above
@@ -65,12 +67,12 @@ class _Scheduled:
     if self.alg_temp < 0:
       raise ValueError(f"{type(self).__name__}.alg_temp must be >= 0, got {self.alg_temp}")
 
-  def confidence(self, inputs: StepInputs, key: jax.Array) -> jax.Array:
+  def confidence(self, inputs: StepInputs, keys_B: jax.Array) -> jax.Array:
     raise NotImplementedError
 
-  def select(self, score_BG: jax.Array, inputs: StepInputs, key: jax.Array) -> jax.Array:
+  def select(self, score_BG: jax.Array, inputs: StepInputs, keys_B: jax.Array) -> jax.Array:
     if self.alg_temp > 0:
-      score_BG = score_BG / self.alg_temp + jax.random.gumbel(key, score_BG.shape)
+      score_BG = score_BG / self.alg_temp + row_random.gumbel(keys_B, score_BG.shape[1:])
     return select_top_k(score_BG, inputs.eligible_BG, inputs.count_B)
 
 
@@ -78,15 +80,15 @@ class _Scheduled:
 class Random(_Scheduled):
   """LLaDA's random remasking: a uniformly random order of positions."""
 
-  def confidence(self, inputs: StepInputs, key: jax.Array) -> jax.Array:
-    return jax.random.uniform(key, inputs.x0_BG.shape)
+  def confidence(self, inputs: StepInputs, keys_B: jax.Array) -> jax.Array:
+    return row_random.uniform(keys_B, inputs.x0_BG.shape[1:])
 
 
 @dataclasses.dataclass(frozen=True)
 class LowConfidence(_Scheduled):
   """LLaDA's low-confidence remasking: keep the most probable draws (untempered softmax)."""
 
-  def confidence(self, inputs: StepInputs, key: jax.Array) -> jax.Array:
+  def confidence(self, inputs: StepInputs, keys_B: jax.Array) -> jax.Array:
     return token_probability(inputs.logits_BGV, inputs.x0_BG)
 
 
@@ -94,7 +96,7 @@ class LowConfidence(_Scheduled):
 class MaskGitPlus(_Scheduled):
   """Dream's maskgit_plus: probability of the draw under the sampling distribution."""
 
-  def confidence(self, inputs: StepInputs, key: jax.Array) -> jax.Array:
+  def confidence(self, inputs: StepInputs, keys_B: jax.Array) -> jax.Array:
     return token_probability(inputs.sample_logits_BGV, inputs.x0_BG)
 
 
@@ -102,7 +104,7 @@ class MaskGitPlus(_Scheduled):
 class TopKMargin(_Scheduled):
   """Dream's topk_margin: top-1 minus top-2 probability of the sampling distribution."""
 
-  def confidence(self, inputs: StepInputs, key: jax.Array) -> jax.Array:
+  def confidence(self, inputs: StepInputs, keys_B: jax.Array) -> jax.Array:
     top2 = jax.lax.top_k(jax.nn.softmax(inputs.sample_logits_BGV.astype(jnp.float32)), 2)[0]
     return top2[..., 0] - top2[..., 1]
 
@@ -111,7 +113,7 @@ class TopKMargin(_Scheduled):
 class Entropy(_Scheduled):
   """Dream's entropy rule: minus the entropy of the sampling distribution."""
 
-  def confidence(self, inputs: StepInputs, key: jax.Array) -> jax.Array:
+  def confidence(self, inputs: StepInputs, keys_B: jax.Array) -> jax.Array:
     log_p = jax.nn.log_softmax(inputs.sample_logits_BGV.astype(jnp.float32), axis=-1)
     return jnp.sum(jnp.where(jnp.isfinite(log_p), jnp.exp(log_p) * log_p, 0.0), axis=-1)
 
@@ -124,10 +126,10 @@ class DreamOrigin:
   eps: float = 1e-3
   uses_schedule = True
 
-  def confidence(self, inputs: StepInputs, key: jax.Array) -> jax.Array:
-    return jax.random.uniform(key, inputs.x0_BG.shape)
+  def confidence(self, inputs: StepInputs, keys_B: jax.Array) -> jax.Array:
+    return row_random.uniform(keys_B, inputs.x0_BG.shape[1:])
 
-  def select(self, score_BG: jax.Array, inputs: StepInputs, key: jax.Array) -> jax.Array:
+  def select(self, score_BG: jax.Array, inputs: StepInputs, keys_B: jax.Array) -> jax.Array:
     p = DreamSchedule(self.eps).transfer_probability(inputs.step_in_block, inputs.steps_per_block)
     return inputs.eligible_BG & (score_BG < p)
 
@@ -144,10 +146,10 @@ class Threshold:
     if not 0 < self.threshold <= 1:
       raise ValueError(f"Threshold.threshold must be in (0, 1], got {self.threshold}")
 
-  def confidence(self, inputs: StepInputs, key: jax.Array) -> jax.Array:
+  def confidence(self, inputs: StepInputs, keys_B: jax.Array) -> jax.Array:
     return token_probability(inputs.logits_BGV, inputs.x0_BG)
 
-  def select(self, score_BG: jax.Array, inputs: StepInputs, key: jax.Array) -> jax.Array:
+  def select(self, score_BG: jax.Array, inputs: StepInputs, keys_B: jax.Array) -> jax.Array:
     best_BG = select_top_k(score_BG, inputs.eligible_BG, jnp.ones_like(inputs.count_B))
     return best_BG | (inputs.eligible_BG & (score_BG >= self.threshold))
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from dllm_jax.sampling import row_random
+
 NEG_INF = -jnp.inf
 
 
@@ -47,9 +49,10 @@ def sampling_logits(logits_BGV: jax.Array, temperature: float, top_p: float | No
   return filter_top_p(filter_top_k(logits_BGV, top_k), top_p)
 
 
-def draw_tokens(key: jax.Array, sample_logits_BGV: jax.Array, temperature: float) -> jax.Array:
+def draw_tokens(keys_B: jax.Array, sample_logits_BGV: jax.Array, temperature: float
+                ) -> jax.Array:
   """One token per position from softmax(sample_logits) (argmax when temperature is 0)."""
   if temperature <= 0:
     return jnp.argmax(sample_logits_BGV, axis=-1).astype(jnp.int32)
-  gumbel = jax.random.gumbel(key, sample_logits_BGV.shape, noise_dtype())
+  gumbel = row_random.gumbel(keys_B, sample_logits_BGV.shape[1:], noise_dtype())
   return jnp.argmax(sample_logits_BGV.astype(noise_dtype()) + gumbel, axis=-1).astype(jnp.int32)
