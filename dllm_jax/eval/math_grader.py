@@ -1,0 +1,159 @@
+"""Grading of math answers (MATH500, AIME): the last \\boxed{...} answer against a gold answer.
+
+A response is correct when its last `\\boxed{...}` (or `\\fbox{...}`) holds an answer equal to the
+gold one, either as strings after `normalize_answer` or by `math_verify` (symbolic and numeric
+equivalence via sympy). A response without a complete box is wrong: we do not guess the answer
+from free text. Gold answers are LaTeX as in the benchmark files; the known quirks handled here
+are degree marks (AIME 2025's `336^\\circ`) and zero-padded integers (AIME 2024's "025").
+
+`grade_math` is thread-safe: it calls `math_verify` with its signal-based timeouts switched off
+(they only work in the main thread), so a caller that needs a time bound must impose it around
+the call (for example, grade in a worker process).
+"""
+
+import re
+
+from math_verify import parse, verify
+
+_BOX_COMMANDS = ("\\boxed", "\\fbox")
+
+# Text-mode wrappers whose argument is kept (the command itself is dropped).
+_TEXT_COMMANDS = ("\\text", "\\textbf", "\\textit", "\\textrm", "\\mathrm", "\\mathbf", "\\mbox")
+_DEGREE_PATTERN = re.compile(
+    r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|\\degree|°|\\text\{\s*degrees?\s*\}")
+_SPACING_PATTERN = re.compile(r"\\[!,;:]|\\quad|\\qquad|~|\\ ")
+_THOUSANDS_PATTERN = re.compile(r"^[+-]?\d{1,3}(,\d{3})+$")
+_INTEGER_PATTERN = re.compile(r"^([+-]?)0*(\d+)$")
+_BASE_NUMERAL_PATTERN = re.compile(r"^([0-9A-Za-z]+)_\{?(\d+)\}?$")  # 52_8, 4210_{5}
+
+
+def _matching_brace(text: str, open_index: int) -> int | None:
+  """Index of the `}` closing the `{` at `open_index`, or None when the braces do not balance."""
+  depth = 0
+  i = open_index
+  while i < len(text):
+    char = text[i]
+    if char == "\\":  # an escaped brace (\{ or \}) does not count
+      i += 2
+      continue
+    if char == "{":
+      depth += 1
+    elif char == "}":
+      depth -= 1
+      if depth == 0:
+        return i
+    i += 1
+  return None
+
+
+def extract_boxed(text: str) -> str | None:
+  """The content of the last `\\boxed{...}` or `\\fbox{...}` in `text`.
+
+  Nested braces are handled (`\\boxed{\\frac{1}{2}}` gives `\\frac{1}{2}`), and so is the
+  brace-less form `\\boxed 5`. Returns None when there is no box, or when the last box is not
+  closed (a truncated generation): an earlier box is then an intermediate result, not the answer.
+  """
+  start = max(text.rfind(command) for command in _BOX_COMMANDS)
+  if start < 0:
+    return None
+  command = next(c for c in _BOX_COMMANDS if text.startswith(c, start))
+  after_command = start + len(command)
+  brace_index = after_command
+  while brace_index < len(text) and text[brace_index].isspace():
+    brace_index += 1
+  if text.startswith("{", brace_index):
+    end = _matching_brace(text, brace_index)
+    return None if end is None else text[brace_index + 1:end].strip()
+  if brace_index > after_command:  # "\boxed 5": up to the next space or `$`
+    match = re.match(r"[^\s$]+", text[brace_index:])
+    return match.group(0) if match else None
+  return None  # a longer command name such as \boxedtext
+
+
+def _unwrap_command(text: str, command: str) -> str:
+  """Replaces every `command{arg}` by `arg` (balanced braces); leaves unbalanced ones alone."""
+  pattern = re.compile(re.escape(command) + r"\s*\{")
+  while match := pattern.search(text):
+    open_index = match.end() - 1
+    end = _matching_brace(text, open_index)
+    if end is None:
+      break
+    text = text[:match.start()] + text[open_index + 1:end] + text[end + 1:]
+  return text
+
+
+def strip_degrees(answer: str) -> str:
+  """Removes degree marks: `336^\\circ`, `90^{\\circ}`, `45°`, `\\text{ degrees}`."""
+  return _DEGREE_PATTERN.sub("", answer).strip()
+
+
+def strip_math_delimiters(answer: str) -> str:
+  """Removes surrounding `$...$`, `\\(...\\)` and `\\[...\\]`."""
+  answer = answer.strip()
+  for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+    if answer.startswith(left) and answer.endswith(right) and len(answer) >= len(left) + len(right):
+      return answer[len(left):len(answer) - len(right)].strip()
+  return answer
+
+
+def normalize_answer(answer: str) -> str:
+  """A canonical string for exact comparison of short LaTeX answers.
+
+  Drops math delimiters, spacing commands, `\\left`/`\\right`, degree marks, text wrappers (their
+  content is kept), a trailing period and all whitespace; maps `\\dfrac`/`\\tfrac` to `\\frac`;
+  writes integers without leading zeros or thousands separators ("025" and "0,025" give "25").
+  Deliberately conservative: anything cleverer is left to `math_verify`.
+  """
+  text = strip_math_delimiters(answer)
+  text = _SPACING_PATTERN.sub("", text)
+  text = strip_degrees(text)
+  text = text.replace("\\left", "").replace("\\right", "")
+  text = text.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+  for command in _TEXT_COMMANDS:
+    text = _unwrap_command(text, command)
+  text = re.sub(r"\s+", "", text).rstrip(".")
+  if _THOUSANDS_PATTERN.match(text):
+    text = text.replace(",", "")
+  if match := _INTEGER_PATTERN.match(text):
+    sign, digits = match.groups()
+    text = ("-" if sign == "-" and digits != "0" else "") + digits
+  return text
+
+
+def _prepare_for_parse(answer: str) -> str:
+  # Degree marks and leading zeros change nothing here; math_verify already reads "025" as 25.
+  return "\\boxed{" + strip_degrees(strip_math_delimiters(answer)) + "}"
+
+
+def _base_numeral(normalized: str) -> tuple[str, str] | None:
+  """(digits, base) of a numeral written with its base as a subscript, like `52_8`."""
+  match = _BASE_NUMERAL_PATTERN.match(normalized)
+  return (match.group(1).lower(), match.group(2)) if match else None
+
+
+def answers_equivalent(predicted: str, gold: str) -> bool:
+  """Whether two answer strings (already taken out of their boxes) denote the same answer."""
+  predicted_norm, gold_norm = normalize_answer(predicted), normalize_answer(gold)
+  if predicted_norm == gold_norm:
+    return True
+  # math_verify drops subscripts, which would make 52_8 equal to 52_9; the digits must agree,
+  # and so must the bases when both are written.
+  predicted_base, gold_base = _base_numeral(predicted_norm), _base_numeral(gold_norm)
+  if predicted_base or gold_base:
+    if predicted_base and gold_base:
+      return predicted_base == gold_base
+    digits = (predicted_base or gold_base)[0]
+    return digits == (gold_norm if predicted_base else predicted_norm).lower()
+  gold_parsed = parse(_prepare_for_parse(gold), parsing_timeout=None)
+  predicted_parsed = parse(_prepare_for_parse(predicted), parsing_timeout=None)
+  if not gold_parsed or not predicted_parsed:
+    return False
+  return bool(verify(gold_parsed, predicted_parsed, timeout_seconds=None))
+
+
+def grade_math(response: str, gold: str) -> bool:
+  """Whether the last boxed answer of a model response equals the gold answer."""
+  predicted = extract_boxed(response)
+  if predicted is None or not predicted.strip():
+    return False
+  return answers_equivalent(predicted, gold)

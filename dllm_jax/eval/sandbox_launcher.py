@@ -1,0 +1,430 @@
+"""The code that runs inside a sandbox process: confine itself, then run one untrusted program.
+
+This file is executed as a script (`python -I -S sandbox_launcher.py key=value ...`) by
+`dllm_jax.eval.sandbox`; it is never imported by the library. It imports only the few standard
+modules it needs, so that it starts quickly; `site` is skipped, and the caller passes the
+site-packages directories, which go on `sys.path` without their `.pth` files being run. It runs in
+the new process *before* any untrusted code, so it may use privileges the caller handed it (root,
+or root inside a fresh user namespace) to set up the confinement, and then gives them up for good:
+
+1. Reads the program (before the file system is rearranged).
+2. In the namespace modes (the caller started us with `unshare` in new mount, pid, network and ipc
+   namespaces): hides /tmp, /var/tmp, /dev/shm and /run behind a fresh size-limited tmpfs (the
+   scratch space, shared by the three writable ones) or an empty one (/run: it holds the sockets of
+   system and session services), puts back read-only the directories the interpreter needs that
+   were hidden or unreachable for the sandbox uid, then makes every mount read-only and nosuid
+   except the scratch tmpfs. The working directory is /tmp/work on the scratch tmpfs; all of it
+   disappears with the mount namespace.
+3. Sets the resource limits (address space, CPU time, file size, processes, open files, no core).
+4. Drops privileges: `no_new_privs`, an empty capability bounding set, and either a switch to the
+   unique unprivileged uid chosen by the caller (when started as real root) or an empty capability
+   set (when started as root of a user namespace, which maps to the caller's own uid).
+5. In the plain modes (no namespaces): only the limits and the uid switch apply, plus a Python-level
+   guard that disables sockets and signal sending. The guard is a speed bump, not a wall.
+6. Executes the program in a fresh `__main__` module. Only if it returns normally (no exception, no
+   `SystemExit`, no `os._exit`) does the launcher read the completion token from an inherited pipe
+   (it is not in the process's memory while the program runs) and write `PASS <token>` to the
+   result pipe. See `dllm_jax.eval.sandbox` for what this does and does not prove.
+"""
+
+import builtins
+import ctypes
+import os
+import resource
+import sys
+import time
+
+# Exit status for a failure of the confinement itself (reported by the caller as an infrastructure
+# error, not a test failure).
+SETUP_FAILED_EXIT = 97
+# Exit status of the plain-mode guardian when it stopped the program at its deadline.
+TIMEOUT_EXIT = 124
+FAILED_EXIT = 1
+
+_MS_NOSUID = 0x2
+_MS_NODEV = 0x4
+_MS_BIND = 0x1000
+_MS_REC = 0x4000
+_MOUNT_ATTR_RDONLY = 0x1
+_MOUNT_ATTR_NOSUID = 0x2
+_AT_FDCWD = -100
+_AT_RECURSIVE = 0x8000
+_SYS_MOUNT_SETATTR = 442  # the same number on every architecture (new-style syscall table)
+_PR_CAPBSET_DROP = 24
+_PR_SET_CHILD_SUBREAPER = 36
+_PR_SET_NO_NEW_PRIVS = 38
+_PR_CAP_AMBIENT = 47
+_PR_CAP_AMBIENT_CLEAR_ALL = 4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+_SCRATCH = "/tmp"
+_WORKDIR = "/tmp/work"
+# Mount points that are world-writable (get the scratch tmpfs) or hold service sockets (get an
+# empty read-only tmpfs).
+_WRITABLE_SHARED = ("/var/tmp", "/dev/shm")
+_HIDDEN_EMPTY = ("/run",)
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _MountAttr(ctypes.Structure):
+  _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+              ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+class _CapHeader(ctypes.Structure):
+  _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+  _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+              ("inheritable", ctypes.c_uint32)]
+
+
+def _check(result: int, what: str) -> None:
+  if result != 0:
+    err = ctypes.get_errno()
+    raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int,
+           data: str | None = None) -> None:
+  enc = lambda s: None if s is None else s.encode()
+  _check(_libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)),
+         f"mount {source} on {target}")
+
+
+def _mount_setattr(path: str, attr_set: int, attr_clr: int, recursive: bool) -> None:
+  attr = _MountAttr(attr_set, attr_clr, 0, 0)
+  flags = _AT_RECURSIVE if recursive else 0
+  result = _libc.syscall(ctypes.c_long(_SYS_MOUNT_SETATTR), ctypes.c_int(_AT_FDCWD),
+                         path.encode(), ctypes.c_uint(flags), ctypes.byref(attr),
+                         ctypes.c_size_t(ctypes.sizeof(attr)))
+  _check(result, f"mount_setattr {path}")
+
+
+def _prctl(option: int, arg: int, arg2: int = 0) -> int:
+  return _libc.prctl(option, ctypes.c_ulong(arg), ctypes.c_ulong(arg2), ctypes.c_ulong(0),
+                     ctypes.c_ulong(0))
+
+
+def _is_inside(path: str, root: str) -> bool:
+  return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _first_unsearchable_ancestor(path: str) -> str | None:
+  """The top-most proper ancestor of `path` that "other" users cannot traverse, if any."""
+  parts = path.strip("/").split("/")[:-1]
+  current = ""
+  for part in parts:
+    current += "/" + part
+    if not os.stat(current).st_mode & 0o001:
+      return current
+  return None
+
+
+def _interpreter_paths() -> list[str]:
+  """Directories the program's interpreter may still need to read: imports and the executable."""
+  candidates = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *sys.path,
+                os.path.dirname(sys.executable), os.path.dirname(os.path.realpath(sys.executable))]
+  paths = []
+  for candidate in candidates:
+    if not candidate or not os.path.isdir(candidate):
+      continue
+    for p in (os.path.abspath(candidate), os.path.realpath(candidate)):
+      if p not in paths:
+        paths.append(p)
+  # Keep only outermost directories: a bind mount of a parent already carries its children.
+  return [p for p in paths if not any(q != p and _is_inside(p, q) for q in paths)]
+
+
+def _bind_back(path_fds: dict[str, int], hidden_roots: list[str]) -> None:
+  """Re-expose (read-only later) needed directories that lie under a freshly mounted tmpfs."""
+  for path, fd in sorted(path_fds.items()):
+    # Strictly inside: re-exposing a hidden root itself (say "/tmp" on sys.path) would undo it.
+    if any(_is_inside(path, root) and path != root for root in hidden_roots):
+      os.makedirs(path, mode=0o755, exist_ok=True)
+      _mount(f"/proc/self/fd/{fd}", path, None, _MS_BIND | _MS_REC)
+
+
+def _set_up_mounts(run_as_uid: int | None, scratch_bytes: int) -> None:
+  os.umask(0o022)
+  needed = _interpreter_paths()
+  hidden_roots = []
+  if run_as_uid is not None:  # the sandbox uid can only use "other" permissions
+    for path in needed:
+      blocked = _first_unsearchable_ancestor(path)
+      if blocked and blocked not in hidden_roots:
+        hidden_roots.append(blocked)
+  real_dir = lambda p: os.path.isdir(p) and not os.path.islink(p)
+  writable = [_SCRATCH] + [p for p in _WRITABLE_SHARED if real_dir(p)]
+  empty = [p for p in _HIDDEN_EMPTY if real_dir(p)]
+  path_fds = {p: os.open(p, os.O_PATH | os.O_DIRECTORY) for p in needed}
+
+  # Unreachable ancestors and service-socket directories: an empty tmpfs, then the needed paths.
+  for root in hidden_roots + empty:
+    _mount("tmpfs", root, "tmpfs", _MS_NOSUID | _MS_NODEV, "mode=0755,size=1m,nr_inodes=4096")
+  _mount("tmpfs", _SCRATCH, "tmpfs", _MS_NOSUID | _MS_NODEV, f"mode=1777,size={scratch_bytes}")
+  for path in writable[1:]:
+    _mount(_SCRATCH, path, None, _MS_BIND)
+  _bind_back(path_fds, hidden_roots + empty + writable)
+  for fd in path_fds.values():
+    os.close(fd)
+
+  _mount_setattr("/", _MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID, 0, recursive=True)
+  for path in writable:
+    _mount_setattr(path, 0, _MOUNT_ATTR_RDONLY, recursive=False)
+  os.mkdir(_WORKDIR, 0o700)
+  if run_as_uid is not None:
+    os.chown(_WORKDIR, run_as_uid, run_as_uid)
+
+
+def _count_own_tasks() -> int:
+  """Threads and processes of the current real uid (what RLIMIT_NPROC counts outside namespaces)."""
+  uid = os.getuid()
+  count = 0
+  for entry in os.listdir("/proc"):
+    if entry.isdigit():
+      try:
+        if os.stat(f"/proc/{entry}").st_uid == uid:
+          count += len(os.listdir(f"/proc/{entry}/task"))
+      except OSError:
+        pass
+  return count
+
+
+def _set_limits(cfg: dict) -> None:
+  memory = cfg["memory_bytes"]
+  cpu = cfg["cpu_seconds"]
+  nproc = cfg["max_processes"]
+  if cfg["mode"] == "plain-user":  # the limit is per real uid, so leave room for what already runs
+    nproc += _count_own_tasks()
+  limits = {
+      resource.RLIMIT_CORE: (0, 0),
+      resource.RLIMIT_AS: (memory, memory),
+      resource.RLIMIT_CPU: (cpu, cpu + 1),  # SIGXCPU at the soft limit, SIGKILL one second later
+      resource.RLIMIT_FSIZE: (cfg["max_file_bytes"], cfg["max_file_bytes"]),
+      resource.RLIMIT_NPROC: (nproc, nproc),
+      resource.RLIMIT_NOFILE: (cfg["max_open_files"], cfg["max_open_files"]),
+  }
+  for which, value in limits.items():
+    resource.setrlimit(which, value)
+
+
+def _drop_privileges(cfg: dict) -> None:
+  _check(_prctl(_PR_SET_NO_NEW_PRIVS, 1), "prctl(NO_NEW_PRIVS)")
+  mode = cfg["mode"]
+  if mode == "plain-user":
+    return
+  with open("/proc/sys/kernel/cap_last_cap") as f:
+    last_cap = int(f.read())
+  for cap in range(last_cap + 1):
+    if _prctl(_PR_CAPBSET_DROP, cap) != 0 and mode.startswith("ns"):
+      _check(-1, f"prctl(CAPBSET_DROP, {cap})")
+  _prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL)
+  uid = cfg["uid"]
+  if uid is not None:  # real root: become a uid that owns nothing and runs nothing else
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+    if os.getresuid() != (uid, uid, uid):
+      raise OSError("could not switch to the sandbox uid")
+  else:  # root of our own user namespace: keep the uid, lose every capability
+    data = (_CapData * 2)()
+    _check(_libc.capset(ctypes.byref(_CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)), data), "capset")
+  with open("/proc/self/status") as f:
+    cap_eff = [line for line in f if line.startswith("CapEff:")][0].split()[1]
+  if int(cap_eff, 16) != 0:
+    raise OSError(f"capabilities remain after dropping them: {cap_eff}")
+
+
+def _install_guard() -> None:
+  """Plain modes only: make sockets and signal sending raise (bypassable with ctypes)."""
+  import _socket
+  import signal
+  import socket
+
+  def refuse(*args, **kwargs):
+    raise PermissionError("disabled in this sandbox")
+
+  class RefusedSocket:
+    def __init__(self, *args, **kwargs):
+      refuse()
+
+  for module in (socket, _socket):
+    module.socket = RefusedSocket
+  socket.create_connection = socket.socketpair = socket.fromfd = refuse
+  for module in (os, __import__("posix")):
+    module.kill = module.killpg = refuse
+  signal.pthread_kill = refuse
+
+
+class _Deadline(Exception):
+  pass
+
+
+def _descendants(root: int) -> list[int]:
+  found, frontier = [], [root]
+  while frontier:
+    pid = frontier.pop()
+    try:
+      for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/children") as f:
+          children = [int(child) for child in f.read().split()]
+        found += children
+        frontier += children
+    except OSError:  # it exited meanwhile
+      pass
+  return found
+
+
+def _kill_descendants() -> None:
+  """SIGKILL and reap every descendant; as a subreaper we inherit the orphans of those we kill.
+
+  Each round first stops every process it can see (a stopped process cannot fork), so a fork
+  bomb cannot refill the tree as fast as it is emptied.
+  """
+  import signal  # pylint: disable=import-outside-toplevel  (plain mode only; it is slow to import)
+  end = time.monotonic() + 10.0
+  while time.monotonic() < end:
+    procs = _descendants(os.getpid())
+    if not procs:
+      return
+    for sig in (signal.SIGSTOP, signal.SIGKILL):
+      for pid in procs:
+        try:
+          os.kill(pid, sig)
+        except ProcessLookupError:
+          pass
+    try:
+      while os.waitpid(-1, os.WNOHANG)[0]:
+        pass
+    except ChildProcessError:
+      pass
+    time.sleep(0.001)
+
+
+def _run_as_guardian(timeout_s: float) -> None:
+  """Plain modes: stay behind as a subreaper parent that ends the whole process tree.
+
+  Without a pid namespace nothing else finds the processes that left the process group
+  (setsid, double fork). Returns in the child, which goes on to run the program; the parent
+  never returns and exits with the child's status.
+  """
+  import signal  # pylint: disable=import-outside-toplevel
+  _check(_prctl(_PR_SET_CHILD_SUBREAPER, 1), "prctl(CHILD_SUBREAPER)")
+  child = os.fork()
+  if child == 0:
+    return
+
+  def on_alarm(signum, frame):
+    raise _Deadline()
+
+  signal.signal(signal.SIGALRM, on_alarm)
+  signal.setitimer(signal.ITIMER_REAL, timeout_s)
+  try:
+    _, status = os.waitpid(child, 0)
+  except _Deadline:
+    status = None
+  signal.setitimer(signal.ITIMER_REAL, 0)
+  _kill_descendants()
+  if status is None:
+    os._exit(TIMEOUT_EXIT)
+  if os.WIFSIGNALED(status):  # die the same way, so that the caller sees the signal
+    signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
+    os.kill(os.getpid(), os.WTERMSIG(status))
+  os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else FAILED_EXIT)
+
+
+def _print_traceback(error: BaseException, skip_frames: int) -> None:
+  import traceback  # pylint: disable=import-outside-toplevel  (only failures pay for it)
+  tb = error.__traceback__
+  for _ in range(skip_frames):
+    tb = tb.tb_next if tb is not None else None
+  traceback.print_exception(type(error), error, tb)
+
+
+_INT_KEYS = ("nonce_fd", "result_fd", "memory_bytes", "cpu_seconds", "max_processes",
+             "max_file_bytes", "max_open_files", "scratch_bytes")
+
+
+def _parse_config(argv: list[str]) -> dict:
+  cfg = dict(arg.split("=", 1) for arg in argv)
+  for key in _INT_KEYS:
+    cfg[key] = int(cfg[key])
+  cfg["uid"] = int(cfg["uid"]) if cfg["uid"] else None
+  cfg["timeout_s"] = float(cfg["timeout_s"])
+  cfg["site_dirs"] = [p for p in cfg["site_dirs"].split(os.pathsep) if p]
+  return cfg
+
+
+def _report_setup_failure(result_fd: int, error: BaseException) -> None:
+  os.write(result_fd, f"setup-error {type(error).__name__}: {error}\n".encode())
+  os._exit(SETUP_FAILED_EXIT)
+
+
+def main() -> None:
+  cfg = _parse_config(sys.argv[1:])
+  # Bound before the program runs, so that patching `os` from the program cannot change them.
+  read, write, exit_now = os.read, os.write, os._exit
+  nonce_fd, result_fd = cfg["nonce_fd"], cfg["result_fd"]
+  if cfg["mode"].startswith("plain"):
+    _run_as_guardian(cfg["timeout_s"])
+  try:
+    sys.path.extend(p for p in cfg["site_dirs"] if p not in sys.path)
+    with open(cfg["program_path"], "rb") as f:
+      source = f.read()
+    if cfg["mode"].startswith("ns"):
+      _set_up_mounts(cfg["uid"], cfg["scratch_bytes"])
+      workdir = _WORKDIR
+      program_path = os.path.join(workdir, "program.py")
+      with open(program_path, "wb") as f:
+        f.write(source)
+    else:
+      workdir = cfg["workdir"]
+      program_path = cfg["program_path"]
+    os.chdir(workdir)
+    os.environ.update(HOME=workdir, TMPDIR=workdir)
+    if cfg["mode"].startswith("plain"):
+      _install_guard()  # imports modules, so before the uid may lose access to them
+    _set_limits(cfg)
+    _drop_privileges(cfg)
+  except BaseException as error:  # pylint: disable=broad-except
+    _report_setup_failure(result_fd, error)
+  try:
+    code = compile(source, program_path, "exec", dont_inherit=True)
+  except (SyntaxError, ValueError) as error:
+    _print_traceback(error, skip_frames=1)
+    exit_now(FAILED_EXIT)
+
+  module = type(sys)("__main__")
+  module.__file__ = program_path
+  module.__builtins__ = builtins
+  sys.modules["__main__"] = module
+  sys.argv = [program_path]
+  try:
+    exec(code, module.__dict__)  # pylint: disable=exec-used
+  except SystemExit as stop:
+    try:
+      print(f"SystemExit({stop.code!r}) raised before the tests finished", file=sys.stderr)
+    finally:
+      exit_now(FAILED_EXIT)
+  except BaseException as error:  # pylint: disable=broad-except
+    try:
+      _print_traceback(error, skip_frames=1)  # leave out the launcher's own frame
+    finally:
+      exit_now(FAILED_EXIT)
+  try:
+    sys.stdout.flush()
+    sys.stderr.flush()
+  except BaseException:  # pylint: disable=broad-except
+    pass
+  token = b""
+  while chunk := read(nonce_fd, 256):
+    token += chunk
+  write(result_fd, b"PASS " + token + b"\n")
+  exit_now(0)
+
+
+if __name__ == "__main__":
+  main()

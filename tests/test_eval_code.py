@@ -1,0 +1,159 @@
+"""Code grading: all HumanEval and MBPP reference solutions pass; wrong and hacked ones fail."""
+
+import json
+
+import pytest
+
+from dllm_jax.eval import code_grader, sandbox
+from dllm_jax.eval.sandbox import SandboxConfig, Status
+
+CONFIG = SandboxConfig(timeout_s=20, memory_mb=1024)
+WORKERS = 8
+
+
+def _read_jsonl(path):
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def humaneval(shared_data):
+  return _read_jsonl(shared_data / "humaneval.jsonl")
+
+
+@pytest.fixture(scope="module")
+def mbpp(shared_data):
+  return _read_jsonl(shared_data / "mbpp.jsonl")
+
+
+@pytest.fixture(scope="module")
+def mbpp_sanitized(shared_data):
+  return _read_jsonl(shared_data / "mbpp_sanitized.jsonl")
+
+
+def _grade_references(problems, expected_benchmark):
+  assert {code_grader.detect_benchmark(p) for p in problems} == {expected_benchmark}
+  solutions = [code_grader.reference_solution(p) for p in problems]
+  grades = code_grader.grade_completions(problems, solutions, workers=WORKERS, config=CONFIG)
+  failures = [(p["task_id"], g.message) for p, g in zip(problems, grades) if not g.passed]
+  return sum(g.passed for g in grades), failures
+
+
+def test_all_humaneval_canonical_solutions_pass(humaneval):
+  assert len(humaneval) == 164
+  passed, failures = _grade_references(humaneval, code_grader.HUMANEVAL)
+  assert (passed, failures) == (164, [])
+
+
+def test_all_mbpp_reference_solutions_pass(mbpp):
+  assert len(mbpp) == 974
+  passed, failures = _grade_references(mbpp, code_grader.MBPP)
+  assert (passed, failures) == (974, [])
+
+
+def test_all_mbpp_sanitized_reference_solutions_pass(mbpp_sanitized):
+  assert len(mbpp_sanitized) == 427
+  passed, failures = _grade_references(mbpp_sanitized, code_grader.MBPP_SANITIZED)
+  assert (passed, failures) == (427, [])
+
+
+def test_mbpp_setup_code_runs_after_the_solution(mbpp):
+  by_id = {p["task_id"]: p for p in mbpp}
+  for task_id in (367, 927):
+    problem = by_id[task_id]
+    program = code_grader.build_program(problem, problem["code"])
+    assert program.index("class Node") < program.index("root = Node(1)")
+    # The other order fails: the setup code needs the solution's class.
+    wrong_order = "\n".join([problem["test_setup_code"], problem["code"], *problem["test_list"]])
+    right, wrong = sandbox.run_many([program, wrong_order], config=CONFIG)
+    assert right.passed and not wrong.passed
+    assert "NameError" in wrong.message
+
+
+def test_wrong_completions_fail(humaneval, mbpp, mbpp_sanitized):
+  problems = humaneval[:20] + mbpp[:20] + mbpp_sanitized[:20]
+  wrong = []
+  for p in problems:
+    if code_grader.detect_benchmark(p) == code_grader.HUMANEVAL:
+      wrong.append("    return None\n")
+    else:  # the right function name, the wrong result
+      wrong.append(f"def {code_grader.entry_point(p)}(*args, **kwargs):\n  return None\n")
+  grades = code_grader.grade_completions(problems, wrong, workers=WORKERS, config=CONFIG)
+  assert [g.passed for g in grades] == [False] * len(problems)
+  assert all(g.status is Status.FAILED for g in grades)
+
+
+def test_humaneval_harness_tricks_fail(humaneval):
+  problem = humaneval[0]  # has_close_elements
+  correct = problem["canonical_solution"]
+  tricks = {
+      "redefine_check": "    return None\n\ndef check(candidate):\n    return True\n",
+      "exit_in_candidate": "    import sys\n    sys.exit(0)\n",
+      "os_exit_in_candidate": "    import os\n    os._exit(0)\n",
+      "exit_at_top_level": "    return None\nimport sys\nsys.exit(0)\n",
+      "fake_marker_then_exit": ("    return None\nimport os\nprint('PASS ' + 'f' * 32)\n"
+                                "for fd in range(3, 64):\n    try:\n"
+                                "        os.write(fd, b'PASS ok\\n')\n"
+                                "    except OSError:\n        pass\nos._exit(0)\n"),
+      "patch_builtins": ("    return None\nimport builtins\n"
+                         "builtins.AssertionError = type('A', (Exception,), {})\n"
+                         "builtins.check = lambda candidate: None\n"),
+      "swallow_via_excepthook": ("    return None\nimport sys\nsys.excepthook = lambda *a: None\n"
+                                 "import atexit, os\natexit.register(os._exit, 0)\n"),
+      "keyboard_interrupt": "    raise KeyboardInterrupt\n",
+  }
+  completions = [correct] + list(tricks.values())
+  grades = code_grader.grade_completions([problem] * len(completions), completions,
+                                         workers=WORKERS, config=CONFIG)
+  assert grades[0].passed, grades[0].message
+  for name, grade in zip(tricks, grades[1:]):
+    assert not grade.passed, name
+
+
+def test_extract_code_rule():
+  assert code_grader.extract_code("def f():\n  return 1\n") == "def f():\n  return 1\n"
+  response = ("Here is a helper:\n```\nprint('hi')\n```\nand the answer:\n"
+              "```python\ndef g():\n  pass\n```\n```python\ndef f(x):\n  return x\n```\n"
+              "Example:\n```python\nprint(f(1))\n```\n")
+  assert code_grader.extract_code(response, "f") == "def f(x):\n  return x\n"
+  assert code_grader.extract_code(response) == "def g():\n  pass\n"  # the first python block
+  assert code_grader.extract_code(response, "missing") == "def g():\n  pass\n"
+  untagged = "Sure.\n```\ndef f(x):\n  return 2 * x\n```\nDone."
+  assert code_grader.extract_code(untagged, "f") == "def f(x):\n  return 2 * x\n"
+  truncated = "```py\ndef f(x):\n  return 3 * x"
+  assert code_grader.extract_code(truncated, "f") == "def f(x):\n  return 3 * x"
+
+
+def test_fenced_responses_are_graded(humaneval, mbpp_sanitized):
+  he, mb = humaneval[2], mbpp_sanitized[0]
+  he_full = he["prompt"] + he["canonical_solution"]
+  responses = [f"Sure!\n```python\n{he_full}```\nThis works because...",
+               f"```python\n{mb['code']}\n```\n\n```python\nprint('usage')\n```"]
+  grades = code_grader.grade_completions([he, mb], responses, config=CONFIG)
+  assert [g.passed for g in grades] == [True, True]
+  raw = code_grader.grade_completion(he, responses[0], extract=False, config=CONFIG)
+  assert not raw.passed and "SyntaxError" in raw.message  # prose is not Python
+
+
+def test_program_assembly(humaneval, mbpp, mbpp_sanitized):
+  he = humaneval[0]
+  program = code_grader.humaneval_program(he, "    return True\n")
+  assert program.startswith(he["prompt"] + "    return True\n")
+  assert program.rstrip().endswith(f"check({he['entry_point']})")
+  sanitized = next(p for p in mbpp_sanitized if p["test_imports"])
+  program = code_grader.mbpp_sanitized_program(sanitized, "SOLUTION = 1")
+  assert program.index(sanitized["test_imports"][0]) < program.index("SOLUTION = 1")
+  assert program.index("SOLUTION = 1") < program.index(sanitized["test_list"][0])
+  assert code_grader.mbpp_entry_point(mbpp[0]) == "min_cost"
+  with pytest.raises(ValueError):
+    code_grader.build_program(he, "", benchmark="apps")
+  with pytest.raises(ValueError):
+    code_grader.detect_benchmark({"question": "?"})
+  with pytest.raises(ValueError):
+    code_grader.grade_completions([he], [], config=CONFIG)
+
+
+def test_truncate_at_stop():
+  text = "    return x\n\ndef helper():\n    pass\nif __name__ == '__main__':\n    main()"
+  assert code_grader.truncate_at_stop(text) == "    return x\n"
+  assert code_grader.truncate_at_stop("    return x") == "    return x"

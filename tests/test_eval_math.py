@@ -1,0 +1,141 @@
+"""Math grading: box extraction, normalisation, every gold answer of MATH500 / AIME 2024 / 2025."""
+
+import concurrent.futures
+import json
+import re
+
+import pytest
+
+from dllm_jax.eval import math_grader
+from dllm_jax.eval.math_grader import (answers_equivalent, extract_boxed, grade_math,
+                                       normalize_answer)
+
+
+def _answers(path):
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line)["answer"] for line in f]
+
+
+@pytest.fixture(scope="module")
+def golds(shared_data):
+  return {name: _answers(shared_data / f"{name}.jsonl") for name in ("math500", "aime24", "aime25")}
+
+
+def _wrap(answer: str) -> str:
+  return f"We simplify step by step, and so the final answer is $\\boxed{{{answer}}}$."
+
+
+def _bump_number(answer: str, which: int) -> str | None:
+  """The answer with one of its integers (first: 0, last: -1) increased by one."""
+  numbers = list(re.finditer(r"\d+", answer))
+  if not numbers:
+    return None
+  match = numbers[which]
+  return answer[:match.start()] + str(int(match.group()) + 1) + answer[match.end():]
+
+
+def _perturbations(answer: str) -> list[str]:
+  """Wrong answers close to `answer`: a number changed by one, or another word or symbol."""
+  wrong = [_bump_number(answer, 0)]
+  if not re.search(r"\\(text|mbox)", answer):  # the last number of "15\mbox{ cm}^2" is in the unit
+    wrong.append(_bump_number(answer, -1))
+  if not re.search(r"\d", answer):
+    if "\\text" in answer:
+      wrong.append(re.sub(r"\\text\{[^}]*\}", r"\\text{Zebra}", answer))
+    else:
+      wrong.append(answer + " + 1")
+  return [w for w in wrong if w is not None and w != answer]
+
+
+# --- extraction and normalisation ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text,expected", [
+    (r"so $\boxed{5}$.", "5"),
+    (r"\boxed{\frac{1}{2}}", r"\frac{1}{2}"),
+    (r"first \boxed{1}, then \boxed{\sqrt{\frac{3}{4}}} at last", r"\sqrt{\frac{3}{4}}"),
+    (r"\fbox{3} and \boxed{4}", "4"),
+    (r"\boxed{4} and \fbox{\text{yes}}", r"\text{yes}"),
+    (r"the set \boxed{\{1, 2\}}", r"\{1, 2\}"),
+    (r"\boxed {7}", "7"),
+    (r"\boxed 12 is it", "12"),
+    (r"no box here: 42", None),
+    (r"\boxed{1} then a cut-off \boxed{\frac{1}{2", None),
+    (r"\boxedtext{3}", None),
+])
+def test_extract_boxed(text, expected):
+  assert extract_boxed(text) == expected
+
+
+@pytest.mark.parametrize("raw,expected", [
+    ("025", "25"),
+    ("-007", "-7"),
+    ("0", "0"),
+    ("58,500", "58500"),
+    (r"11,\! 111,\! 111,\! 100", "11111111100"),
+    (r"336^\circ", "336"),
+    (r"90^{\circ}", "90"),
+    (r"\dfrac{3}{4}", r"\frac{3}{4}"),
+    (r"$\left( 3, \frac{\pi}{2} \right)$", r"(3,\frac{\pi}{2})"),
+    (r"\text{Evelyn}", "Evelyn"),
+    (r"5.4 \text{ cents}", "5.4cents"),
+    ("1, 2", "1,2"),
+])
+def test_normalize_answer(raw, expected):
+  assert normalize_answer(raw) == expected
+
+
+# --- gold answers --------------------------------------------------------------------------------
+
+
+def test_every_gold_answer_grades_correct(golds):
+  counts = {name: sum(grade_math(_wrap(g), g) for g in answers) for name, answers in golds.items()}
+  assert counts == {"math500": 500, "aime24": 30, "aime25": 30}
+
+
+def test_perturbed_gold_answers_grade_wrong(golds):
+  cases = [(gold, wrong) for answers in golds.values() for gold in answers
+           for wrong in _perturbations(gold)]
+  assert len(cases) > 1000
+  accepted = [(gold, wrong) for gold, wrong in cases if grade_math(_wrap(wrong), gold)]
+  assert accepted == []
+
+
+@pytest.mark.parametrize("predicted,gold,expected", [
+    ("336", r"336^\circ", True),  # AIME 2025 II problem 5
+    (r"336^\circ", "336", True),
+    ("25", "025", True),  # AIME 2024 answers are zero-padded
+    ("026", "025", False),
+    (r"\frac{1}{2}", "0.5", True),
+    (r"\frac12", r"\frac{1}{2}", True),
+    (r"\frac{2}{3}", r"\frac{3}{2}", False),
+    (r"2\sqrt{3}", r"\sqrt{12}", True),
+    ("[2,5)", "[2,5]", False),
+    ("(2,3)", "(3,2)", False),
+    ("x^2+1", "1+x^2", True),
+    ("864", r"864 \mbox{ inches}^2", True),
+    ("52", "52_8", True),
+    ("52_9", "52_8", False),  # math_verify alone ignores the base
+    ("36", "40_9", False),
+    (r"\text{(C)}", r"\text{(D)}", False),
+])
+def test_answers_equivalent_cases(predicted, gold, expected):
+  assert answers_equivalent(predicted, gold) is expected
+
+
+def test_responses_without_a_complete_box_are_wrong():
+  assert not grade_math("The answer is 25.", "25")
+  assert not grade_math(r"The answer is \boxed{25", "25")
+  assert not grade_math(r"\boxed{}", "25")
+  assert grade_math(r"I first guessed \boxed{24} but it is \boxed{25}.", "25")
+  assert not grade_math(r"It is \boxed{25}, no wait, \boxed{24}.", "25")
+
+
+def test_grading_in_worker_threads(golds):
+  """math_verify's signal-based timeouts are off, so grading works outside the main thread."""
+  answers = golds["math500"][:40]
+  responses = [_wrap(g) for g in answers] + [_wrap(_perturbations(g)[0]) for g in answers]
+  expected = [True] * len(answers) + [False] * len(answers)
+  with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+    got = list(pool.map(math_grader.grade_math, responses, answers + answers))
+  assert got == expected
