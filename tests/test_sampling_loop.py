@@ -255,3 +255,26 @@ def test_a_row_does_not_depend_on_its_batch():
   alone = S.generate(sampler, DENOISE, PARAMS, prompt[1:2], mask[1:2], keys[1:2])
   np.testing.assert_array_equal(batch.tokens_BL[1], alone.tokens_BL[0])
   assert not np.array_equal(batch.generated_BG[0], batch.generated_BG[1])
+
+
+def test_threshold_blocks_advance_in_lockstep_and_rows_stay_batch_independent():
+  """A row that finishes its block early waits (no commits, no evaluations counted), and its
+  sample is the one it gets alone (T > 0)."""
+  def denoise(params, tokens, mask):  # rows whose prompt starts with 7 are sure of everything
+    logits = DENOISE(params, tokens, mask)
+    peak = jax.nn.one_hot(jnp.arange(tokens.shape[1]) % 200, logits.shape[-1]) * 30.0
+    return jnp.where((tokens[:, :1] == 7)[..., None], logits + peak, logits)
+
+  sampler = S.Sampler.for_model(CONFIG, gen_length=8, block_length=4,
+                                remasking=S.Threshold(0.5), temperature=0.7)
+  prompt, mask = _prompts([4, 4], seed=1)
+  prompt[0, 0] = 7
+  keys = jax.random.split(jax.random.key(2), 2)
+  out = S.generate(sampler, denoise, PARAMS, prompt, mask, keys)
+  steps = np.asarray(out.commit_step_BG)
+  assert (steps[0, :4] == 0).all() and (steps[0, 4:] == steps[1, :4].max() + 1).all()
+  assert int(out.nfe_B[0]) == 2 and int(out.nfe_B[1]) == int(out.steps) > 2
+  for row in range(2):
+    alone = S.generate(sampler, denoise, PARAMS, prompt[row:row + 1], mask[row:row + 1],
+                       keys[row:row + 1])
+    np.testing.assert_array_equal(alone.tokens_BL[0], out.tokens_BL[row])

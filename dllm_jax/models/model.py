@@ -7,6 +7,7 @@ sampler serves any weights of the same shapes.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable
 
@@ -44,17 +45,40 @@ def param_count(params: Params) -> int:
   return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params))
 
 
-@functools.lru_cache(maxsize=None)
-def make_denoise(config: ModelConfig) -> DenoiseFn:
-  """The model as a pure function (one object per config, so jit caches stay warm)."""
-  graphdef = _graphdef(config)
+@dataclasses.dataclass(frozen=True)
+class Denoiser:
+  """The model of `config` as pure functions of `(params, ...)`.
 
-  def denoise(params: Params, tokens_BL: jax.Array, mask_BL: jax.Array) -> jax.Array:
-    return nnx.merge(graphdef, params)(tokens_BL, mask_BL)
+  Calling it is the sampler contract `denoise(params, tokens_BL, mask_BL) -> logits_BLV`;
+  `with_cache` and `window` serve the sampler's block cache. Equal configs give equal (hashable)
+  denoisers, so jitted samplers taking one as a static argument compile once per config.
+  """
 
-  denoise.__name__ = f"denoise_{config.family}"
-  denoise.max_length = config.max_length  # generate() rejects longer canvases
-  return denoise
+  config: ModelConfig
+
+  @property
+  def max_length(self) -> int:
+    return self.config.max_length  # generate() rejects longer canvases
+
+  def _model(self, params: Params) -> Transformer:
+    return nnx.merge(_graphdef(self.config), params)
+
+  def __call__(self, params: Params, tokens_BL: jax.Array, mask_BL: jax.Array) -> jax.Array:
+    return self._model(params)(tokens_BL, mask_BL)
+
+  def with_cache(self, params: Params, tokens_BL: jax.Array, mask_BL: jax.Array):
+    """Logits and every layer's (keys, values) [B, L, K, H]."""
+    return self._model(params).forward_with_cache(tokens_BL, mask_BL)
+
+  def window(self, params: Params, cache, tokens_BL: jax.Array, mask_BL: jax.Array,
+             start: jax.Array, width: int) -> jax.Array:
+    """Logits [B, width, V] of positions [start, start + width) against `cache`."""
+    return self._model(params).window(tokens_BL, mask_BL, cache, start, width)
+
+
+def make_denoise(config: ModelConfig) -> Denoiser:
+  """The model as a pure, hashable function (see `Denoiser`)."""
+  return Denoiser(config)
 
 
 def cast_params(params: Params, dtype: jnp.dtype) -> Params:

@@ -9,6 +9,9 @@ so `q_BLNH` is a [batch, length, query heads, head dim] array.
 Block (pre-norm, SwiGLU):  h = x + o(attn(norm1(x)));  y = h + down(silu(gate(n)) * up(n)), n = norm2(h).
 Attention is fully bidirectional; padding is masked on keys only, so no query row is ever fully
 masked while a row has at least one real token.
+
+`forward_with_cache` also returns every layer's keys and values; `window` then recomputes only a
+window of W tokens against them (the block cache of `dllm_jax.sampling`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dllm_jax.models.config import ModelConfig
+
+KV = tuple[jax.Array, jax.Array]  # one layer's keys and values, each [B, L, K, H]
 
 
 class RMSNorm(nnx.Module):
@@ -62,24 +67,31 @@ class Attention(nnx.Module):
     self.v_proj = _linear(c, c.hidden_size, c.num_kv_heads * c.head_dim, c.qkv_bias, rngs)
     self.o_proj = _linear(c, c.num_heads * c.head_dim, c.hidden_size, False, rngs)
 
-  def __call__(self, x_BLD: jax.Array, positions_BL: jax.Array,
-               key_mask_BS: jax.Array) -> jax.Array:
+  def project(self, x_BTD: jax.Array, positions_BT: jax.Array
+              ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Rotated queries [B, T, N, H] and keys, and values [B, T, K, H], of T tokens."""
     c = self.config
-    B, L, _ = x_BLD.shape
+    B, T, _ = x_BTD.shape
+    q_BTNH = self.q_proj(x_BTD).reshape(B, T, c.num_heads, c.head_dim)
+    k_BTKH = self.k_proj(x_BTD).reshape(B, T, c.num_kv_heads, c.head_dim)
+    v_BTKH = self.v_proj(x_BTD).reshape(B, T, c.num_kv_heads, c.head_dim)
+    return (rotary_embedding(q_BTNH, positions_BT, c.rope_theta),
+            rotary_embedding(k_BTKH, positions_BT, c.rope_theta), v_BTKH)
+
+  def attend(self, q_BTNH: jax.Array, k_BSKH: jax.Array, v_BSKH: jax.Array,
+             key_mask_BS: jax.Array) -> jax.Array:
+    """T queries over S keys (padded keys hidden), through the output projection."""
+    c = self.config
+    B, T = q_BTNH.shape[:2]
     G = c.num_heads // c.num_kv_heads
-    q_BLNH = self.q_proj(x_BLD).reshape(B, L, c.num_heads, c.head_dim)
-    k_BSKH = self.k_proj(x_BLD).reshape(B, L, c.num_kv_heads, c.head_dim)
-    v_BSKH = self.v_proj(x_BLD).reshape(B, L, c.num_kv_heads, c.head_dim)
-    q_BLNH = rotary_embedding(q_BLNH, positions_BL, c.rope_theta)
-    k_BSKH = rotary_embedding(k_BSKH, positions_BL, c.rope_theta)
-    q_BLKGH = q_BLNH.reshape(B, L, c.num_kv_heads, G, c.head_dim)
-    logits_BKGLS = jnp.einsum("blkgh,bskh->bkgls", q_BLKGH, k_BSKH,
+    q_BTKGH = q_BTNH.reshape(B, T, c.num_kv_heads, G, c.head_dim)
+    logits_BKGTS = jnp.einsum("btkgh,bskh->bkgts", q_BTKGH, k_BSKH,
                               preferred_element_type=jnp.float32) / jnp.sqrt(c.head_dim)
-    key_mask_B11S = key_mask_BS[:, None, None, None, :]
-    logits_BKGLS = jnp.where(key_mask_B11S, logits_BKGLS, jnp.finfo(jnp.float32).min)
-    probs_BKGLS = jax.nn.softmax(logits_BKGLS, axis=-1).astype(v_BSKH.dtype)
-    out_BLKGH = jnp.einsum("bkgls,bskh->blkgh", probs_BKGLS, v_BSKH)
-    return self.o_proj(out_BLKGH.reshape(B, L, c.num_heads * c.head_dim))
+    key_mask_B111S = key_mask_BS[:, None, None, None, :]
+    logits_BKGTS = jnp.where(key_mask_B111S, logits_BKGTS, jnp.finfo(jnp.float32).min)
+    probs_BKGTS = jax.nn.softmax(logits_BKGTS, axis=-1).astype(v_BSKH.dtype)
+    out_BTKGH = jnp.einsum("bkgts,bskh->btkgh", probs_BKGTS, v_BSKH)
+    return self.o_proj(out_BTKGH.reshape(B, T, c.num_heads * c.head_dim))
 
 
 class MLP(nnx.Module):
@@ -103,10 +115,22 @@ class Block(nnx.Module):
     self.mlp_norm = RMSNorm(config.hidden_size, config.norm_eps, config.weight_dtype)
     self.mlp = MLP(config, rngs=rngs)
 
-  def __call__(self, x_BLD: jax.Array, positions_BL: jax.Array,
-               key_mask_BS: jax.Array) -> jax.Array:
-    h_BLD = x_BLD + self.attn(self.attn_norm(x_BLD), positions_BL, key_mask_BS)
-    return h_BLD + self.mlp(self.mlp_norm(h_BLD))
+  def __call__(self, x_BLD: jax.Array, positions_BL: jax.Array, key_mask_BL: jax.Array
+               ) -> tuple[jax.Array, KV]:
+    """The block over the whole canvas; also returns its keys and values for a cache."""
+    q_BLNH, k_BLKH, v_BLKH = self.attn.project(self.attn_norm(x_BLD), positions_BL)
+    h_BLD = x_BLD + self.attn.attend(q_BLNH, k_BLKH, v_BLKH, key_mask_BL)
+    return h_BLD + self.mlp(self.mlp_norm(h_BLD)), (k_BLKH, v_BLKH)
+
+  def window(self, x_BWD: jax.Array, positions_BW: jax.Array, key_mask_BL: jax.Array,
+             cache: KV, start: jax.Array) -> jax.Array:
+    """The block for the W tokens at [start, start + W): their fresh keys and values replace
+    the cached ones there, and the rest of the canvas is read from the cache."""
+    q_BWNH, k_BWKH, v_BWKH = self.attn.project(self.attn_norm(x_BWD), positions_BW)
+    k_BLKH = jax.lax.dynamic_update_slice_in_dim(cache[0], k_BWKH.astype(cache[0].dtype), start, 1)
+    v_BLKH = jax.lax.dynamic_update_slice_in_dim(cache[1], v_BWKH.astype(cache[1].dtype), start, 1)
+    h_BWD = x_BWD + self.attn.attend(q_BWNH, k_BLKH, v_BLKH, key_mask_BL)
+    return h_BWD + self.mlp(self.mlp_norm(h_BWD))
 
 
 class Transformer(nnx.Module):
@@ -122,21 +146,46 @@ class Transformer(nnx.Module):
     self.lm_head = _linear(config, config.hidden_size, config.vocab_size, False, rngs,
                            preferred_element_type=jnp.float32)
 
-  def __call__(self, tokens_BL: jax.Array, mask_BL: jax.Array | None = None) -> jax.Array:
-    c = self.config
-    B, L = tokens_BL.shape
-    if mask_BL is None:
-      mask_BL = jnp.ones((B, L), bool)
-    mask_BL = mask_BL.astype(bool)
-    if c.positions_from_mask:
+  def positions(self, mask_BL: jax.Array) -> jax.Array:
+    if self.config.positions_from_mask:
       # Dream: real tokens count 0, 1, ...; padding gets position 1 (it is never attended to).
-      positions_BL = jnp.where(mask_BL, jnp.cumsum(mask_BL, axis=-1) - 1, 1)
-    else:
-      positions_BL = jnp.broadcast_to(jnp.arange(L), (B, L))
+      return jnp.where(mask_BL, jnp.cumsum(mask_BL, axis=-1) - 1, 1)
+    return jnp.broadcast_to(jnp.arange(mask_BL.shape[1]), mask_BL.shape)
+
+  def _logits(self, x_BTD: jax.Array) -> jax.Array:
+    return self.lm_head(self.final_norm(x_BTD)).astype(jnp.float32)
+
+  def __call__(self, tokens_BL: jax.Array, mask_BL: jax.Array | None = None) -> jax.Array:
+    return self.forward_with_cache(tokens_BL, mask_BL)[0]
+
+  def forward_with_cache(self, tokens_BL: jax.Array, mask_BL: jax.Array | None = None
+                         ) -> tuple[jax.Array, list[KV]]:
+    """Logits [B, L, V] and every layer's keys and values [B, L, K, H]."""
+    if mask_BL is None:
+      mask_BL = jnp.ones(tokens_BL.shape, bool)
+    mask_BL = mask_BL.astype(bool)
+    positions_BL = self.positions(mask_BL)
     x_BLD = self.embed(tokens_BL)
+    cache = []
     for layer in self.layers:
-      x_BLD = layer(x_BLD, positions_BL, mask_BL)
-    logits_BLV = self.lm_head(self.final_norm(x_BLD)).astype(jnp.float32)
-    if c.shift_logits:
+      x_BLD, kv = layer(x_BLD, positions_BL, mask_BL)
+      cache.append(kv)
+    logits_BLV = self._logits(x_BLD)
+    if self.config.shift_logits:
       logits_BLV = jnp.concatenate([logits_BLV[:, :1], logits_BLV[:, :-1]], axis=1)
-    return logits_BLV
+    return logits_BLV, cache
+
+  def window(self, tokens_BL: jax.Array, mask_BL: jax.Array, cache: list[KV],
+             start: jax.Array, width: int) -> jax.Array:
+    """Logits [B, width, V] of positions [start, start + width), recomputing only those tokens
+    (and, for shifted logits, the one before them) against the cached keys and values."""
+    shift = int(self.config.shift_logits)
+    first, count = start - shift, width + shift
+    mask_BL = mask_BL.astype(bool)
+    positions_BW = jax.lax.dynamic_slice_in_dim(self.positions(mask_BL), first, count, 1)
+    x_BWD = self.embed(jax.lax.dynamic_slice_in_dim(tokens_BL, first, count, 1))
+    for layer, kv in zip(self.layers, cache):
+      x_BWD = layer.window(x_BWD, positions_BW, mask_BL, kv, first)
+    logits_BWV = self._logits(x_BWD)
+    # Shifted: the logit at p is the prediction made at p - 1.
+    return logits_BWV[:, :width] if shift else logits_BWV

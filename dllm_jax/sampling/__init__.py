@@ -1,5 +1,6 @@
 """Samplers for masked diffusion LMs: one compiled decode loop, remasking rules, IMH, oracle."""
 
+from dllm_jax.sampling.block_cache import BlockCache
 from dllm_jax.sampling.decode import DecodeOutput, generate
 from dllm_jax.sampling.imh import IMH
 from dllm_jax.sampling.remasking import (DreamOrigin, Entropy, LowConfidence, MaskGitPlus, Random,

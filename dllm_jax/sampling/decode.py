@@ -4,26 +4,28 @@ Canvas layout (per row): [left padding | prompt | gen_length masks]; P is the pa
 length and G = gen_length, so the canvas is [B, P + G] and positions P.. are generated.
 
 Each iteration runs one forward pass (IMH: K batched candidate passes), draws token values for
-every generated position, scores the positions that are still masked inside the row's current
-block (the first block that still has masks), and commits the ones the remasking rule selects.
-Committed tokens never change. Every row has its own key (`rng` may be one key per row; a single
-key is split into B), and row b's randomness at iteration t comes from `fold_in(key_b, t)` only,
-so a sample does not depend on the batch, shard or process it is decoded in.
+every generated position, scores the positions still masked inside the current block, and
+commits the ones the remasking rule selects. Committed tokens never change. Blocks advance in
+lockstep for the whole batch: scheduled rules give block b the iterations
+[b * steps_per_block, (b + 1) * steps_per_block); Threshold moves on once every row has
+finished the block (rows done early wait without committing or counting evaluations).
 
-`jax.vmap(generate, in_axes=(None,) * 5 + (0,))` over rng keys gives several samples per prompt.
+Every row has its own key (`rng` may be one key per row; a single key is split into B). Row b's
+randomness at its n-th active iteration comes from `fold_in(key_b, n)` alone, so a sample does
+not depend on the batch, shard or process it is decoded in.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
+from dllm_jax.sampling import block_cache, row_random, token_sampling
 from dllm_jax.sampling import imh as imh_lib
-from dllm_jax.sampling import row_random, token_sampling
 from dllm_jax.sampling.imh import IMH
 from dllm_jax.sampling.remasking import StepInputs
 from dllm_jax.sampling.sampler import Sampler
@@ -49,50 +51,100 @@ class DecodeOutput:
 @struct.dataclass
 class _State:
   canvas_BL: jax.Array
-  step: jax.Array
+  step: jax.Array               # loop iteration
+  row_steps_B: jax.Array        # iterations in which each row had positions to commit
   nfe_B: jax.Array
   logprob_BG: jax.Array
   confidence_BG: jax.Array
   commit_step_BG: jax.Array
   imh_accepts_B: jax.Array
-  logits_BGV: jax.Array | None  # IMH only: logits of the current canvas
+  logits_BGV: Any = None        # IMH and block cache: logits of the current canvas
+  cache: Any = None             # block cache: every layer's keys and values
+  cache_block: Any = None       # block cache: the block it was built in, and its age
+  cache_age: Any = None
 
 
-def _forward(sampler: Sampler, denoise_fn: DenoiseFn, params, canvas_BL: jax.Array,
-             attn_mask_BL: jax.Array, prompt_mask_BL: jax.Array) -> jax.Array:
-  """Logits [B, G, V] of the generated region, CFG applied, forbidden tokens at -inf."""
+@struct.dataclass
+class _Inputs:
+  """What stays fixed during decoding."""
+  params: Any
+  attn_mask_BL: jax.Array
+  prompt_mask_BL: jax.Array
+  keys_B: jax.Array
+
+
+def _model_batch(sampler: Sampler, canvas_BL: jax.Array, inputs: _Inputs):
+  """The canvases the model sees: with CFG, the conditional and the prompt-masked ones."""
+  if sampler.cfg_scale <= 0:
+    return canvas_BL, inputs.attn_mask_BL
+  uncond_BL = jnp.where(inputs.prompt_mask_BL, sampler.mask_token_id, canvas_BL)
+  return (jnp.concatenate([canvas_BL, uncond_BL]),
+          jnp.concatenate([inputs.attn_mask_BL, inputs.attn_mask_BL]))
+
+
+def _finish_logits(sampler: Sampler, logits_XTV: jax.Array) -> jax.Array:
+  """CFG combination, then the mask token (and EOS if forbidden) set to -inf."""
+  logits_XTV = logits_XTV.astype(jnp.float32)
   if sampler.cfg_scale > 0:
-    uncond_BL = jnp.where(prompt_mask_BL, sampler.mask_token_id, canvas_BL)
-    both = denoise_fn(params, jnp.concatenate([canvas_BL, uncond_BL]),
-                      jnp.concatenate([attn_mask_BL, attn_mask_BL]))
-    cond, uncond = jnp.split(both.astype(jnp.float32), 2)
-    logits_BLV = uncond + (sampler.cfg_scale + 1.0) * (cond - uncond)
-  else:
-    logits_BLV = denoise_fn(params, canvas_BL, attn_mask_BL).astype(jnp.float32)
-  logits_BGV = logits_BLV[:, canvas_BL.shape[1] - sampler.gen_length:]
+    cond, uncond = jnp.split(logits_XTV, 2)
+    logits_XTV = uncond + (sampler.cfg_scale + 1.0) * (cond - uncond)
   forbidden = [sampler.mask_token_id] + ([sampler.eos_token_id] if sampler.forbid_eos else [])
-  vocab = jnp.arange(logits_BGV.shape[-1])
-  return jnp.where(jnp.isin(vocab, jnp.array(forbidden)), -jnp.inf, logits_BGV)
+  vocab = jnp.arange(logits_XTV.shape[-1])
+  return jnp.where(jnp.isin(vocab, jnp.array(forbidden)), -jnp.inf, logits_XTV)
+
+
+def _forward(sampler: Sampler, denoise_fn: DenoiseFn, canvas_BL: jax.Array,
+             inputs: _Inputs) -> jax.Array:
+  """Logits [B, G, V] of the generated region."""
+  logits = denoise_fn(inputs.params, *_model_batch(sampler, canvas_BL, inputs))
+  return _finish_logits(sampler, logits[:, canvas_BL.shape[1] - sampler.gen_length:])
+
+
+def _cached_forward(sampler: Sampler, denoise_fn: DenoiseFn, state: _State, block: jax.Array,
+                    inputs: _Inputs) -> dict[str, Any]:
+  """Logits [B, G, V] through the block cache: a full pass (refreshing the cache) at a new
+  block or when the cache is due, else only the current block's tokens. Returns the state
+  fields to update."""
+  G = sampler.gen_length
+  P = state.canvas_BL.shape[1] - G
+  tokens, mask = _model_batch(sampler, state.canvas_BL, inputs)
+  refresh = state.cache_block != block
+  if sampler.cache.refresh_every is not None:
+    refresh |= state.cache_age >= sampler.cache.refresh_every
+
+  def full(_):
+    logits, cache = denoise_fn.with_cache(inputs.params, tokens, mask)
+    return _finish_logits(sampler, logits[:, P:]), cache
+
+  def window(_):
+    start = P + block * sampler.block_len
+    logits = denoise_fn.window(inputs.params, state.cache, tokens, mask, start,
+                               sampler.block_len)
+    logits_BGV = jax.lax.dynamic_update_slice_in_dim(
+        state.logits_BGV, _finish_logits(sampler, logits), start - P, axis=1)
+    return logits_BGV, state.cache
+
+  logits_BGV, cache = jax.lax.cond(refresh, full, window, None)
+  return dict(logits_BGV=logits_BGV, cache=cache, cache_block=block,
+              cache_age=jnp.where(refresh, 1, state.cache_age + 1))
 
 
 def _evaluations(sampler: Sampler) -> int:
   return 2 if sampler.cfg_scale > 0 else 1
 
 
-def _eligible(sampler: Sampler, gen_BG: jax.Array, step: jax.Array) -> jax.Array:
-  """Masked positions inside each row's current block.
-
-  Scheduled rules give block b the iterations [b * steps_per_block, (b + 1) * steps_per_block)
-  in lockstep for all rows (a block that a random rule finishes early idles until its turn ends,
-  as Dream's loop does); Threshold moves each row to its first block with masks left.
-  """
+def _current_block(sampler: Sampler, gen_BG: jax.Array, step: jax.Array) -> jax.Array:
+  """The block being decoded (one for the whole batch)."""
+  if sampler.remasking.uses_schedule:
+    return step // sampler.steps_per_block
   masked_BG = gen_BG == sampler.mask_token_id
   block_G = jnp.arange(sampler.gen_length) // sampler.block_len
-  if sampler.remasking.uses_schedule:
-    current_B = jnp.full(gen_BG.shape[:1], step // sampler.steps_per_block)
-  else:
-    current_B = jnp.min(jnp.where(masked_BG, block_G, sampler.num_blocks), axis=-1)
-  return masked_BG & (block_G == current_B[:, None])
+  return jnp.min(jnp.where(masked_BG, block_G, sampler.num_blocks))
+
+
+def _eligible(sampler: Sampler, gen_BG: jax.Array, block: jax.Array) -> jax.Array:
+  block_G = jnp.arange(sampler.gen_length) // sampler.block_len
+  return (gen_BG == sampler.mask_token_id) & (block_G == block)[None]
 
 
 def _log_prob(logits_BGV: jax.Array, tokens_BG: jax.Array) -> jax.Array:
@@ -101,12 +153,14 @@ def _log_prob(logits_BGV: jax.Array, tokens_BG: jax.Array) -> jax.Array:
 
 
 def _commit(state: _State, sampler: Sampler, commit_BG: jax.Array, new_gen_BG: jax.Array,
-            logprob_BG: jax.Array, score_BG: jax.Array, nfe_B: jax.Array, **changes) -> _State:
+            logprob_BG: jax.Array, score_BG: jax.Array, active_B: jax.Array, nfe: int,
+            **changes) -> _State:
   P = state.canvas_BL.shape[1] - sampler.gen_length
   gen_BG = jnp.where(commit_BG, new_gen_BG, state.canvas_BL[:, P:])
   return state.replace(
       canvas_BL=jnp.concatenate([state.canvas_BL[:, :P], gen_BG], axis=1),
-      step=state.step + 1, nfe_B=state.nfe_B + nfe_B,
+      step=state.step + 1, row_steps_B=state.row_steps_B + active_B,
+      nfe_B=state.nfe_B + active_B * nfe,
       logprob_BG=jnp.where(commit_BG, logprob_BG, state.logprob_BG),
       confidence_BG=jnp.where(commit_BG, score_BG, state.confidence_BG),
       commit_step_BG=jnp.where(commit_BG, state.step, state.commit_step_BG), **changes)
@@ -126,48 +180,51 @@ def _eos_last(sampler: Sampler, score_BG: jax.Array, x0_BG: jax.Array) -> jax.Ar
   return jnp.where(jnp.isin(x0_BG, jnp.array(ends)), -jnp.inf, score_BG)
 
 
-def _baseline_step(sampler: Sampler, denoise_fn: DenoiseFn, params, attn_mask_BL, prompt_mask_BL,
-                   keys_B: jax.Array, state: _State) -> _State:
+def _baseline_step(sampler: Sampler, denoise_fn: DenoiseFn, inputs: _Inputs,
+                   state: _State) -> _State:
   """One forward pass, one draw per position, commit what the rule selects."""
-  key_token, key_score, key_select = row_random.step_keys(keys_B, state.step, 3)
+  key_token, key_score, key_select = row_random.step_keys(inputs.keys_B, state.row_steps_B, 3)
   P = state.canvas_BL.shape[1] - sampler.gen_length
   gen_BG = state.canvas_BL[:, P:]
-  active_B = jnp.any(gen_BG == sampler.mask_token_id, axis=-1)
-  logits_BGV = _forward(sampler, denoise_fn, params, state.canvas_BL, attn_mask_BL,
-                        prompt_mask_BL)
+  block = _current_block(sampler, gen_BG, state.step)
+  eligible_BG = _eligible(sampler, gen_BG, block)
+  if sampler.cache is None:
+    changes = {}
+    logits_BGV = _forward(sampler, denoise_fn, state.canvas_BL, inputs)
+  else:
+    changes = _cached_forward(sampler, denoise_fn, state, block, inputs)
+    logits_BGV = changes["logits_BGV"]
   temperature = sampler.token_temperature
   sample_logits_BGV = token_sampling.sampling_logits(logits_BGV, temperature, sampler.top_p,
                                                      sampler.top_k)
   x0_BG = token_sampling.draw_tokens(key_token, sample_logits_BGV, temperature)
-  eligible_BG = _eligible(sampler, gen_BG, state.step)
   step_in_block, count_B = _schedule_inputs(sampler, state, eligible_BG)
-  inputs = StepInputs(logits_BGV, sample_logits_BGV, x0_BG, eligible_BG, count_B, step_in_block,
-                      sampler.steps_per_block)
+  step_inputs = StepInputs(logits_BGV, sample_logits_BGV, x0_BG, eligible_BG, count_B,
+                           step_in_block, sampler.steps_per_block)
   rule = sampler.remasking
-  score_BG = _eos_last(sampler, rule.confidence(inputs, key_score), x0_BG)
-  commit_BG = rule.select(score_BG, inputs, key_select) & eligible_BG
+  score_BG = _eos_last(sampler, rule.confidence(step_inputs, key_score), x0_BG)
+  commit_BG = rule.select(score_BG, step_inputs, key_select) & eligible_BG
   return _commit(state, sampler, commit_BG, x0_BG, _log_prob(logits_BGV, x0_BG), score_BG,
-                 active_B * _evaluations(sampler))
+                 jnp.any(eligible_BG, axis=-1), _evaluations(sampler), **changes)
 
 
-def _imh_step(sampler: Sampler, denoise_fn: DenoiseFn, params, attn_mask_BL, prompt_mask_BL,
-              keys_B: jax.Array, state: _State) -> _State:
+def _imh_step(sampler: Sampler, denoise_fn: DenoiseFn, inputs: _Inputs, state: _State) -> _State:
   """Choose positions, draw K candidates, score them in one batched pass, run the MH chain."""
   rule: IMH = sampler.remasking
   K = rule.num_candidates
-  key_cand, key_score, key_select, key_chain = row_random.step_keys(keys_B, state.step, 4)
+  key_cand, key_score, key_select, key_chain = row_random.step_keys(inputs.keys_B,
+                                                                    state.row_steps_B, 4)
   B, L = state.canvas_BL.shape
   P = L - sampler.gen_length
   gen_BG = state.canvas_BL[:, P:]
-  active_B = jnp.any(gen_BG == sampler.mask_token_id, axis=-1)
   logits_BGV = state.logits_BGV
-  eligible_BG = _eligible(sampler, gen_BG, state.step)
+  eligible_BG = _eligible(sampler, gen_BG, _current_block(sampler, gen_BG, state.step))
   step_in_block, count_B = _schedule_inputs(sampler, state, eligible_BG)
   mode_BG = jnp.argmax(logits_BGV, axis=-1).astype(jnp.int32)
-  inputs = StepInputs(logits_BGV, logits_BGV, mode_BG, eligible_BG, count_B, step_in_block,
-                      sampler.steps_per_block)
-  score_BG = _eos_last(sampler, rule.positions.confidence(inputs, key_score), mode_BG)
-  chosen_BG = rule.positions.select(score_BG, inputs, key_select) & eligible_BG
+  step_inputs = StepInputs(logits_BGV, logits_BGV, mode_BG, eligible_BG, count_B, step_in_block,
+                           sampler.steps_per_block)
+  score_BG = _eos_last(sampler, rule.positions.confidence(step_inputs, key_score), mode_BG)
+  chosen_BG = rule.positions.select(score_BG, step_inputs, key_select) & eligible_BG
 
   index_BM, valid_BM = imh_lib.gather_positions(chosen_BG, sampler.max_commits_per_step)
   logits_BMV = jnp.take_along_axis(logits_BGV, index_BM[..., None], axis=1)
@@ -175,8 +232,9 @@ def _imh_step(sampler: Sampler, denoise_fn: DenoiseFn, params, attn_mask_BL, pro
   cand_gen_KBG = imh_lib.place_candidates(gen_BG, index_BM, valid_BM, values_KBM)
   cand_canvas_KBL = jnp.concatenate(
       [jnp.broadcast_to(state.canvas_BL[:, :P], (K, B, P)), cand_gen_KBG], axis=-1)
-  cand_logits = _forward(sampler, denoise_fn, params, cand_canvas_KBL.reshape(K * B, L),
-                         jnp.tile(attn_mask_BL, (K, 1)), jnp.tile(prompt_mask_BL, (K, 1)))
+  tiled = inputs.replace(attn_mask_BL=jnp.tile(inputs.attn_mask_BL, (K, 1)),
+                         prompt_mask_BL=jnp.tile(inputs.prompt_mask_BL, (K, 1)))
+  cand_logits = _forward(sampler, denoise_fn, cand_canvas_KBL.reshape(K * B, L), tiled)
   cand_logits_KBGV = cand_logits.reshape(K, B, *cand_logits.shape[1:])
   remaining_BG = (gen_BG == sampler.mask_token_id) & ~chosen_BG
   log_w_KB = imh_lib.suffix_log_mass(cand_logits_KBGV, remaining_BG, rule.alpha)
@@ -185,9 +243,9 @@ def _imh_step(sampler: Sampler, denoise_fn: DenoiseFn, params, attn_mask_BL, pro
   pick = lambda x_KB: jnp.take_along_axis(x_KB, chosen_B.reshape(1, B, *[1] * (x_KB.ndim - 2)),
                                           axis=0)[0]
   new_gen_BG = pick(cand_gen_KBG)
+  active_B = jnp.any(eligible_BG, axis=-1)
   return _commit(state, sampler, chosen_BG, new_gen_BG, _log_prob(logits_BGV, new_gen_BG),
-                 score_BG, active_B * K * _evaluations(sampler),
-                 logits_BGV=pick(cand_logits_KBGV),
+                 score_BG, active_B, K * _evaluations(sampler), logits_BGV=pick(cand_logits_KBGV),
                  imh_accepts_B=state.imh_accepts_B + accepts_B * active_B)
 
 
@@ -198,44 +256,64 @@ def check_lengths(sampler: Sampler, prompt_length: int, max_length: int | None) 
                      f"{max_length} tokens")
 
 
+def _initial_state(sampler: Sampler, denoise_fn: DenoiseFn, canvas_BL: jax.Array,
+                   inputs: _Inputs) -> _State:
+  B, L = canvas_BL.shape
+  G = sampler.gen_length
+  state = _State(canvas_BL=canvas_BL, step=jnp.zeros((), jnp.int32),
+                 row_steps_B=jnp.zeros((B,), jnp.int32), nfe_B=jnp.zeros((B,), jnp.int32),
+                 logprob_BG=jnp.zeros((B, G), jnp.float32),
+                 confidence_BG=jnp.zeros((B, G), jnp.float32),
+                 commit_step_BG=jnp.full((B, G), -1, jnp.int32),
+                 imh_accepts_B=jnp.zeros((B,), jnp.int32))
+  if isinstance(sampler.remasking, IMH):  # the first candidates need the canvas's logits
+    return state.replace(logits_BGV=_forward(sampler, denoise_fn, canvas_BL, inputs),
+                         nfe_B=state.nfe_B + _evaluations(sampler))
+  if sampler.cache is not None:  # shapes for the loop carry; the first step refreshes
+    logits, cache = jax.eval_shape(denoise_fn.with_cache, inputs.params,
+                                   *_model_batch(sampler, canvas_BL, inputs))
+    zeros = lambda s: jnp.zeros(s.shape, s.dtype)
+    return state.replace(logits_BGV=jnp.zeros((B, G, logits.shape[-1]), jnp.float32),
+                         cache=jax.tree.map(zeros, cache), cache_block=jnp.array(-1),
+                         cache_age=jnp.array(0))
+  return state
+
+
 @functools.partial(jax.jit, static_argnames=("sampler", "denoise_fn"))
 def generate(sampler: Sampler, denoise_fn: DenoiseFn, params, prompt_BP: jax.Array,
              prompt_mask_BP: jax.Array, rng: jax.Array) -> DecodeOutput:
   """Decodes `sampler.gen_length` tokens after each left-padded prompt, in one compiled call.
 
-  `denoise_fn(params, tokens_BL, attention_mask_BL) -> logits_BLV` is any pure function; if it
-  has a `max_length` attribute, longer canvases are rejected. `prompt_mask_BP` marks real prompt
-  tokens (False = left padding). `rng` is one key, or one key per row ([B]). Recompiles only
-  when a shape or the sampler changes.
+  `denoise_fn(params, tokens_BL, attention_mask_BL) -> logits_BLV` is any pure, hashable
+  function; if it has a `max_length` attribute, longer canvases are rejected. `prompt_mask_BP`
+  marks real prompt tokens (False = left padding). `rng` is one key, or one key per row ([B]).
+  Recompiles only when a shape or the sampler changes.
   """
   B, P = prompt_BP.shape
   if prompt_mask_BP.shape != (B, P):
     raise ValueError(f"prompt_mask shape {prompt_mask_BP.shape} != prompt shape {(B, P)}")
   check_lengths(sampler, P, getattr(denoise_fn, "max_length", None))
+  if sampler.cache is not None:
+    block_cache.check_denoiser(denoise_fn)
+    if P == 0 and getattr(getattr(denoise_fn, "config", None), "shift_logits", False):
+      raise ValueError("a block cache with shifted logits (Dream) needs a prompt of >= 1 token")
   G = sampler.gen_length
   canvas_BL = jnp.concatenate(
       [prompt_BP.astype(jnp.int32), jnp.full((B, G), sampler.mask_token_id, jnp.int32)], axis=1)
-  prompt_mask_BL = jnp.concatenate([prompt_mask_BP.astype(bool), jnp.zeros((B, G), bool)], 1)
-  attn_mask_BL = jnp.concatenate([prompt_mask_BP.astype(bool), jnp.ones((B, G), bool)], 1)
-  is_imh = isinstance(sampler.remasking, IMH)
-  logits_BGV = None
-  nfe_B = jnp.zeros((B,), jnp.int32)
-  if is_imh:
-    logits_BGV = _forward(sampler, denoise_fn, params, canvas_BL, attn_mask_BL, prompt_mask_BL)
-    nfe_B = nfe_B + _evaluations(sampler)
-  state = _State(canvas_BL=canvas_BL, step=jnp.zeros((), jnp.int32), nfe_B=nfe_B,
-                 logprob_BG=jnp.zeros((B, G), jnp.float32),
-                 confidence_BG=jnp.zeros((B, G), jnp.float32),
-                 commit_step_BG=jnp.full((B, G), -1, jnp.int32),
-                 imh_accepts_B=jnp.zeros((B,), jnp.int32), logits_BGV=logits_BGV)
-  step_fn = functools.partial(_imh_step if is_imh else _baseline_step, sampler, denoise_fn,
-                              params, attn_mask_BL, prompt_mask_BL, row_random.row_keys(rng, B))
+  inputs = _Inputs(
+      params=params,
+      attn_mask_BL=jnp.concatenate([prompt_mask_BP.astype(bool), jnp.ones((B, G), bool)], 1),
+      prompt_mask_BL=jnp.concatenate([prompt_mask_BP.astype(bool), jnp.zeros((B, G), bool)], 1),
+      keys_B=row_random.row_keys(rng, B))
+  state = _initial_state(sampler, denoise_fn, canvas_BL, inputs)
+  step = _imh_step if isinstance(sampler.remasking, IMH) else _baseline_step
 
   def not_done(state: _State) -> jax.Array:
     masks_left = jnp.any(state.canvas_BL[:, P:] == sampler.mask_token_id)
     return (state.step < sampler.total_steps) & masks_left
 
-  state = jax.lax.while_loop(not_done, step_fn, state)
+  state = jax.lax.while_loop(not_done, functools.partial(step, sampler, denoise_fn, inputs),
+                             state)
   return DecodeOutput(tokens_BL=state.canvas_BL, nfe_B=state.nfe_B, steps=state.step,
                       logprob_BG=state.logprob_BG, confidence_BG=state.confidence_BG,
                       commit_step_BG=state.commit_step_BG, imh_accepts_B=state.imh_accepts_B)

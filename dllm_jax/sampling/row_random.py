@@ -20,9 +20,10 @@ def row_keys(rng: jax.Array, batch: int) -> jax.Array:
   return rng
 
 
-def step_keys(keys_B: jax.Array, step: jax.Array, num: int) -> list[jax.Array]:
-  """`num` independent [B] key arrays for iteration `step`."""
-  keys_BN = jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, step), num))(keys_B)
+def step_keys(keys_B: jax.Array, steps_B: jax.Array, num: int) -> list[jax.Array]:
+  """`num` independent [B] key arrays for each row's iteration count `steps_B`."""
+  keys_BN = jax.vmap(lambda k, t: jax.random.split(jax.random.fold_in(k, t), num))(keys_B,
+                                                                                   steps_B)
   return [keys_BN[:, i] for i in range(num)]
 
 

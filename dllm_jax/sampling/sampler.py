@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from dllm_jax.sampling.block_cache import BlockCache
 from dllm_jax.sampling.imh import IMH
 from dllm_jax.sampling.remasking import (DreamOrigin, Entropy, LowConfidence, MaskGitPlus, Random,
                                          Threshold, TopKMargin)
@@ -27,6 +28,7 @@ class Sampler:
   `cfg_scale` > 0 adds classifier-free guidance (the unconditional canvas masks the prompt):
   logits = uncond + (cfg_scale + 1) * (cond - uncond). `forbid_eos` sets the EOS logit to -inf;
   `eos_confidence_inf` gives positions whose draw is EOS or EOT the lowest priority.
+  `cache=BlockCache()` reuses keys and values within a block (see `block_cache`).
   """
 
   gen_length: int
@@ -43,6 +45,7 @@ class Sampler:
   eot_token_id: int | None = None
   forbid_eos: bool = False
   eos_confidence_inf: bool = False
+  cache: BlockCache | None = None
 
   def __post_init__(self):
     g, b = self.gen_length, self.block_len
@@ -89,6 +92,11 @@ class Sampler:
       raise ValueError("forbid_eos needs eos_token_id")
     if self.eos_confidence_inf and self.eos_token_id is None and self.eot_token_id is None:
       raise ValueError("eos_confidence_inf needs eos_token_id or eot_token_id")
+    if self.cache is not None:
+      if not isinstance(self.cache, BlockCache):
+        raise ValueError(f"cache must be BlockCache(...) or None, got {self.cache!r}")
+      if isinstance(self.remasking, IMH):
+        raise ValueError("IMH scores candidates with full forward passes; it takes no cache")
 
   @classmethod
   def for_model(cls, config: Any, **fields: Any) -> Sampler:
