@@ -4,6 +4,7 @@ to Hugging Face safetensors.
 A checkpoint is a directory:
   config.json   the `ModelConfig` (dtype policy included)
   params/       an Orbax PyTree checkpoint of `init_params(config)`'s tree
+  tokenizer/    the HF tokenizer and chat-template files, when converted from a directory with them
 Every writer builds the directory under a temporary sibling name and renames it into place, so a
 failure never leaves a partial checkpoint behind.
 """
@@ -30,6 +31,11 @@ from dllm_jax.models.safetensors_io import (FLOAT_DTYPES, CheckpointError, read_
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
+TOKENIZER_DIR = "tokenizer"
+# Tokenizer and chat-template files that a conversion carries over from the HF directory.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "chat_template.jinja", "chat_template.json",
+                   "generation_config.json", "vocab.json", "merges.txt", "tokenizer.model")
 _DTYPE_NAMES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
 
 
@@ -162,6 +168,11 @@ def convert_hf(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
         buffer, buffered = {}, 0
     ocp.partial.finalize(temp / PARAMS_DIR)
     (temp / CONFIG_FILE).write_text(config.to_json())
+    tokenizer_files = [hf_dir / name for name in TOKENIZER_FILES if (hf_dir / name).is_file()]
+    if tokenizer_files:
+      (temp / TOKENIZER_DIR).mkdir()
+      for file in tokenizer_files:
+        shutil.copy2(file, temp / TOKENIZER_DIR / file.name)
   return config
 
 

@@ -99,3 +99,16 @@ def shard_batch(mesh: jax.sharding.Mesh, *arrays: Any) -> tuple[Any, ...]:
                        f"({data}); pad the batch to a multiple of {data}")
     placed.append(jax.device_put(array, batch_sharding(mesh, array.ndim)))
   return tuple(placed)
+
+
+def param_bytes_per_device(config: ModelConfig, model_size: int) -> int:
+  """Parameter bytes one device holds with a model axis of `model_size` (no devices needed)."""
+  mesh = jax.sharding.AbstractMesh((1, model_size), (DATA, MODEL))
+  abstract = abstract_params(config)
+  total = 0
+  for leaf, spec in zip(jax.tree.leaves(abstract),
+                        jax.tree.leaves(param_specs(config, mesh),
+                                        is_leaf=lambda x: isinstance(x, P))):
+    split = model_size if MODEL in tuple(spec) else 1
+    total += leaf.size * leaf.dtype.itemsize // split
+  return total

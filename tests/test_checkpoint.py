@@ -40,6 +40,18 @@ def test_round_trip_is_bit_exact(tmp_path, family, dtype, shards):
   assert again == config
 
 
+def test_tokenizer_files_are_carried_over(tmp_path):
+  cfg = fx.llada_hf_config()
+  fx.write_checkpoint(tmp_path / "hf", cfg, fx.random_tensors(cfg))
+  (tmp_path / "hf" / "tokenizer_config.json").write_text('{"chat_template": "{{ x }}"}')
+  (tmp_path / "hf" / "tokenizer.json").write_text("{}")
+  checkpoint.convert_hf(tmp_path / "hf", tmp_path / "jax")
+  copied = sorted(p.name for p in (tmp_path / "jax" / "tokenizer").iterdir())
+  assert copied == ["tokenizer.json", "tokenizer_config.json"]
+  assert json.loads((tmp_path / "jax" / "tokenizer" / "tokenizer_config.json").read_text()) == {
+      "chat_template": "{{ x }}"}
+
+
 def test_load_onto_a_mesh(tmp_path):
   cfg = fx.llada_hf_config()
   fx.write_checkpoint(tmp_path / "hf", cfg, fx.random_tensors(cfg))

@@ -45,7 +45,7 @@ class DecodeOutput:
 
   @property
   def generated_BG(self) -> jax.Array:
-    return self.tokens_BL[:, self.tokens_BL.shape[1] - self.logprob_BG.shape[1]:]
+    return self.tokens_BL[..., self.tokens_BL.shape[-1] - self.logprob_BG.shape[-1]:]
 
 
 @struct.dataclass
