@@ -21,7 +21,7 @@ _PARAM_DTYPE = flags.DEFINE_enum("param_dtype", None, ["float32", "bfloat16", "f
                                  "Storage dtype (default: the checkpoint's).")
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"],
                            "Compute dtype recorded in the config (default: param_dtype).")
-_BUFFER_MB = flags.DEFINE_integer("buffer_mb", 256, "Host memory to fill before each write.")
+_BUFFER_MB = flags.DEFINE_integer("buffer_mb", 64, "Host memory to fill before each write.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing --out_dir.")
 
 

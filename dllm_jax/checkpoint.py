@@ -130,13 +130,14 @@ def _check_hf_tensors(infos: dict[str, Any], config: ModelConfig) -> None:
 
 def convert_hf(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                param_dtype: str | None = None, dtype: str | None = None,
-               overwrite: bool = False, buffer_bytes: int = 256 * 2**20,
+               overwrite: bool = False, buffer_bytes: int = 64 * 2**20,
                log: Callable[[str], None] | None = None) -> ModelConfig:
   """Converts a LLaDA or Dream HF checkpoint directory to an Orbax checkpoint.
 
   Every header, key, shape and dtype is checked before anything is written. Tensors are then
-  read one by one and written with Orbax partial saves whenever `buffer_bytes` have accumulated,
-  so peak host memory stays near `buffer_bytes` plus the largest tensor, whatever the shard size.
+  read one by one (in row chunks) and written with Orbax partial saves whenever `buffer_bytes`
+  have accumulated, so peak host memory stays near `buffer_bytes` plus twice the largest tensor,
+  whatever the shard size.
   `param_dtype` defaults to the checkpoint's dtype, `dtype` (compute) to `param_dtype`.
   """
   hf_dir = pathlib.Path(hf_dir)
@@ -157,10 +158,13 @@ def convert_hf(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     # File order keeps reads sequential within each shard.
     for n, key in enumerate(sorted(infos, key=lambda k: (infos[k].file.name, k))):
       path, transform = expected[key]
-      array = hf_layout.to_param(read_tensor(key, infos[key]), transform)
-      array = array.astype(target_dtype, copy=False)
-      hf_layout.set_path(buffer, path, array)
+      array = read_tensor(key, infos[key], transpose=transform == "transpose",
+                          dtype=target_dtype)
+      # Orbax copies numpy leaves while saving, jax arrays it writes in place: one copy now,
+      # and the numpy array is freed at once.
+      hf_layout.set_path(buffer, path, jax.device_put(array))
       buffered += array.nbytes
+      del array
       if buffered >= buffer_bytes or n == len(infos) - 1:
         ocp.partial.save(temp / PARAMS_DIR, buffer)
         if log:

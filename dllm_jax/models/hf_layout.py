@@ -78,11 +78,6 @@ def hf_shape(param_shape: tuple[int, ...], transform: str) -> tuple[int, ...]:
   return tuple(reversed(param_shape)) if transform == "transpose" else tuple(param_shape)
 
 
-def to_param(tensor: np.ndarray, transform: str) -> np.ndarray:
-  """An HF tensor in the JAX parameter layout (contiguous)."""
-  return np.ascontiguousarray(tensor.T) if transform == "transpose" else tensor
-
-
 def to_hf(array: np.ndarray, transform: str) -> np.ndarray:
   return np.ascontiguousarray(array.T) if transform == "transpose" else array
 

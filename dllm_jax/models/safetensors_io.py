@@ -2,8 +2,8 @@
 
 A checkpoint directory holds `model.safetensors`, or shards `model-0000i-of-0000n.safetensors`
 listed by `model.safetensors.index.json`. Headers are scanned first, so a bad file is reported
-before any tensor is read; tensors are then read one at a time, each from a freshly opened file,
-so the memory map of a shard never stays resident for longer than one tensor.
+before any tensor is read; tensors are then read one at a time in row chunks, each chunk from a
+freshly opened file, so only the tensor being read and one chunk of its shard are resident.
 """
 
 from __future__ import annotations
@@ -78,12 +78,37 @@ def scan_checkpoint(directory: str | os.PathLike) -> dict[str, TensorInfo]:
   return infos
 
 
-def read_tensor(key: str, info: TensorInfo) -> np.ndarray:
+def read_tensor(key: str, info: TensorInfo, *, transpose: bool = False,
+                dtype: np.dtype | None = None, chunk_bytes: int = 16 * 2**20) -> np.ndarray:
+  """Reads one tensor, optionally transposed (2-D) and cast, straight into its final array.
+
+  Rows are read in chunks of about `chunk_bytes`, each from a freshly opened (memory-mapped) file,
+  so besides the result only one chunk of the file is ever resident.
+  """
+  dtype = np.dtype(dtype or FLOAT_DTYPES.get(info.dtype, np.float32))
+  shape = tuple(reversed(info.shape)) if transpose else info.shape
+  if transpose and len(shape) != 2:
+    raise CheckpointError(f"{info.file}: cannot transpose {len(shape)}-d tensor {key!r}")
+  out = np.empty(shape, dtype)
+  rows = info.shape[0] if info.shape else 1
+  row_bytes = max(int(np.prod(info.shape[1:], dtype=np.int64)) * dtype.itemsize, 1)
+  step = max(1, chunk_bytes // row_bytes)
   try:
-    with safe_open(str(info.file), framework="np") as handle:
-      return handle.get_tensor(key)
+    for start in range(0, rows, step):
+      stop = min(start + step, rows)
+      with safe_open(str(info.file), framework="np") as handle:
+        chunk = handle.get_slice(key)[start:stop] if info.shape else handle.get_tensor(key)
+      if not info.shape:
+        out[...] = chunk
+      elif transpose:
+        out[:, start:stop] = chunk.T
+      else:
+        out[start:stop] = chunk
+  except CheckpointError:
+    raise
   except Exception as e:
     raise CheckpointError(f"{info.file}: cannot read tensor {key!r} ({e})") from e
+  return out
 
 
 def write_checkpoint(tensors: Iterable[tuple[str, np.ndarray]], directory: str | os.PathLike,
