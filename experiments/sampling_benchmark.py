@@ -1,0 +1,200 @@
+"""Decoding-loop throughput: the compiled JAX loop against LLaDA's PyTorch eager loop.
+
+Both loops decode the same prompts with the same weights at equal NFE: low-confidence remasking,
+`gen_length / tokens_per_step` steps split evenly over blocks of `block_length`, LLaDA's linear
+schedule. JAX runs `dllm_jax.sampling.generate` compiled ahead of time (compile time reported on
+its own); PyTorch runs tests/torch_ref/llada_generate_torch.py on `LLaDATorch`.
+
+Loop overhead = loop time - NFE x (time of one forward pass of the same [B, P + G] shape), as a
+fraction of the loop time: what the loop adds to the model (sampling, softmax, top-k, commit,
+and for PyTorch the Python per-step work). Each side is charged with its own forward time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+import torch
+
+from dllm_jax import models
+from dllm_jax import sampling
+from dllm_jax.models import ModelConfig
+from experiments import benchlib
+from tests.torch_ref import llada_generate_torch, llada_torch
+
+SIZES = {"20m": (256, 8), "100m": (768, 12)}  # name -> llada_sized(hidden_size, num_layers)
+
+
+def parse_grid(text: str) -> list[tuple[str, int, int]]:
+  """'20m:1x128,100m:8x256' -> [('20m', 1, 128), ('100m', 8, 256)] (size:batch x gen_length)."""
+  grid = []
+  for item in text.split(","):
+    size, shape = item.split(":")
+    if size not in SIZES:
+      raise ValueError(f"unknown size {size!r}; expected one of {sorted(SIZES)}")
+    batch, gen_length = shape.lower().split("x")
+    grid.append((size, int(batch), int(gen_length)))
+  return grid
+
+
+def model_config(size: str, vocab_size: int) -> ModelConfig:
+  hidden, layers = SIZES[size]
+  return models.llada_sized(hidden, layers, vocab_size=vocab_size)
+
+
+def run_setting(config: ModelConfig, params: models.Params, torch_model: torch.nn.Module,
+                batch: int, gen_length: int, prompt_length: int, tokens_per_step: int,
+                block_length: int, temperature: float, loop_repeats: int, forward_repeats: int,
+                peak_gflops: float) -> dict[str, Any]:
+  steps = gen_length // tokens_per_step
+  block_length = min(block_length, gen_length)
+  sampler = sampling.Sampler.for_model(
+      config, gen_length=gen_length, block_length=block_length, steps=steps,
+      remasking=sampling.LowConfidence(), temperature=temperature)
+  rng = np.random.default_rng(batch * 1009 + gen_length)
+  prompt = rng.integers(0, config.vocab_size - 3, (batch, prompt_length)).astype(np.int32)
+  prompt_mask = np.ones_like(prompt, bool)
+  canvas = np.concatenate([prompt, np.full((batch, gen_length), config.mask_token_id, np.int32)],
+                          axis=1)
+  canvas_mask = np.ones_like(canvas, bool)
+  key = jax.random.key(0)
+  denoise = models.make_denoise(config)
+
+  loop, compile_s = benchlib.timed(lambda: sampling.generate.lower(
+      sampler, denoise, params, prompt, prompt_mask, key).compile())
+  forward = jax.jit(denoise).lower(params, canvas, canvas_mask).compile()
+  prompt_t, prompt_mask_t = torch.from_numpy(prompt).long(), torch.from_numpy(prompt_mask)
+  canvas_t, canvas_mask_t = torch.from_numpy(canvas).long(), torch.from_numpy(canvas_mask)
+  outputs: dict[str, Any] = {}
+
+  def jax_loop():
+    outputs["jax"] = jax.block_until_ready(loop(params, prompt, prompt_mask, key))
+
+  def torch_loop():
+    outputs["torch"] = llada_generate_torch.generate(
+        torch_model, prompt_t, prompt_mask_t, steps=steps, gen_length=gen_length,
+        block_length=block_length, temperature=temperature, remasking="low_confidence",
+        mask_id=config.mask_token_id, generator=torch.Generator().manual_seed(0))
+
+  def torch_forward():
+    with torch.inference_mode():
+      torch_model(canvas_t, canvas_mask_t)
+
+  forwards = benchlib.time_interleaved(
+      {"jax": lambda: forward(params, canvas, canvas_mask).block_until_ready(),
+       "torch": torch_forward}, forward_repeats, warmup=1)
+  loops = benchlib.time_interleaved({"jax": jax_loop, "torch": torch_loop}, loop_repeats,
+                                    warmup=0)
+  nfe = int(np.asarray(outputs["jax"].nfe_B)[0])
+  assert nfe == steps, (nfe, steps)
+  flops = benchlib.forward_flops(config, batch, prompt_length + gen_length) * nfe
+  same = np.mean(np.asarray(outputs["jax"].tokens_BL) == outputs["torch"].numpy())
+  row: dict[str, Any] = {
+      "batch": batch, "gen_length": gen_length, "prompt_length": prompt_length, "steps": steps,
+      "block_length": block_length, "nfe": nfe, "temperature": temperature,
+      "jax_compile_s": compile_s, "loop_flops": flops, "same_tokens_fraction": float(same)}
+  for side in ("jax", "torch"):
+    t, f = loops[side], forwards[side]
+    row[side] = {
+        "loop": t, "forward": f,
+        "tokens_per_s_best": batch * gen_length / t["best_s"],
+        "tokens_per_s_median": batch * gen_length / t["median_s"],
+        "ms_per_step_best": 1e3 * t["best_s"] / nfe,
+        "ms_per_step_median": 1e3 * t["median_s"] / nfe,
+        "overhead_best": 1 - nfe * f["best_s"] / t["best_s"],
+        "overhead_median": 1 - nfe * f["median_s"] / t["median_s"],
+        "peak_fraction_best": flops / t["best_s"] / 1e9 / peak_gflops}
+  row["speed_ratio_best"] = loops["torch"]["best_s"] / loops["jax"]["best_s"]
+  row["speed_ratio_median"] = loops["torch"]["median_s"] / loops["jax"]["median_s"]
+  return row
+
+
+def run(grid: list[tuple[str, int, int]], vocab_size: int, **kwargs: Any) -> list[dict[str, Any]]:
+  """Every grid entry; one model (JAX params and its PyTorch copy) per size."""
+  rows = []
+  for size in dict.fromkeys(size for size, _, _ in grid):
+    config = model_config(size, vocab_size)
+    params = models.init_params(config, seed=0)
+    torch_model = llada_torch.from_jax_params(config, params)
+    n_params = models.param_count(params)
+    for _, batch, gen_length in (g for g in grid if g[0] == size):
+      row = run_setting(config, params, torch_model, batch, gen_length, **kwargs)
+      row.update(size=size, params=n_params, hidden_size=config.hidden_size,
+                 num_layers=config.num_layers)
+      print(f"  {size} ({n_params:,} params) B={batch} G={gen_length} NFE={row['nfe']}: "
+            f"jax {row['jax']['loop']['median_s']:.2f} s, "
+            f"torch {row['torch']['loop']['median_s']:.2f} s (median)", flush=True)
+      rows.append(row)
+    del torch_model, params
+  return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+  headers = ["model", "B", "G", "NFE", "JAX tok/s", "torch tok/s", "JAX ms/step",
+             "torch ms/step", "JAX/torch speed best", "(median)", "JAX overhead",
+             "torch overhead", "JAX % peak", "torch % peak", "JAX compile s", "same tokens"]
+  body = []
+  for r in rows:
+    j, t = r["jax"], r["torch"]
+    body.append([f"{r['size']} ({r['params'] / 1e6:.1f}M)", r["batch"], r["gen_length"],
+                 r["nfe"], j["tokens_per_s_best"], t["tokens_per_s_best"],
+                 j["ms_per_step_best"], t["ms_per_step_best"],
+                 f"{r['speed_ratio_best']:.2f}x", f"{r['speed_ratio_median']:.2f}x",
+                 f"{100 * j['overhead_best']:.0f}%", f"{100 * t['overhead_best']:.0f}%",
+                 f"{100 * j['peak_fraction_best']:.0f}%", f"{100 * t['peak_fraction_best']:.0f}%",
+                 r["jax_compile_s"], f"{100 * r['same_tokens_fraction']:.0f}%"])
+  return benchlib.markdown_table(headers, body)
+
+
+def run_cache(grid: list[tuple[str, int, int]], vocab_size: int, prompt_length: int,
+              tokens_per_step: int, block_length: int, repeats: int) -> list[dict[str, Any]]:
+  """JAX loop with and without the block cache (same sampler otherwise); speed and agreement."""
+  rows = []
+  for size in dict.fromkeys(size for size, _, _ in grid):
+    config = model_config(size, vocab_size)
+    params = models.init_params(config, seed=0)
+    denoise = models.make_denoise(config)
+    for _, batch, gen_length in (g for g in grid if g[0] == size):
+      sampler = sampling.Sampler.for_model(
+          config, gen_length=gen_length, block_length=block_length,
+          steps=gen_length // tokens_per_step, remasking=sampling.LowConfidence())
+      rng = np.random.default_rng(batch * 7 + gen_length)
+      prompt = rng.integers(0, config.vocab_size - 3, (batch, prompt_length)).astype(np.int32)
+      mask = np.ones_like(prompt, bool)
+      key = jax.random.key(0)
+      loops, outputs, compile_s = {}, {}, {}
+      for name, cache in (("no cache", None), ("block cache", sampling.BlockCache())):
+        compiled, compile_s[name] = benchlib.timed(lambda c=cache: sampling.generate.lower(
+            sampler.replace(cache=c), denoise, params, prompt, mask, key).compile())
+
+        def call(compiled=compiled, name=name):
+          outputs[name] = jax.block_until_ready(compiled(params, prompt, mask, key))
+
+        loops[name] = call
+      times = benchlib.time_interleaved(loops, repeats, warmup=1)
+      plain, cached = outputs["no cache"], outputs["block cache"]
+      row = {"size": size, "params": models.param_count(params), "batch": batch,
+             "gen_length": gen_length, "block_length": block_length,
+             "steps": sampler.total_steps, "compile_s": compile_s,
+             "agreement": float(np.mean(np.asarray(plain.generated_BG)
+                                        == np.asarray(cached.generated_BG)))}
+      for name, t in times.items():
+        row[name] = {**t, "tokens_per_s_best": batch * gen_length / t["best_s"]}
+      row["speedup_best"] = times["no cache"]["best_s"] / times["block cache"]["best_s"]
+      row["speedup_median"] = times["no cache"]["median_s"] / times["block cache"]["median_s"]
+      print(f"  cache {size} B={batch} G={gen_length}: {row['speedup_median']:.2f}x (median)",
+            flush=True)
+      rows.append(row)
+  return rows
+
+
+def cache_table(rows: list[dict[str, Any]]) -> str:
+  headers = ["model", "B", "G", "block", "steps", "no cache tok/s", "block cache tok/s",
+             "speedup best", "(median)", "token agreement"]
+  body = [[f"{r['size']} ({r['params'] / 1e6:.1f}M)", r["batch"], r["gen_length"],
+           r["block_length"], r["steps"], r["no cache"]["tokens_per_s_best"],
+           r["block cache"]["tokens_per_s_best"], f"{r['speedup_best']:.2f}x",
+           f"{r['speedup_median']:.2f}x", f"{100 * r['agreement']:.0f}%"] for r in rows]
+  return benchlib.markdown_table(headers, body)
