@@ -1,9 +1,8 @@
 """Code grading: all HumanEval and MBPP reference solutions pass; wrong and hacked ones fail."""
 
-import json
-
 import pytest
 
+from dllm_jax.data import jsonl
 from dllm_jax.eval import code_grader, sandbox
 from dllm_jax.eval.sandbox import SandboxConfig, Status
 
@@ -11,60 +10,51 @@ CONFIG = SandboxConfig(timeout_s=20, memory_mb=1024)
 WORKERS = 8
 
 
-def _read_jsonl(path):
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f]
-
-
 @pytest.fixture(scope="module")
 def humaneval(shared_data):
-  return _read_jsonl(shared_data / "humaneval.jsonl")
+  return jsonl.load_benchmark("humaneval", shared_data)
 
 
 @pytest.fixture(scope="module")
 def mbpp(shared_data):
-  return _read_jsonl(shared_data / "mbpp.jsonl")
+  return jsonl.load_benchmark("mbpp", shared_data)
 
 
 @pytest.fixture(scope="module")
 def mbpp_sanitized(shared_data):
-  return _read_jsonl(shared_data / "mbpp_sanitized.jsonl")
+  return jsonl.load_benchmark("mbpp_sanitized", shared_data)
 
 
-def _grade_references(problems, expected_benchmark):
-  assert {code_grader.detect_benchmark(p) for p in problems} == {expected_benchmark}
-  solutions = [code_grader.reference_solution(p) for p in problems]
+def _grade_references(problems):
+  solutions = [p.reference_solution for p in problems]
   grades = code_grader.grade_completions(problems, solutions, workers=WORKERS, config=CONFIG)
-  failures = [(p["task_id"], g.message) for p, g in zip(problems, grades) if not g.passed]
+  failures = [(p.id, g.message) for p, g in zip(problems, grades) if not g.passed]
   return sum(g.passed for g in grades), failures
 
 
 def test_all_humaneval_canonical_solutions_pass(humaneval):
   assert len(humaneval) == 164
-  passed, failures = _grade_references(humaneval, code_grader.HUMANEVAL)
-  assert (passed, failures) == (164, [])
+  assert _grade_references(humaneval) == (164, [])
 
 
 def test_all_mbpp_reference_solutions_pass(mbpp):
   assert len(mbpp) == 974
-  passed, failures = _grade_references(mbpp, code_grader.MBPP)
-  assert (passed, failures) == (974, [])
+  assert _grade_references(mbpp) == (974, [])
 
 
 def test_all_mbpp_sanitized_reference_solutions_pass(mbpp_sanitized):
   assert len(mbpp_sanitized) == 427
-  passed, failures = _grade_references(mbpp_sanitized, code_grader.MBPP_SANITIZED)
-  assert (passed, failures) == (427, [])
+  assert _grade_references(mbpp_sanitized) == (427, [])
 
 
 def test_mbpp_setup_code_runs_after_the_solution(mbpp):
-  by_id = {p["task_id"]: p for p in mbpp}
+  by_id = {p.id: p for p in mbpp}
   for task_id in (367, 927):
-    problem = by_id[task_id]
-    program = code_grader.build_program(problem, problem["code"])
+    problem = by_id[f"mbpp/{task_id}"]
+    program = problem.program_with_tests(problem.reference_solution)
     assert program.index("class Node") < program.index("root = Node(1)")
     # The other order fails: the setup code needs the solution's class.
-    wrong_order = "\n".join([problem["test_setup_code"], problem["code"], *problem["test_list"]])
+    wrong_order = "\n".join([problem.test_setup, problem.reference_solution, problem.tests])
     right, wrong = sandbox.run_many([program, wrong_order], config=CONFIG)
     assert right.passed and not wrong.passed
     assert "NameError" in wrong.message
@@ -74,7 +64,7 @@ def test_wrong_completions_fail(humaneval, mbpp, mbpp_sanitized):
   problems = humaneval[:20] + mbpp[:20] + mbpp_sanitized[:20]
   wrong = []
   for p in problems:
-    if code_grader.detect_benchmark(p) == code_grader.HUMANEVAL:
+    if p.benchmark == "humaneval":
       wrong.append("    return None\n")
     else:  # the right function name, the wrong result
       wrong.append(f"def {code_grader.entry_point(p)}(*args, **kwargs):\n  return None\n")
@@ -85,7 +75,7 @@ def test_wrong_completions_fail(humaneval, mbpp, mbpp_sanitized):
 
 def test_humaneval_harness_tricks_fail(humaneval):
   problem = humaneval[0]  # has_close_elements
-  correct = problem["canonical_solution"]
+  correct = problem.reference_solution[len(problem.code_prompt):]  # the canonical body
   tricks = {
       "redefine_check": "    return None\n\ndef check(candidate):\n    return True\n",
       "exit_in_candidate": "    import sys\n    sys.exit(0)\n",
@@ -126,9 +116,9 @@ def test_extract_code_rule():
 
 def test_fenced_responses_are_graded(humaneval, mbpp_sanitized):
   he, mb = humaneval[2], mbpp_sanitized[0]
-  he_full = he["prompt"] + he["canonical_solution"]
+  he_full = he.reference_solution
   responses = [f"Sure!\n```python\n{he_full}```\nThis works because...",
-               f"```python\n{mb['code']}\n```\n\n```python\nprint('usage')\n```"]
+               f"```python\n{mb.reference_solution}\n```\n\n```python\nprint('usage')\n```"]
   grades = code_grader.grade_completions([he, mb], responses, config=CONFIG)
   assert [g.passed for g in grades] == [True, True]
   raw = code_grader.grade_completion(he, responses[0], extract=False, config=CONFIG)
@@ -137,18 +127,16 @@ def test_fenced_responses_are_graded(humaneval, mbpp_sanitized):
 
 def test_program_assembly(humaneval, mbpp, mbpp_sanitized):
   he = humaneval[0]
-  program = code_grader.humaneval_program(he, "    return True\n")
-  assert program.startswith(he["prompt"] + "    return True\n")
-  assert program.rstrip().endswith(f"check({he['entry_point']})")
-  sanitized = next(p for p in mbpp_sanitized if p["test_imports"])
-  program = code_grader.mbpp_sanitized_program(sanitized, "SOLUTION = 1")
-  assert program.index(sanitized["test_imports"][0]) < program.index("SOLUTION = 1")
-  assert program.index("SOLUTION = 1") < program.index(sanitized["test_list"][0])
-  assert code_grader.mbpp_entry_point(mbpp[0]) == "min_cost"
-  with pytest.raises(ValueError):
-    code_grader.build_program(he, "", benchmark="apps")
-  with pytest.raises(ValueError):
-    code_grader.detect_benchmark({"question": "?"})
+  program = he.program_with_tests(code_grader.solution_for(he, "    return True\n"))
+  assert program.startswith(he.code_prompt + "    return True\n")
+  assert program.rstrip().endswith(f"check({he.entry_point})")
+  whole = code_grader.solution_for(he, f"```python\ndef {he.entry_point}(x):\n  return 1\n```")
+  assert whole == he.code_prompt + f"\ndef {he.entry_point}(x):\n  return 1\n"
+  sanitized = next(p for p in mbpp_sanitized if p.test_imports)
+  program = sanitized.program_with_tests("SOLUTION = 1")
+  assert program.index(sanitized.test_imports[0]) < program.index("SOLUTION = 1")
+  assert program.index("SOLUTION = 1") < program.index(sanitized.test_list[0])
+  assert code_grader.entry_point(mbpp[0]) == "min_cost"
   with pytest.raises(ValueError):
     code_grader.grade_completions([he], [], config=CONFIG)
 

@@ -1,36 +1,27 @@
-"""Grading of generated code on HumanEval and MBPP: build the test program, run it in the sandbox.
+"""Grading generated code on HumanEval and MBPP: the response's code, run with the tests.
 
-Problems are the records of the benchmark files, with their original field names:
+The test program is `Problem.program_with_tests` (the one place that knows each benchmark's
+layout: HumanEval calls `check(entry_point)`; MBPP runs `test_setup` after the solution, as tasks
+367 and 927 need; MBPP sanitized runs `test_imports` first). This module turns a model response
+into the solution to test and runs the programs in the sandbox.
 
-* HumanEval: `prompt, canonical_solution, test, entry_point`. The program is
-  `prompt + completion + test + check(entry_point)`, so a completion is the continuation of the
-  prompt (a function body) or, equally, a whole definition that replaces the prompt's.
-* MBPP (full, 974 tasks): `code, test_setup_code, test_list`. The program is the solution, then
-  `test_setup_code` (it must come after: tasks 367 and 927 build objects of a class the solution
-  defines), then the asserts of `test_list`.
-* MBPP sanitized (427 tasks): `code, test_imports, test_list`. The program is `test_imports`, the
-  solution, then the asserts.
-
-A model *response* may wrap its code in Markdown fences; `extract_code` applies this rule:
+A response may wrap its code in Markdown fences; `extract_code` applies this rule:
 1. Fenced blocks are the text between a line starting with three backticks and the next line
    starting with three backticks (or the end of the response: generations get cut off).
 2. Blocks tagged `python`, `py` or `python3` are the candidates; if no block is tagged so, all
    fenced blocks are candidates.
 3. The first candidate that defines the entry point (`def name(`) is the code; failing that, the
    first candidate. A response without any fence is taken whole, as code.
+For HumanEval the code follows the problem's `code_prompt` (its imports and signature): a
+continuation of the function body completes it, a whole definition replaces it.
 """
 
 import dataclasses
 import re
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
+from dllm_jax.data.problems import Problem
 from dllm_jax.eval import sandbox
-
-HUMANEVAL = "humaneval"
-MBPP = "mbpp"
-MBPP_SANITIZED = "mbpp_sanitized"
-BENCHMARKS = (HUMANEVAL, MBPP, MBPP_SANITIZED)
 
 # Lines that start a new top-level statement after a HumanEval function body (the stop sequences
 # of the HumanEval paper); see `truncate_at_stop`.
@@ -39,35 +30,18 @@ HUMANEVAL_STOP_SEQUENCES = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 _FENCE = re.compile(r"^[ \t]*```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:^[ \t]*```|\Z)", re.M | re.S)
 _PYTHON_TAGS = ("python", "py", "python3")
 
-Problem = Mapping[str, Any]
 
 
-def detect_benchmark(problem: Problem) -> str:
-  """Which benchmark a record comes from, by its fields."""
-  if "entry_point" in problem and "test" in problem:
-    return HUMANEVAL
-  if "test_imports" in problem:
-    return MBPP_SANITIZED
-  if "test_list" in problem:
-    return MBPP
-  raise ValueError(f"not a HumanEval or MBPP record (fields: {sorted(problem)})")
-
-
-def mbpp_entry_point(problem: Problem) -> str | None:
-  """The function the MBPP tests call: the first function defined by the reference solution whose
-  name appears in a test (None when there is none)."""
-  tests = "\n".join(problem["test_list"])
-  for name in re.findall(r"^def\s+([A-Za-z_]\w*)\s*\(", problem.get("code", ""), re.M):
+def entry_point(problem: Problem) -> str | None:
+  """The function under test: HumanEval's `entry_point`; for MBPP the first function of the
+  reference solution that a test calls (None when there is none)."""
+  if problem.benchmark == "humaneval":
+    return problem.entry_point
+  tests = "\n".join(problem.test_list)
+  for name in re.findall(r"^def\s+([A-Za-z_]\w*)\s*\(", problem.reference_solution or "", re.M):
     if re.search(rf"\b{re.escape(name)}\s*\(", tests):
       return name
   return None
-
-
-def entry_point(problem: Problem, benchmark: str | None = None) -> str | None:
-  """The name of the function under test."""
-  if (benchmark or detect_benchmark(problem)) == HUMANEVAL:
-    return problem["entry_point"]
-  return mbpp_entry_point(problem)
 
 
 def extract_code(response: str, entry_point_name: str | None = None) -> str:
@@ -91,50 +65,13 @@ def truncate_at_stop(completion: str,
   return completion if cut is None else completion[:cut]
 
 
-def _join(*parts: str) -> str:
-  return "\n".join(part.rstrip("\n") for part in parts if part) + "\n"
-
-
-def humaneval_program(problem: Problem, completion: str) -> str:
-  """prompt + completion, then the tests and the call of `check` on the entry point."""
-  return _join(problem["prompt"] + completion, problem["test"], f"check({problem['entry_point']})")
-
-
-def mbpp_program(problem: Problem, code: str) -> str:
-  """The solution, then `test_setup_code` (after: it may use the solution's classes), then the
-  asserts."""
-  return _join(code, problem.get("test_setup_code", ""), *problem["test_list"])
-
-
-def mbpp_sanitized_program(problem: Problem, code: str) -> str:
-  """`test_imports`, then the solution, then the asserts."""
-  return _join(*problem["test_imports"], code, *problem["test_list"])
-
-
-def build_program(problem: Problem, code: str, benchmark: str | None = None) -> str:
-  """The program whose run decides whether `code` solves `problem`."""
-  benchmark = benchmark or detect_benchmark(problem)
-  if benchmark == HUMANEVAL:
-    return humaneval_program(problem, code)
-  if benchmark == MBPP:
-    return mbpp_program(problem, code)
-  if benchmark == MBPP_SANITIZED:
-    return mbpp_sanitized_program(problem, code)
-  raise ValueError(f"unknown benchmark {benchmark!r}; expected one of {BENCHMARKS}")
-
-
-def reference_solution(problem: Problem, benchmark: str | None = None) -> str:
-  """The benchmark's own solution, in the form `build_program` takes."""
-  benchmark = benchmark or detect_benchmark(problem)
-  return problem["canonical_solution"] if benchmark == HUMANEVAL else problem["code"]
-
-
-def completion_to_code(problem: Problem, completion: str, benchmark: str | None = None,
-                       extract: bool = True) -> str:
-  """The code to test for a model output: fenced code if `extract` finds any, else the output."""
-  if not extract:
-    return completion
-  return extract_code(completion, entry_point(problem, benchmark))
+def solution_for(problem: Problem, response: str, extract: bool = True) -> str:
+  """The complete program text to test for a model response (see the module docstring)."""
+  code = extract_code(response, entry_point(problem)) if extract else response
+  if problem.benchmark != "humaneval":
+    return code
+  defines = re.search(rf"^\s*(async\s+)?def\s+{re.escape(problem.entry_point)}\s*\(", code, re.M)
+  return problem.code_prompt + ("\n" + code if defines else code)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,23 +84,20 @@ class CodeGrade:
 
 
 def grade_completions(problems: Sequence[Problem], completions: Sequence[str],
-                      benchmark: str | None = None, extract: bool = True,
-                      workers: int | None = None,
+                      extract: bool = True, workers: int | None = None,
                       config: sandbox.SandboxConfig = sandbox.SandboxConfig()) -> list[CodeGrade]:
   """Grades completions[i] against problems[i] (repeat a problem for several samples), in
   parallel; returns one `CodeGrade` per completion, in order."""
   if len(problems) != len(completions):
     raise ValueError(f"{len(problems)} problems but {len(completions)} completions")
-  programs = [build_program(problem, completion_to_code(problem, completion, benchmark, extract),
-                            benchmark)
+  programs = [problem.program_with_tests(solution_for(problem, completion, extract))
               for problem, completion in zip(problems, completions)]
   results = sandbox.run_many(programs, workers=workers, config=config)
   return [CodeGrade(result.passed, result.status, result.message, program)
           for result, program in zip(results, programs)]
 
 
-def grade_completion(problem: Problem, completion: str, benchmark: str | None = None,
-                     extract: bool = True,
+def grade_completion(problem: Problem, completion: str, extract: bool = True,
                      config: sandbox.SandboxConfig = sandbox.SandboxConfig()) -> CodeGrade:
   """Grades one completion (see `grade_completions`)."""
-  return grade_completions([problem], [completion], benchmark, extract, workers=1, config=config)[0]
+  return grade_completions([problem], [completion], extract, workers=1, config=config)[0]
