@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from dllm_jax.models.config import ModelConfig
@@ -79,9 +80,18 @@ def param_shardings(config: ModelConfig, mesh: jax.sharding.Mesh) -> Any:
                       is_leaf=lambda x: isinstance(x, P))
 
 
+def place(array: Any, sharding: jax.sharding.Sharding) -> jax.Array:
+  """A host array (the same on every process) as a global array on `sharding`; each process
+  fills only its own devices' shards, so this also works across hosts."""
+  if isinstance(array, jax.Array) and jax.dtypes.issubdtype(array.dtype, jax.dtypes.prng_key):
+    return jax.random.wrap_key_data(place(jax.random.key_data(array), sharding))
+  host = np.asarray(array)
+  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
 def shard_params(params: Any, config: ModelConfig, mesh: jax.sharding.Mesh) -> Any:
   """Places (or re-places) a parameter tree on its mesh partitioning."""
-  return jax.device_put(params, param_shardings(config, mesh))
+  return jax.tree.map(place, params, param_shardings(config, mesh))
 
 
 def batch_sharding(mesh: jax.sharding.Mesh, ndim: int) -> NamedSharding:
@@ -97,7 +107,7 @@ def shard_batch(mesh: jax.sharding.Mesh, *arrays: Any) -> tuple[Any, ...]:
     if array.shape[0] % data:
       raise ValueError(f"batch of {array.shape[0]} rows does not divide over the data axis "
                        f"({data}); pad the batch to a multiple of {data}")
-    placed.append(jax.device_put(array, batch_sharding(mesh, array.ndim)))
+    placed.append(place(array, batch_sharding(mesh, array.ndim)))
   return tuple(placed)
 
 

@@ -1,0 +1,74 @@
+"""A benchmark run from plain settings: load the checkpoint, tokenizer, problems and prompts, build
+the sampler, and hand everything to `runner.run`. What `experiments/run.py` calls."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any
+
+import jax
+
+from dllm_jax import checkpoint, models, sampling, sharding
+from dllm_jax.data import jsonl, prompts, tokenize
+from dllm_jax.eval import runner
+from dllm_jax.sampling.by_name import rule_from_name
+
+
+def initialize_distributed(coordinator: str | None, num_processes: int | None,
+                           process_id: int | None, auto: bool = False) -> None:
+  """`jax.distributed.initialize` for multi-host runs: explicit settings, or auto-detection."""
+  explicit = (coordinator, num_processes, process_id)
+  if any(v is not None for v in explicit):
+    if any(v is None for v in explicit):
+      raise ValueError("multi-host needs all of coordinator_address, num_processes, process_id")
+    # Collectives between CPU devices of different processes (no effect on GPU/TPU clients).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator, num_processes, process_id)
+  elif auto:
+    jax.distributed.initialize()
+
+
+def parse_mesh(spec: str) -> jax.sharding.Mesh:
+  """'data=4,model=2' (-1: the rest of the devices) -> a (data, model) mesh."""
+  sizes = {"data": -1, "model": 1}
+  for part in filter(None, spec.split(",")):
+    name, _, value = part.partition("=")
+    if name.strip() not in sizes or not value.strip().lstrip("-").isdigit():
+      raise ValueError(f"bad mesh {spec!r}; expected e.g. 'data=4,model=2'")
+    sizes[name.strip()] = int(value)
+  return sharding.make_mesh(sizes["data"], sizes["model"])
+
+
+def run_benchmark(*, checkpoint_dir: pathlib.Path, tokenizer_dir: str | None, benchmark: str,
+                  data_path: str | None, limit: int | None, chat_template: str, mesh_spec: str,
+                  output_dir: str, n_samples: int, batch_size: int, seed: int,
+                  allow_greedy: bool, rule: dict[str, Any], sampler_fields: dict[str, Any],
+                  schedule: str = "linear", cache: bool = False,
+                  progress: bool = True) -> pathlib.Path:
+  """Runs (or resumes) one benchmark x sampler into `output_dir`."""
+  mesh = parse_mesh(mesh_spec)
+  problems = jsonl.load_benchmark(benchmark, data_path, limit)
+  checkpoint_dir = pathlib.Path(checkpoint_dir)
+  tokenizer_dir = pathlib.Path(tokenizer_dir or checkpoint_dir / "tokenizer")
+  params, config = checkpoint.load(checkpoint_dir, mesh=mesh)
+  tokenizer = tokenize.CheckpointTokenizer.from_checkpoint(tokenizer_dir)
+  template = (None if chat_template == "none"
+              else prompts.load_chat_template(tokenizer_dir, family=config.family))
+  texts = prompts.build_prompts(problems, template)
+  prompt_ids = [tokenizer.encode(text) for text in texts]
+  sampler = sampling.Sampler.for_model(
+      config, remasking=rule_from_name(rule.pop("name"), **rule),
+      schedule=sampling.DreamSchedule() if schedule == "dream" else sampling.LinearSchedule(),
+      cache=sampling.BlockCache() if cache else None, **sampler_fields)
+  stop_ids = [t for t in (config.eos_token_id, config.eot_token_id) if t is not None]
+  run_config = {"checkpoint": str(checkpoint_dir), "model": dataclasses.asdict(config),
+                "benchmark": benchmark, "problems": [p.id for p in problems],
+                "chat_template": template.source if template else None,
+                "sampler": repr(sampler), "n_samples": n_samples, "seed": seed}
+  return runner.run(
+      problems=problems, prompts=prompt_ids, decode=tokenizer.decode, stop_ids=stop_ids,
+      pad_id=config.pad_token_id,
+      model=runner.Model(models.make_denoise(config), params, config.max_length),
+      sampler=sampler, n_samples=n_samples, output_dir=output_dir, run_config=run_config,
+      mesh=mesh, batch_size=batch_size, seed=seed, allow_greedy=allow_greedy, progress=progress)

@@ -1,0 +1,104 @@
+"""Aggregating runs of `runner`: pass@k tables per benchmark x sampler, and plots.
+
+A run is an output directory of `runner.run` (its `config.json` and every `results*.jsonl`);
+its label is the directory name.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import pathlib
+from typing import Any, Sequence
+
+import numpy as np
+
+from dllm_jax.eval import metrics, pass_at_k, runner
+
+
+@dataclasses.dataclass
+class RunSummary:
+  label: str
+  benchmark: str
+  problems: int
+  samples: int                 # samples per problem (the smallest count over problems)
+  pass_at: dict[int, float]    # k -> mean pass@k (unbiased)
+  mean_nfe: float
+  seconds_per_sample: float
+  distinct_answers: float      # mean distinct final answers per problem
+  entropy_estimate: float      # mean negative log-prob of committed tokens (nats per token)
+
+
+def summarize(run_dir: str | pathlib.Path) -> RunSummary:
+  run_dir = pathlib.Path(run_dir)
+  config_path = run_dir / runner.CONFIG_FILE
+  if not config_path.is_file():
+    raise FileNotFoundError(f"{run_dir} is not a run directory (no {runner.CONFIG_FILE})")
+  config = json.loads(config_path.read_text())
+  records = runner.read_results(run_dir)
+  if not records:
+    raise ValueError(f"{run_dir} has no results yet")
+  by_problem: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+  for record in records:
+    by_problem[record["problem_id"]].append(record)
+  n = min(len(rs) for rs in by_problem.values())
+  counts = [len(rs) for rs in by_problem.values()]
+  correct = [sum(r["correct"] for r in rs) for rs in by_problem.values()]
+  ks = pass_at_k.default_ks(n)
+  return RunSummary(
+      label=run_dir.name, benchmark=config.get("benchmark", "?"), problems=len(by_problem),
+      samples=n, pass_at=pass_at_k.mean_pass_at_k_from_counts(counts, correct, ks),
+      mean_nfe=float(np.mean([r["nfe"] for r in records])),
+      seconds_per_sample=float(np.mean([r["seconds"] for r in records])),
+      distinct_answers=metrics.mean_distinct_answers(
+          [[r["answer"] for r in rs] for rs in by_problem.values()]),
+      entropy_estimate=float(np.mean([r["neg_logprob"] for r in records])))
+
+
+def markdown(summaries: Sequence[RunSummary]) -> str:
+  """One table per benchmark: a row per run, pass@k columns, then NFE, time and diversity."""
+  out = []
+  for benchmark in sorted({s.benchmark for s in summaries}):
+    rows = [s for s in summaries if s.benchmark == benchmark]
+    ks = sorted({k for s in rows for k in s.pass_at})
+    header = (["run", "problems x n"] + [f"pass@{k}" for k in ks] +
+              ["NFE", "s/sample", "distinct answers", "-log p / token"])
+    lines = [f"### {benchmark}", "", "| " + " | ".join(header) + " |",
+             "|" + "---|" * len(header)]
+    for s in rows:
+      cells = ([s.label, f"{s.problems} x {s.samples}"] +
+               [f"{s.pass_at[k]:.3f}" if k in s.pass_at else "" for k in ks] +
+               [f"{s.mean_nfe:.0f}", f"{s.seconds_per_sample:.3f}",
+                f"{s.distinct_answers:.2f}", f"{s.entropy_estimate:.3f}"])
+      lines.append("| " + " | ".join(cells) + " |")
+    out.append("\n".join(lines))
+  return "\n\n".join(out) + "\n"
+
+
+def plot(summaries: Sequence[RunSummary], out_dir: str | pathlib.Path) -> list[pathlib.Path]:
+  """Per benchmark: pass@k against k, and the Pass@1 vs Pass@k(max) trade-off."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  written = []
+  for benchmark in sorted({s.benchmark for s in summaries}):
+    rows = [s for s in summaries if s.benchmark == benchmark]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for s in rows:
+      ks = sorted(s.pass_at)
+      left.plot(ks, [s.pass_at[k] for k in ks], marker="o", label=s.label)
+      right.scatter(s.pass_at[1], s.pass_at[max(ks)], label=s.label)
+      right.annotate(f"{s.label} (k={max(ks)})", (s.pass_at[1], s.pass_at[max(ks)]), fontsize=8)
+    left.set(xscale="log", xlabel="k", ylabel="pass@k", title=f"{benchmark}: pass@k")
+    left.set_xscale("log", base=2)
+    left.legend(fontsize=8)
+    right.set(xlabel="Pass@1", ylabel="Pass@k (largest k)", title="quality vs exploration")
+    fig.tight_layout()
+    path = out_dir / f"{benchmark}_pass_at_k.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    written.append(path)
+  return written

