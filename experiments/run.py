@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pathlib
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from dllm_jax.eval import experiment
 
@@ -66,6 +66,7 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "jax.distributed.initiali
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every step of its work at INFO
   experiment.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                                  _DISTRIBUTED.value)
   experiment.run_benchmark(

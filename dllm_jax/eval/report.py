@@ -10,6 +10,7 @@ import collections
 import dataclasses
 import json
 import pathlib
+import re
 from typing import Any, Sequence
 
 import numpy as np
@@ -97,7 +98,7 @@ def plot(summaries: Sequence[RunSummary], out_dir: str | pathlib.Path) -> list[p
     left.legend(fontsize=8)
     right.set(xlabel="Pass@1", ylabel="Pass@k (largest k)", title="quality vs exploration")
     fig.tight_layout()
-    path = out_dir / f"{benchmark}_pass_at_k.png"
+    path = out_dir / (re.sub(r"[^A-Za-z0-9_.-]+", "_", benchmark).strip("_") + "_pass_at_k.png")
     fig.savefig(path, dpi=120)
     plt.close(fig)
     written.append(path)

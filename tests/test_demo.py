@@ -1,0 +1,41 @@
+"""The main demo at reduced size, through its command line: well-formed table, JSON and plot."""
+
+import json
+import subprocess
+import sys
+
+from dllm_jax.tasks import countdown_demo
+from tests.conftest import REPO_ROOT
+
+
+def test_shipped_model_is_in_the_package():
+  model = countdown_demo.load_builtin()
+  assert model.config.vocab_size == model.tokenizer.vocab_size
+  assert (countdown_demo.BUILTIN / "train_log.txt").is_file()
+  size = sum(p.stat().st_size for p in countdown_demo.BUILTIN.rglob("*") if p.is_file())
+  assert size < 25 * 2**20
+
+
+def test_demo_at_reduced_size(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.demo", "--problems=8", "--samples=4",
+       "--batch_rows=16", "--num_candidates=2", f"--out={tmp_path}"],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = result.stdout
+  for label in ("random T=1", "low-confidence T=1", "IMH alpha=2 K=2"):
+    assert f"| {label} | 8 x 4 |" in out
+  assert "| run | problems x n | pass@1 | pass@2 | pass@4 | NFE |" in out
+  assert out.count("[holds]") + out.count("[does NOT hold]") == 3
+  assert "32/32 samples" not in out and "96/96 samples" in result.stderr  # progress on stderr
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert [run["samples"] for run in results["runs"]] == [4, 4, 4]
+  nfe = {run["label"]: run["mean_nfe"] for run in results["runs"]}
+  gen = countdown_demo.countdown_data.gen_length(countdown_demo.load_builtin().task)
+  assert nfe == {"random T=1": gen, "low-confidence T=1": gen, "IMH alpha=2 K=2": 1 + 2 * gen}
+  for run in results["runs"]:
+    assert set(run["pass_at"]) == {"1", "2", "4"}
+    values = [run["pass_at"][k] for k in ("1", "2", "4")]
+    assert all(0 <= v <= 1 for v in values) and values == sorted(values)
+  assert (tmp_path / "table.md").read_text() in out
+  assert (tmp_path / "countdown_held-out_pass_at_k.png").stat().st_size > 10_000

@@ -1,0 +1,38 @@
+"""Every notebook in colab/ runs top to bottom (in its small CPU mode) and is stored without outputs."""
+
+import os
+
+import nbclient
+import nbformat
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+NOTEBOOKS = sorted((REPO_ROOT / "colab").glob("*.ipynb"))
+
+
+def test_the_three_notebooks_exist():
+  assert [p.name for p in NOTEBOOKS] == ["dilemma.ipynb", "own_denoiser.ipynb",
+                                         "quickstart_tpu.ipynb"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_outputs_are_cleared_in_git(path):
+  notebook = nbformat.read(path, as_version=4)
+  for cell in notebook.cells:
+    if cell.cell_type == "code":
+      assert not cell.outputs and cell.execution_count is None, f"{path.name} has outputs"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs(path, tmp_path, monkeypatch):
+  # The kernel imports this checkout, installed or not (it runs in tmp_path).
+  monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+      filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
+  notebook = nbformat.read(path, as_version=4)
+  client = nbclient.NotebookClient(notebook, timeout=900, kernel_name="python3",
+                                   resources={"metadata": {"path": str(tmp_path)}})
+  client.execute()  # raises CellExecutionError, naming the cell, if any cell fails
+  text = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code"
+                 for o in c.outputs)
+  assert text.strip(), f"{path.name} printed nothing"
