@@ -30,7 +30,7 @@ SIZES = {"20m": (256, 8), "100m": (768, 12)}  # name -> llada_sized(hidden_size,
 def parse_grid(text: str) -> list[tuple[str, int, int]]:
   """'20m:1x128,100m:8x256' -> [('20m', 1, 128), ('100m', 8, 256)] (size:batch x gen_length)."""
   grid = []
-  for item in text.split(","):
+  for item in filter(None, text.split(",")):
     size, shape = item.split(":")
     if size not in SIZES:
       raise ValueError(f"unknown size {size!r}; expected one of {sorted(SIZES)}")

@@ -1,10 +1,11 @@
 """The compiled decoding loop: every sampler in one `lax.while_loop` under one `jax.jit`.
 
 Canvas layout (per row): [left padding | prompt | gen_length masks]; P is the padded prompt
-length and G = gen_length, so the canvas is [B, P + G] and positions P.. are generated.
+length and G = gen_length, so the canvas is [B, P + G] and positions P.. are generated; W is
+the block length (the window of the generated region decoded at a step).
 
 Each iteration runs one forward pass (IMH: K batched candidate passes), draws token values for
-every generated position, scores the positions still masked inside the current block, and
+the current block's positions, scores the positions still masked inside the block, and
 commits the ones the remasking rule selects. Committed tokens never change. Blocks advance in
 lockstep for the whole batch: scheduled rules give block b the iterations
 [b * steps_per_block, (b + 1) * steps_per_block); Threshold moves on once every row has
@@ -58,7 +59,7 @@ class _State:
   confidence_BG: jax.Array
   commit_step_BG: jax.Array
   imh_accepts_B: jax.Array
-  logits_BGV: Any = None        # IMH and block cache: logits of the current canvas
+  logits_BGV: Any = None        # IMH: logits of the current canvas
   cache: Any = None             # block cache: every layer's keys and values
   cache_block: Any = None       # block cache: the block it was built in, and its age
   cache_age: Any = None
@@ -101,12 +102,13 @@ def _forward(sampler: Sampler, denoise_fn: DenoiseFn, canvas_BL: jax.Array,
 
 
 def _cached_forward(sampler: Sampler, denoise_fn: DenoiseFn, state: _State, block: jax.Array,
-                    inputs: _Inputs) -> dict[str, Any]:
-  """Logits [B, G, V] through the block cache: a full pass (refreshing the cache) at a new
-  block or when the cache is due, else only the current block's tokens. Returns the state
-  fields to update."""
-  G = sampler.gen_length
-  P = state.canvas_BL.shape[1] - G
+                    inputs: _Inputs) -> tuple[jax.Array, dict[str, Any]]:
+  """Logits [B, W, V] of the current block through the block cache: a full pass (refreshing
+  the cache) at a new block or when the cache is due, else only the block's tokens. Returns
+  them with the state fields to update."""
+  W = sampler.block_len
+  P = state.canvas_BL.shape[1] - sampler.gen_length
+  start = P + block * W
   tokens, mask = _model_batch(sampler, state.canvas_BL, inputs)
   refresh = state.cache_block != block
   if sampler.cache.refresh_every is not None:
@@ -114,19 +116,14 @@ def _cached_forward(sampler: Sampler, denoise_fn: DenoiseFn, state: _State, bloc
 
   def full(_):
     logits, cache = denoise_fn.with_cache(inputs.params, tokens, mask)
-    return _finish_logits(sampler, logits[:, P:]), cache
+    return jax.lax.dynamic_slice_in_dim(logits, start, W, axis=1), cache
 
   def window(_):
-    start = P + block * sampler.block_len
-    logits = denoise_fn.window(inputs.params, state.cache, tokens, mask, start,
-                               sampler.block_len)
-    logits_BGV = jax.lax.dynamic_update_slice_in_dim(
-        state.logits_BGV, _finish_logits(sampler, logits), start - P, axis=1)
-    return logits_BGV, state.cache
+    return denoise_fn.window(inputs.params, state.cache, tokens, mask, start, W), state.cache
 
-  logits_BGV, cache = jax.lax.cond(refresh, full, window, None)
-  return dict(logits_BGV=logits_BGV, cache=cache, cache_block=block,
-              cache_age=jnp.where(refresh, 1, state.cache_age + 1))
+  logits, cache = jax.lax.cond(refresh, full, window, None)
+  return _finish_logits(sampler, logits), dict(
+      cache=cache, cache_block=block, cache_age=jnp.where(refresh, 1, state.cache_age + 1))
 
 
 def _evaluations(sampler: Sampler) -> int:
@@ -182,30 +179,41 @@ def _eos_last(sampler: Sampler, score_BG: jax.Array, x0_BG: jax.Array) -> jax.Ar
 
 def _baseline_step(sampler: Sampler, denoise_fn: DenoiseFn, inputs: _Inputs,
                    state: _State) -> _State:
-  """One forward pass, one draw per position, commit what the rule selects."""
+  """One forward pass, one draw per position of the current block, commit what the rule
+  selects. Tokens are drawn and scored in the block's window [start, start + W) only (nothing
+  outside it can be committed), with the random numbers of the whole region (`window_draws`)."""
   key_token, key_score, key_select = row_random.step_keys(inputs.keys_B, state.row_steps_B, 3)
-  P = state.canvas_BL.shape[1] - sampler.gen_length
+  G, W = sampler.gen_length, sampler.block_len
+  P = state.canvas_BL.shape[1] - G
   gen_BG = state.canvas_BL[:, P:]
   block = _current_block(sampler, gen_BG, state.step)
+  # Threshold reports block = num_blocks once every row is done: keep the slice in range.
+  start = jnp.minimum(block, sampler.num_blocks - 1) * W
+  in_window = lambda x_BG: jax.lax.dynamic_slice_in_dim(x_BG, start, W, axis=1)
   eligible_BG = _eligible(sampler, gen_BG, block)
   if sampler.cache is None:
     changes = {}
-    logits_BGV = _forward(sampler, denoise_fn, state.canvas_BL, inputs)
+    logits_BWV = in_window(_forward(sampler, denoise_fn, state.canvas_BL, inputs))
   else:
-    changes = _cached_forward(sampler, denoise_fn, state, block, inputs)
-    logits_BGV = changes["logits_BGV"]
+    logits_BWV, changes = _cached_forward(sampler, denoise_fn, state, block, inputs)
   temperature = sampler.token_temperature
-  sample_logits_BGV = token_sampling.sampling_logits(logits_BGV, temperature, sampler.top_p,
+  sample_logits_BWV = token_sampling.sampling_logits(logits_BWV, temperature, sampler.top_p,
                                                      sampler.top_k)
-  x0_BG = token_sampling.draw_tokens(key_token, sample_logits_BGV, temperature)
+  x0_BW = token_sampling.draw_tokens(key_token, sample_logits_BWV, temperature, start, G)
+  eligible_BW = in_window(eligible_BG)
   step_in_block, count_B = _schedule_inputs(sampler, state, eligible_BG)
-  step_inputs = StepInputs(logits_BGV, sample_logits_BGV, x0_BG, eligible_BG, count_B,
-                           step_in_block, sampler.steps_per_block)
+  step_inputs = StepInputs(logits_BWV, sample_logits_BWV, x0_BW, eligible_BW, count_B,
+                           step_in_block, sampler.steps_per_block, start, G)
   rule = sampler.remasking
-  score_BG = _eos_last(sampler, rule.confidence(step_inputs, key_score), x0_BG)
-  commit_BG = rule.select(score_BG, step_inputs, key_select) & eligible_BG
-  return _commit(state, sampler, commit_BG, x0_BG, _log_prob(logits_BGV, x0_BG), score_BG,
-                 jnp.any(eligible_BG, axis=-1), _evaluations(sampler), **changes)
+  score_BW = _eos_last(sampler, rule.confidence(step_inputs, key_score), x0_BW)
+  commit_BW = rule.select(score_BW, step_inputs, key_select) & eligible_BW
+  to_region = lambda x_BW, fill_BG: jax.lax.dynamic_update_slice_in_dim(fill_BG, x_BW, start,
+                                                                        axis=1)
+  return _commit(state, sampler, to_region(commit_BW, jnp.zeros_like(eligible_BG)),
+                 to_region(x0_BW, gen_BG), to_region(_log_prob(logits_BWV, x0_BW),
+                                                     state.logprob_BG),
+                 to_region(score_BW, state.confidence_BG), jnp.any(eligible_BG, axis=-1),
+                 _evaluations(sampler), **changes)
 
 
 def _imh_step(sampler: Sampler, denoise_fn: DenoiseFn, inputs: _Inputs, state: _State) -> _State:
@@ -270,11 +278,10 @@ def _initial_state(sampler: Sampler, denoise_fn: DenoiseFn, canvas_BL: jax.Array
     return state.replace(logits_BGV=_forward(sampler, denoise_fn, canvas_BL, inputs),
                          nfe_B=state.nfe_B + _evaluations(sampler))
   if sampler.cache is not None:  # shapes for the loop carry; the first step refreshes
-    logits, cache = jax.eval_shape(denoise_fn.with_cache, inputs.params,
-                                   *_model_batch(sampler, canvas_BL, inputs))
+    _, cache = jax.eval_shape(denoise_fn.with_cache, inputs.params,
+                              *_model_batch(sampler, canvas_BL, inputs))
     zeros = lambda s: jnp.zeros(s.shape, s.dtype)
-    return state.replace(logits_BGV=jnp.zeros((B, G, logits.shape[-1]), jnp.float32),
-                         cache=jax.tree.map(zeros, cache), cache_block=jnp.array(-1),
+    return state.replace(cache=jax.tree.map(zeros, cache), cache_block=jnp.array(-1),
                          cache_age=jnp.array(0))
   return state
 

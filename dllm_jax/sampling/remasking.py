@@ -33,7 +33,8 @@ _FLOOR = -1e30
 
 
 class StepInputs(NamedTuple):
-  """What a rule sees at one step (gen region only: G = gen_length)."""
+  """What a rule sees at one step, for the positions [start, start + G) of the generated
+  region: the current block's window, or the whole region (start = 0)."""
   logits_BGV: jax.Array         # model logits after forbidden tokens are set to -inf
   sample_logits_BGV: jax.Array  # logits of the sampling distribution (tempered, filtered)
   x0_BG: jax.Array              # drawn token values
@@ -41,6 +42,14 @@ class StepInputs(NamedTuple):
   count_B: jax.Array            # the schedule's count for this step
   step_in_block: jax.Array      # scalar
   steps_per_block: int
+  start: jax.Array | int = 0    # first position of the window in the generated region
+  gen_length: int | None = None  # the whole region's length (None: the window is the region)
+
+  def draws(self, draw, keys_B: jax.Array) -> jax.Array:
+    """`draw(keys_B, (gen_length,))` [B, gen_length] sliced to the window: a position's random
+    number does not depend on whether a window or the whole region is scored."""
+    return row_random.window_draws(draw, keys_B, self.start, self.x0_BG.shape[1],
+                                   self.gen_length)
 
 
 def token_probability(logits_BGV: jax.Array, x0_BG: jax.Array) -> jax.Array:
@@ -72,7 +81,7 @@ class _Scheduled:
 
   def select(self, score_BG: jax.Array, inputs: StepInputs, keys_B: jax.Array) -> jax.Array:
     if self.alg_temp > 0:
-      score_BG = score_BG / self.alg_temp + row_random.gumbel(keys_B, score_BG.shape[1:])
+      score_BG = score_BG / self.alg_temp + inputs.draws(row_random.gumbel, keys_B)
     return select_top_k(score_BG, inputs.eligible_BG, inputs.count_B)
 
 
@@ -81,7 +90,7 @@ class Random(_Scheduled):
   """LLaDA's random remasking: a uniformly random order of positions."""
 
   def confidence(self, inputs: StepInputs, keys_B: jax.Array) -> jax.Array:
-    return row_random.uniform(keys_B, inputs.x0_BG.shape[1:])
+    return inputs.draws(row_random.uniform, keys_B)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +136,7 @@ class DreamOrigin:
   uses_schedule = True
 
   def confidence(self, inputs: StepInputs, keys_B: jax.Array) -> jax.Array:
-    return row_random.uniform(keys_B, inputs.x0_BG.shape[1:])
+    return inputs.draws(row_random.uniform, keys_B)
 
   def select(self, score_BG: jax.Array, inputs: StepInputs, keys_B: jax.Array) -> jax.Array:
     p = DreamSchedule(self.eps).transfer_probability(inputs.step_in_block, inputs.steps_per_block)

@@ -36,3 +36,13 @@ def gumbel(keys_B: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.flo
            ) -> jax.Array:
   """Standard Gumbel draws of `shape` per row: [B, *shape]."""
   return jax.vmap(lambda k: jax.random.gumbel(k, shape, dtype))(keys_B)
+
+
+def window_draws(draw, keys_B: jax.Array, start: jax.Array | int, width: int,
+                 gen_length: int | None, *event_shape: int) -> jax.Array:
+  """`draw(keys_B, (gen_length, *event_shape))` sliced to positions [start, start + width):
+  scoring only a window of the generated region leaves every position's draws unchanged."""
+  if gen_length is None or gen_length == width:
+    return draw(keys_B, (width, *event_shape))
+  return jax.lax.dynamic_slice_in_dim(draw(keys_B, (gen_length, *event_shape)), start, width,
+                                      axis=1)

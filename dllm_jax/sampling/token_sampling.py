@@ -49,10 +49,16 @@ def sampling_logits(logits_BGV: jax.Array, temperature: float, top_p: float | No
   return filter_top_p(filter_top_k(logits_BGV, top_k), top_p)
 
 
-def draw_tokens(keys_B: jax.Array, sample_logits_BGV: jax.Array, temperature: float
-                ) -> jax.Array:
-  """One token per position from softmax(sample_logits) (argmax when temperature is 0)."""
+def draw_tokens(keys_B: jax.Array, sample_logits_BGV: jax.Array, temperature: float,
+                start: jax.Array | int = 0, gen_length: int | None = None) -> jax.Array:
+  """One token per position from softmax(sample_logits) (argmax when temperature is 0).
+
+  For a window [start, start + G) of a region of `gen_length` positions the noise is that of
+  the whole region sliced to the window, so the draws do not depend on the window.
+  """
   if temperature <= 0:
     return jnp.argmax(sample_logits_BGV, axis=-1).astype(jnp.int32)
-  gumbel = row_random.gumbel(keys_B, sample_logits_BGV.shape[1:], noise_dtype())
+  B, G, V = sample_logits_BGV.shape
+  draw = lambda keys, shape: row_random.gumbel(keys, shape, noise_dtype())
+  gumbel = row_random.window_draws(draw, keys_B, start, G, gen_length, V)
   return jnp.argmax(sample_logits_BGV.astype(noise_dtype()) + gumbel, axis=-1).astype(jnp.int32)
