@@ -32,7 +32,9 @@ setuptools.setup(
     name="dllm_jax",
     version="0.1.0",
     description="Masked diffusion LMs (LLaDA, Dream) and their samplers in JAX/Flax",
-    packages=setuptools.find_packages(include=["dllm_jax", "dllm_jax.*"]),
+    # Namespace packages so the asset folders (data only) count as packages, as setuptools wants.
+    packages=setuptools.find_namespace_packages(include=["dllm_jax", "dllm_jax.*"],
+                                              exclude=["*__pycache__"]),
     package_data={"dllm_jax": ["assets/**/*"]},
     include_package_data=True,
     python_requires=">=3.10",

@@ -65,7 +65,7 @@ def save(directory: str | os.PathLike, params: Params, config: ModelConfig, *,
          overwrite: bool = False) -> pathlib.Path:
   """Writes `params` (any placement; gathered by Orbax) and `config` as a checkpoint."""
   with _atomic_directory(directory, overwrite) as temp:
-    ocp.save_pytree(temp / PARAMS_DIR, params)
+    ocp.save(temp / PARAMS_DIR, params)
     (temp / CONFIG_FILE).write_text(config.to_json())
   return pathlib.Path(directory)
 
@@ -96,7 +96,7 @@ def load(directory: str | os.PathLike, mesh: jax.sharding.Mesh | None = None, *,
       shardings = jax.tree.map(lambda _: device, abstract)
   target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         abstract, shardings)
-  return ocp.load_pytree(pathlib.Path(directory) / PARAMS_DIR, target), config
+  return ocp.load(pathlib.Path(directory) / PARAMS_DIR, target), config
 
 
 def _format_keys(keys: list[str], limit: int = 12) -> str:

@@ -108,7 +108,7 @@ def train_step(state: TrainState, prompt_BP: jax.Array, prompt_mask_BP: jax.Arra
       state["params"], prompt_BP, prompt_mask_BP, answer_BG, rng)
   updates, opt_state = make_optimizer(train_config).update(grads, state["opt_state"],
                                                            state["params"])
-  metrics["grad_norm"] = optax.global_norm(grads)
+  metrics["grad_norm"] = optax.tree.norm(grads)
   return {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state,
           "step": state["step"] + 1}, metrics
 
