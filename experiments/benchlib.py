@@ -82,12 +82,16 @@ def matmul_params(config: ModelConfig) -> int:
   return c.num_layers * (attn + mlp) + c.hidden_size * c.vocab_size
 
 
-def forward_flops(config: ModelConfig, batch: int, length: int) -> float:
+def forward_flops(config: ModelConfig, batch: int, length: int,
+                  logit_positions: int | None = None) -> float:
   """Model FLOPs of one forward pass: 2 x matmul params per token + attention (QK^T and PV,
-  4 x L x heads x head_dim per token and layer)."""
+  4 x L x heads x head_dim per token and layer), with the LM head applied at `logit_positions`
+  of the L positions (default: all)."""
   c = config
-  per_token = 2 * matmul_params(c) + 4 * length * c.num_heads * c.head_dim * c.num_layers
-  return float(per_token) * batch * length
+  head = c.hidden_size * c.vocab_size
+  per_token = 2 * (matmul_params(c) - head) + 4 * length * c.num_heads * c.head_dim * c.num_layers
+  logit_positions = length if logit_positions is None else logit_positions
+  return float(per_token * length + 2 * head * logit_positions) * batch
 
 
 def machine_info() -> dict[str, Any]:

@@ -32,6 +32,34 @@ def test_window_over_a_fresh_cache_equals_the_full_forward(family):
 
 
 @pytest.mark.parametrize("family", ["llada", "dream"])
+def test_logits_window_equals_the_full_forward_sliced(family):
+  """The uncached loop's entry point: the LM head over a window only (Dream's shift included,
+  down to position 0)."""
+  config, params, denoise = CASES[family]
+  tokens, mask = _prompts(config, (12, 8))
+  full = denoise(params, tokens, mask)
+  for start, width in ((0, 4), (1, 8), (8, 4)):
+    window = denoise.logits_window(params, tokens, mask, start, width)
+    np.testing.assert_allclose(window, full[:, start:start + width], atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_loop_gives_the_same_samples_without_logits_window(family):
+  """A denoiser with only the plain contract (full logits, sliced by the loop) decodes alike."""
+  config, params, denoise = CASES[family]
+  prompt, prompt_mask = _prompts(config)
+  plain = jax.tree_util.Partial(lambda p, t, m: denoise(p, t, m))
+  assert not hasattr(plain, "logits_window")
+  sampler = S.Sampler.for_model(config, gen_length=16, block_length=4, steps=8,
+                                remasking=S.LowConfidence(), temperature=0.7)
+  key = jax.random.key(3)
+  windowed = S.generate(sampler, denoise, params, prompt, prompt_mask, key)
+  full = S.generate(sampler, plain, params, prompt, prompt_mask, key)
+  np.testing.assert_array_equal(windowed.tokens_BL, full.tokens_BL)
+  np.testing.assert_allclose(windowed.logprob_BG, full.logprob_BG, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
 @pytest.mark.parametrize("rule,temperature,cfg", [(S.LowConfidence(), 0.0, 0.0),
                                                   (S.Random(), 0.9, 0.0),
                                                   (S.LowConfidence(), 0.5, 1.0),

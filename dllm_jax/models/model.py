@@ -50,6 +50,7 @@ class Denoiser:
   """The model of `config` as pure functions of `(params, ...)`.
 
   Calling it is the sampler contract `denoise(params, tokens_BL, mask_BL) -> logits_BLV`;
+  `logits_window` lets the decoding loop skip the LM head outside the block it decodes;
   `with_cache` and `window` serve the sampler's block cache. Equal configs give equal (hashable)
   denoisers, so jitted samplers taking one as a static argument compile once per config.
   """
@@ -66,9 +67,17 @@ class Denoiser:
   def __call__(self, params: Params, tokens_BL: jax.Array, mask_BL: jax.Array) -> jax.Array:
     return self._model(params)(tokens_BL, mask_BL)
 
-  def with_cache(self, params: Params, tokens_BL: jax.Array, mask_BL: jax.Array):
-    """Logits and every layer's (keys, values) [B, L, K, H]."""
-    return self._model(params).forward_with_cache(tokens_BL, mask_BL)
+  def logits_window(self, params: Params, tokens_BL: jax.Array, mask_BL: jax.Array,
+                    start: jax.Array, width: int) -> jax.Array:
+    """Logits [B, width, V] of positions [start, start + width): the whole canvas runs through
+    the transformer, the LM head only over the window."""
+    return self._model(params).forward_with_cache(tokens_BL, mask_BL, start, width)[0]
+
+  def with_cache(self, params: Params, tokens_BL: jax.Array, mask_BL: jax.Array,
+                 start: jax.Array | int = 0, width: int | None = None):
+    """Logits [B, width, V] of positions [start, start + width) (default: all) and every
+    layer's (keys, values) [B, L, K, H]."""
+    return self._model(params).forward_with_cache(tokens_BL, mask_BL, start, width)
 
   def window(self, params: Params, cache, tokens_BL: jax.Array, mask_BL: jax.Array,
              start: jax.Array, width: int) -> jax.Array:

@@ -11,7 +11,8 @@ Attention is fully bidirectional; padding is masked on keys only, so no query ro
 masked while a row has at least one real token.
 
 `forward_with_cache` also returns every layer's keys and values; `window` then recomputes only a
-window of W tokens against them (the block cache of `dllm_jax.sampling`).
+window of W tokens against them (the block cache of `dllm_jax.sampling`). Both can apply the LM
+head to a window of positions only, which is all a block-decoding step reads.
 """
 
 from __future__ import annotations
@@ -150,15 +151,25 @@ class Transformer(nnx.Module):
       return jnp.where(mask_BL, jnp.cumsum(mask_BL, axis=-1) - 1, 1)
     return jnp.broadcast_to(jnp.arange(mask_BL.shape[1]), mask_BL.shape)
 
-  def _logits(self, x_BTD: jax.Array) -> jax.Array:
-    return self.lm_head(self.final_norm(x_BTD)).astype(jnp.float32)
+  def _logits_at(self, x_BTD: jax.Array, start: jax.Array | int, width: int) -> jax.Array:
+    """Float32 logits [B, width, V] of positions [start, start + width) of the T hidden states.
+
+    Shifted logits (Dream): the logit at p is the prediction made at p - 1, and position 0 keeps
+    its own, so the head reads the hidden states shifted right by one.
+    """
+    if self.config.shift_logits:
+      x_BTD = jnp.concatenate([x_BTD[:, :1], x_BTD[:, :-1]], axis=1)
+    x_BWD = jax.lax.dynamic_slice_in_dim(x_BTD, start, width, 1)
+    return self.lm_head(self.final_norm(x_BWD)).astype(jnp.float32)
 
   def __call__(self, tokens_BL: jax.Array, mask_BL: jax.Array | None = None) -> jax.Array:
     return self.forward_with_cache(tokens_BL, mask_BL)[0]
 
-  def forward_with_cache(self, tokens_BL: jax.Array, mask_BL: jax.Array | None = None
+  def forward_with_cache(self, tokens_BL: jax.Array, mask_BL: jax.Array | None = None,
+                         start: jax.Array | int = 0, width: int | None = None
                          ) -> tuple[jax.Array, list[KV]]:
-    """Logits [B, L, V] and every layer's keys and values [B, L, K, H]."""
+    """Logits [B, width, V] of positions [start, start + width) (default: all L) and every
+    layer's keys and values [B, L, K, H]."""
     if mask_BL is None:
       mask_BL = jnp.ones(tokens_BL.shape, bool)
     mask_BL = mask_BL.astype(bool)
@@ -168,10 +179,8 @@ class Transformer(nnx.Module):
     for layer in self.layers:
       x_BLD, kv = layer(x_BLD, positions_BL, mask_BL)
       cache.append(kv)
-    logits_BLV = self._logits(x_BLD)
-    if self.config.shift_logits:
-      logits_BLV = jnp.concatenate([logits_BLV[:, :1], logits_BLV[:, :-1]], axis=1)
-    return logits_BLV, cache
+    width = tokens_BL.shape[1] if width is None else width
+    return self._logits_at(x_BLD, start, width), cache
 
   def window(self, tokens_BL: jax.Array, mask_BL: jax.Array, cache: list[KV],
              start: jax.Array, width: int) -> jax.Array:
@@ -184,6 +193,5 @@ class Transformer(nnx.Module):
     x_BWD = self.embed(jax.lax.dynamic_slice_in_dim(tokens_BL, first, count, 1))
     for layer, kv in zip(self.layers, cache):
       x_BWD = layer.window(x_BWD, positions_BW, mask_BL, kv, first)
-    logits_BWV = self._logits(x_BWD)
-    # Shifted: the logit at p is the prediction made at p - 1.
-    return logits_BWV[:, :width] if shift else logits_BWV
+    # The states start at `first`, so position `start` is at `shift` among them.
+    return self._logits_at(x_BWD, shift, width)

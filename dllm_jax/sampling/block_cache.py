@@ -12,8 +12,9 @@ The approximation: bidirectional attention makes every position's keys and value
 whole canvas, so cached entries go stale as the block's tokens get committed. With
 `refresh_every=1` nothing is reused and decoding is exactly the uncached one.
 
-The model must provide `with_cache(params, tokens, mask) -> (logits, cache)` and
-`window(params, cache, tokens, mask, start, width) -> logits` (`dllm_jax.models.Denoiser` does).
+The model must provide `with_cache(params, tokens, mask, start, width) -> (logits, cache)` and
+`window(params, cache, tokens, mask, start, width) -> logits`, both giving the logits [B, width, V]
+of positions [start, start + width) (`dllm_jax.models.Denoiser` does).
 """
 
 from __future__ import annotations

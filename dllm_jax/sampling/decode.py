@@ -101,6 +101,20 @@ def _forward(sampler: Sampler, denoise_fn: DenoiseFn, canvas_BL: jax.Array,
   return _finish_logits(sampler, logits[:, canvas_BL.shape[1] - sampler.gen_length:])
 
 
+def _window_forward(sampler: Sampler, denoise_fn: DenoiseFn, canvas_BL: jax.Array,
+                    inputs: _Inputs, start: jax.Array) -> jax.Array:
+  """Logits [B, W, V] of the generated region's window [start, start + W); through the
+  denoiser's `logits_window` when it has one (no LM head outside the window)."""
+  W = sampler.block_len
+  if not hasattr(denoise_fn, "logits_window"):
+    return jax.lax.dynamic_slice_in_dim(_forward(sampler, denoise_fn, canvas_BL, inputs), start,
+                                        W, axis=1)
+  P = canvas_BL.shape[1] - sampler.gen_length
+  logits = denoise_fn.logits_window(inputs.params, *_model_batch(sampler, canvas_BL, inputs),
+                                    P + start, W)
+  return _finish_logits(sampler, logits)
+
+
 def _cached_forward(sampler: Sampler, denoise_fn: DenoiseFn, state: _State, block: jax.Array,
                     inputs: _Inputs) -> tuple[jax.Array, dict[str, Any]]:
   """Logits [B, W, V] of the current block through the block cache: a full pass (refreshing
@@ -115,8 +129,7 @@ def _cached_forward(sampler: Sampler, denoise_fn: DenoiseFn, state: _State, bloc
     refresh |= state.cache_age >= sampler.cache.refresh_every
 
   def full(_):
-    logits, cache = denoise_fn.with_cache(inputs.params, tokens, mask)
-    return jax.lax.dynamic_slice_in_dim(logits, start, W, axis=1), cache
+    return denoise_fn.with_cache(inputs.params, tokens, mask, start, W)
 
   def window(_):
     return denoise_fn.window(inputs.params, state.cache, tokens, mask, start, W), state.cache
@@ -193,7 +206,7 @@ def _baseline_step(sampler: Sampler, denoise_fn: DenoiseFn, inputs: _Inputs,
   eligible_BG = _eligible(sampler, gen_BG, block)
   if sampler.cache is None:
     changes = {}
-    logits_BWV = in_window(_forward(sampler, denoise_fn, state.canvas_BL, inputs))
+    logits_BWV = _window_forward(sampler, denoise_fn, state.canvas_BL, inputs, start)
   else:
     logits_BWV, changes = _cached_forward(sampler, denoise_fn, state, block, inputs)
   temperature = sampler.token_temperature
@@ -292,7 +305,10 @@ def generate(sampler: Sampler, denoise_fn: DenoiseFn, params, prompt_BP: jax.Arr
   """Decodes `sampler.gen_length` tokens after each left-padded prompt, in one compiled call.
 
   `denoise_fn(params, tokens_BL, attention_mask_BL) -> logits_BLV` is any pure, hashable
-  function; if it has a `max_length` attribute, longer canvases are rejected. `prompt_mask_BP`
+  function; if it has a `max_length` attribute, longer canvases are rejected. A denoiser may
+  also provide `logits_window(params, tokens_BL, mask_BL, start, width) -> logits [B, width, V]`
+  (positions [start, start + width) only): the loop then asks only for the current block's
+  logits, as `dllm_jax.models.make_denoise` does to skip most of the LM head. `prompt_mask_BP`
   marks real prompt tokens (False = left padding). `rng` is one key, or one key per row ([B]).
   Recompiles only when a shape or the sampler changes.
   """
