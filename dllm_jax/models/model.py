@@ -71,7 +71,7 @@ class Denoiser:
                     start: jax.Array, width: int) -> jax.Array:
     """Logits [B, width, V] of positions [start, start + width): the whole canvas runs through
     the transformer, the LM head only over the window."""
-    return self._model(params).forward_with_cache(tokens_BL, mask_BL, start, width)[0]
+    return self.with_cache(params, tokens_BL, mask_BL, start, width)[0]
 
   def with_cache(self, params: Params, tokens_BL: jax.Array, mask_BL: jax.Array,
                  start: jax.Array | int = 0, width: int | None = None):
