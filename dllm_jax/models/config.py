@@ -1,7 +1,8 @@
-"""Model configuration: one frozen dataclass for LLaDA and Dream, presets, and HF config parsing.
+"""Model configuration: one frozen dataclass for LLaDA, Dream and WeDLM, presets, HF config parsing.
 
-The two families share one bidirectional transformer; they differ in dimensions, biases, RoPE theta,
-norm epsilon, how positions are counted under padding, and Dream's one-position logit shift.
+The families share one transformer; they differ in dimensions, biases, RoPE theta, norm epsilon,
+how positions are counted under padding, Dream's one-position logit shift, and WeDLM's per-head
+q/k RMSNorm and causal attention in topological order (observed tokens first, masks after).
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ import pathlib
 from typing import Any
 
 import jax.numpy as jnp
+from absl import logging
 
-FAMILIES = ("llada", "dream")
+FAMILIES = ("llada", "dream", "wedlm")
+# WeDLM releases `"mask_token_id": null`; Tencent's engine and fine-tuning code then use this id.
+WEDLM_DEFAULT_MASK_ID = 151665
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -25,7 +29,7 @@ class ModelConfig:
   weights; RMSNorm statistics, RoPE, softmax and the returned logits are always float32.
   """
 
-  family: str  # "llada" or "dream": selects the checkpoint key layout.
+  family: str  # "llada", "dream" or "wedlm": selects the checkpoint key layout.
   vocab_size: int
   hidden_size: int
   num_layers: int
@@ -44,8 +48,12 @@ class ModelConfig:
   qkv_bias: bool = False
   # Dream: logits[:, t] is the prediction made at t-1 (logits[:, 0] stays).
   shift_logits: bool = False
-  # Dream counts positions over real tokens only (cumsum(mask) - 1); LLaDA uses 0..L-1.
+  # Dream and WeDLM count positions over real tokens only (cumsum(mask) - 1); LLaDA uses 0..L-1.
   positions_from_mask: bool = False
+  qk_norm: bool = False  # WeDLM-8B (Qwen3): RMSNorm over each head's queries and keys before RoPE.
+  # WeDLM: causal attention in topological order. Observed tokens come before masks, each group in
+  # logical order; every token keeps its logical position for RoPE (see transformer.py).
+  topological_causal: bool = False
   dtype: str = "float32"
   param_dtype: str = "float32"
 
@@ -70,6 +78,9 @@ class ModelConfig:
         raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}; expected one of {DTYPES}")
     if self.rope_theta <= 0 or self.norm_eps <= 0:
       raise ValueError("rope_theta and norm_eps must be positive")
+    if self.topological_causal and self.shift_logits:
+      raise ValueError("topological_causal (WeDLM) predicts each masked slot in place; it cannot "
+                       "be combined with shift_logits")
 
   @property
   def compute_dtype(self) -> jnp.dtype:
@@ -120,6 +131,28 @@ def dream_7b(**changes: Any) -> ModelConfig:
   return config.replace(**changes)
 
 
+def wedlm_8b(**changes: Any) -> ModelConfig:
+  """WeDLM-8B(-Instruct): the Qwen3-8B architecture (GQA 32:8, per-head q/k norm, no biases)."""
+  config = ModelConfig(
+      family="wedlm", vocab_size=151936, hidden_size=4096, num_layers=36, num_heads=32,
+      num_kv_heads=8, head_dim=128, mlp_hidden_size=12288, rope_theta=1e6, norm_eps=1e-6,
+      max_length=16384, mask_token_id=WEDLM_DEFAULT_MASK_ID, eos_token_id=151643,
+      pad_token_id=151643, eot_token_id=151645, qk_norm=True, positions_from_mask=True,
+      topological_causal=True)
+  return config.replace(**changes)
+
+
+def wedlm_7b(**changes: Any) -> ModelConfig:
+  """WeDLM-7B(-Instruct): the Qwen2.5-7B architecture (GQA 28:4, q/k/v biases, no q/k norm)."""
+  config = ModelConfig(
+      family="wedlm", vocab_size=152064, hidden_size=3584, num_layers=28, num_heads=28,
+      num_kv_heads=4, head_dim=128, mlp_hidden_size=18944, rope_theta=1e6, norm_eps=1e-6,
+      max_length=16384, mask_token_id=WEDLM_DEFAULT_MASK_ID, eos_token_id=151643,
+      pad_token_id=151643, eot_token_id=151645, qkv_bias=True, positions_from_mask=True,
+      topological_causal=True)
+  return config.replace(**changes)
+
+
 def llada_tiny(**changes: Any) -> ModelConfig:
   """A 2-layer LLaDA-layout model for tests (vocab 256, mask id 250)."""
   config = ModelConfig(
@@ -139,6 +172,21 @@ def dream_tiny(**changes: Any) -> ModelConfig:
   return config.replace(**changes)
 
 
+def wedlm_tiny(**changes: Any) -> ModelConfig:
+  """A 2-layer WeDLM-8B-layout model for tests (GQA 4:2, q/k norm, head_dim 16 != D / N)."""
+  config = ModelConfig(
+      family="wedlm", vocab_size=288, hidden_size=48, num_layers=2, num_heads=4, num_kv_heads=2,
+      head_dim=16, mlp_hidden_size=128, rope_theta=1e6, norm_eps=1e-6, max_length=128,
+      mask_token_id=280, eos_token_id=281, pad_token_id=281, eot_token_id=282, qk_norm=True,
+      positions_from_mask=True, topological_causal=True)
+  return config.replace(**changes)
+
+
+def wedlm_7b_tiny(**changes: Any) -> ModelConfig:
+  """A 2-layer WeDLM-7B-layout model for tests (GQA 4:2, q/k/v biases, no q/k norm)."""
+  return wedlm_tiny(hidden_size=64, qkv_bias=True, qk_norm=False).replace(**changes)
+
+
 def llada_sized(hidden_size: int, num_layers: int, vocab_size: int = 32000,
                 **changes: Any) -> ModelConfig:
   """A LLaDA-layout model of a chosen size (benchmarks): head_dim 64, MLP 8/3 x width."""
@@ -151,8 +199,9 @@ def llada_sized(hidden_size: int, num_layers: int, vocab_size: int = 32000,
   return config.replace(**changes)
 
 
-PRESETS = {"llada_8b": llada_8b, "dream_7b": dream_7b, "llada_tiny": llada_tiny,
-           "dream_tiny": dream_tiny}
+PRESETS = {"llada_8b": llada_8b, "dream_7b": dream_7b, "wedlm_8b": wedlm_8b, "wedlm_7b": wedlm_7b,
+           "llada_tiny": llada_tiny, "dream_tiny": dream_tiny, "wedlm_tiny": wedlm_tiny,
+           "wedlm_7b_tiny": wedlm_7b_tiny}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -235,8 +284,55 @@ def _dream_from_hf(fields: dict[str, Any], source: str) -> ModelConfig:
       positions_from_mask=True)
 
 
+def _wedlm_from_hf(fields: dict[str, Any], source: str) -> ModelConfig:
+  """WeDLM's `config.json` (model_type "wedlm"), or a Qwen3 one ("qwen3": always q/k norm, and
+  no attention bias unless it says so). WeDLMConfig's own defaults are bias on, q/k norm off."""
+  qwen3 = str(fields.get("model_type")).lower() == "qwen3"
+  _expect(fields, source, "hidden_act", ("silu",))
+  _expect(fields, source, "tie_word_embeddings", (False,))
+  _expect(fields, source, "rope_scaling", (None,))
+  _expect(fields, source, "use_sliding_window", (False,))
+  _expect(fields, source, "qk_norm", (True,) if qwen3 else (True, False))
+  _expect(fields, source, "attention_bias", (True, False))
+  if any(t != "full_attention" for t in fields.get("layer_types") or []):
+    raise ValueError(f"{source}: layer_types {sorted(set(fields['layer_types']))} are not "
+                     "supported (only full_attention layers)")
+  hidden = _require(fields, source, "hidden_size")
+  n_heads = _require(fields, source, "num_attention_heads")
+  n_kv_heads = fields.get("num_key_value_heads") or n_heads
+  if hidden % n_heads and not fields.get("head_dim"):
+    raise ValueError(f"{source}: hidden_size={hidden} is not divisible by "
+                     f"num_attention_heads={n_heads} and no head_dim is given")
+  vocab = _require(fields, source, "vocab_size")
+  mask_id = fields.get("mask_token_id")
+  if mask_id is None:
+    if vocab <= WEDLM_DEFAULT_MASK_ID:
+      raise ValueError(f"{source}: mask_token_id is null and the default {WEDLM_DEFAULT_MASK_ID} "
+                       f"is outside the vocabulary of {vocab}; set mask_token_id in config.json")
+    logging.warning("%s: mask_token_id is null; using %d, the id Tencent's WeDLM engine uses",
+                    source, WEDLM_DEFAULT_MASK_ID)
+    mask_id = WEDLM_DEFAULT_MASK_ID
+  eos = _require(fields, source, "eos_token_id")
+  if isinstance(eos, list):  # generation configs may list several; the first is EOS proper
+    eos = eos[0]
+  return ModelConfig(
+      family="wedlm", vocab_size=vocab, hidden_size=hidden,
+      num_layers=_require(fields, source, "num_hidden_layers"), num_heads=n_heads,
+      num_kv_heads=n_kv_heads, head_dim=fields.get("head_dim") or hidden // n_heads,
+      mlp_hidden_size=_require(fields, source, "intermediate_size"),
+      rope_theta=float(fields.get("rope_theta", 10000.0)),
+      norm_eps=float(fields.get("rms_norm_eps", 1e-6)),
+      max_length=_require(fields, source, "max_position_embeddings"), mask_token_id=mask_id,
+      eos_token_id=eos, pad_token_id=fields.get("pad_token_id", eos),
+      eot_token_id=fields.get("eot_token_id", 151645 if vocab > 151645 else None),
+      bos_token_id=fields.get("bos_token_id"),
+      qkv_bias=bool(fields.get("attention_bias", not qwen3)),
+      qk_norm=True if qwen3 else bool(fields.get("qk_norm", False)),
+      positions_from_mask=True, topological_causal=True)
+
+
 def from_hf_config(path: str | pathlib.Path, **changes: Any) -> ModelConfig:
-  """Reads a LLaDA (OLMo-style fields) or Dream (Qwen2-style fields) `config.json`.
+  """Reads a LLaDA (OLMo-style fields), Dream (Qwen2-style) or WeDLM (Qwen3-style) `config.json`.
 
   `path` is the file or the checkpoint directory holding it; `changes` override fields (for
   example the dtype policy). Unknown model types and inconsistent fields raise ValueError.
@@ -255,9 +351,11 @@ def from_hf_config(path: str | pathlib.Path, **changes: Any) -> ModelConfig:
     config = _llada_from_hf(fields, str(path))
   elif model_type == "dream":
     config = _dream_from_hf(fields, str(path))
+  elif model_type in ("wedlm", "qwen3"):
+    config = _wedlm_from_hf(fields, str(path))
   else:
     raise ValueError(f"{path}: unknown model_type {fields.get('model_type')!r}; "
-                     "expected 'llada' (LLaDA) or 'Dream' (Dream)")
+                     "expected 'llada' (LLaDA), 'Dream' (Dream) or 'wedlm' / 'qwen3' (WeDLM)")
   return config.replace(**changes)
 
 
@@ -279,6 +377,19 @@ def to_hf_config(config: ModelConfig) -> dict[str, Any]:
         "include_bias": False, "include_qkv_bias": config.qkv_bias,
         "attention_layer_norm": False, "input_emb_norm": False, "scale_logits": False,
         "torch_dtype": torch_dtype}
+  if config.family == "wedlm":
+    return {
+        "model_type": "wedlm", "architectures": ["WeDLMForCausalLM"],
+        "hidden_size": config.hidden_size, "num_attention_heads": config.num_heads,
+        "num_key_value_heads": config.num_kv_heads, "num_hidden_layers": config.num_layers,
+        "intermediate_size": config.mlp_hidden_size, "head_dim": config.head_dim,
+        "vocab_size": config.vocab_size, "rope_theta": config.rope_theta,
+        "rms_norm_eps": config.norm_eps, "max_position_embeddings": config.max_length,
+        "mask_token_id": config.mask_token_id, "eos_token_id": config.eos_token_id,
+        "pad_token_id": config.pad_token_id, "bos_token_id": config.bos_token_id,
+        "eot_token_id": config.eot_token_id, "attention_bias": config.qkv_bias,
+        "qk_norm": config.qk_norm, "hidden_act": "silu", "tie_word_embeddings": False,
+        "rope_scaling": None, "use_sliding_window": False, "torch_dtype": torch_dtype}
   return {
       "model_type": "Dream", "architectures": ["DreamModel"], "hidden_size": config.hidden_size,
       "num_attention_heads": config.num_heads, "num_key_value_heads": config.num_kv_heads,

@@ -1,4 +1,4 @@
-"""Hugging Face checkpoint key layouts of LLaDA and Dream, and how each tensor maps to a parameter.
+"""Hugging Face checkpoint key layouts of LLaDA, Dream and WeDLM, and how each tensor maps to a parameter.
 
 One table per family: HF key pattern -> parameter path in `init_params(config)` + transform.
 PyTorch stores `Linear` weights as [out, in]; the JAX kernels are [in, out], hence "transpose".
@@ -52,7 +52,14 @@ _DREAM = (
     ("lm_head.weight", "lm_head.kernel", "transpose"),
 )
 
-TABLES = {"llada": _LLADA, "dream": _DREAM}
+# WeDLM: the Qwen3 layout (WeDLM-8B: per-head q/k norms, no biases) or Qwen2.5 (WeDLM-7B: q/k/v
+# biases, no q/k norms); the keys are Dream's plus the two norms.
+_WEDLM = _DREAM + (
+    ("model.layers.{i}.self_attn.q_norm.weight", "layers.{i}.attn.q_norm.scale", "identity"),
+    ("model.layers.{i}.self_attn.k_norm.weight", "layers.{i}.attn.k_norm.scale", "identity"),
+)
+
+TABLES = {"llada": _LLADA, "dream": _DREAM, "wedlm": _WEDLM}
 
 
 def _parse_path(template: str, layer: int | None) -> Path:
@@ -63,6 +70,8 @@ def _parse_path(template: str, layer: int | None) -> Path:
 def _expand(config: ModelConfig) -> Iterator[tuple[str, Path, str]]:
   for hf_pattern, path_pattern, transform in TABLES[config.family]:
     if hf_pattern.endswith(".bias") and not config.qkv_bias:
+      continue
+    if hf_pattern.endswith("_norm.weight") and ".self_attn." in hf_pattern and not config.qk_norm:
       continue
     layers = range(config.num_layers) if "{i}" in hf_pattern else [None]
     for i in layers:

@@ -1,4 +1,4 @@
-"""The bidirectional transformer shared by LLaDA and Dream, as Flax NNX modules.
+"""The transformer shared by LLaDA, Dream and WeDLM, as Flax NNX modules.
 
 Shape suffixes used in tensor names throughout the library:
   B batch        L sequence (canvas) length   S key length (= L)
@@ -7,8 +7,17 @@ Shape suffixes used in tensor names throughout the library:
 so `q_BLNH` is a [batch, length, query heads, head dim] array.
 
 Block (pre-norm, SwiGLU):  h = x + o(attn(norm1(x)));  y = h + down(silu(gate(n)) * up(n)), n = norm2(h).
-Attention is fully bidirectional; padding is masked on keys only, so no query row is ever fully
-masked while a row has at least one real token.
+LLaDA and Dream attend bidirectionally; padding is masked on keys only, so no query row is ever
+fully masked while a row has at least one real token.
+
+WeDLM (`topological_causal`) attends causally in topological order: every observed token (not
+the mask id) is placed before every masked one, each group in ascending logical order, and
+attention is causal in that physical order while RoPE uses the logical positions. Attention is
+permutation-equivariant, so instead of gathering the canvas into that order and scattering the
+logits back, the same function is computed in logical order with the mask
+"key j is visible to query i iff rank(j) <= rank(i)", rank being the physical index. A masked
+slot thus sees every observed token and the masks before it; an observed token sees the observed
+tokens before it. Its optional per-head q/k RMSNorm (`qk_norm`, Qwen3) precedes RoPE.
 
 `forward_with_cache` also returns every layer's keys and values; `window` then recomputes only a
 window of W tokens against them (the block cache of `dllm_jax.sampling`). Both can apply the LM
@@ -57,8 +66,24 @@ def _linear(config: ModelConfig, fan_in: int, fan_out: int, bias: bool, rngs: nn
                     kernel_init=nnx.initializers.normal(0.02), rngs=rngs, **kwargs)
 
 
+def topological_mask(tokens_BL: jax.Array, valid_BL: jax.Array, mask_token_id: int
+                     ) -> jax.Array:
+  """WeDLM's attention mask [B, L, L] in logical order: query i sees key j iff rank(j) <= rank(i)
+  and j is not padding, where rank is the index in the order observed-then-masked (each group
+  in logical order). Every query also sees itself, so no row is fully masked."""
+  masked_BL = (tokens_BL == mask_token_id) & valid_BL
+  observed_BL = ~masked_BL  # padding counts as observed: it sits leftmost and is hidden anyway
+  num_observed_B1 = jnp.sum(observed_BL, axis=-1, keepdims=True)
+  rank_BL = jnp.where(masked_BL, num_observed_B1 + jnp.cumsum(masked_BL, axis=-1) - 1,
+                      jnp.cumsum(observed_BL, axis=-1) - 1)
+  visible_BLL = (rank_BL[:, None, :] <= rank_BL[:, :, None]) & valid_BL[:, None, :]
+  return visible_BLL | jnp.eye(tokens_BL.shape[1], dtype=bool)[None]
+
+
 class Attention(nnx.Module):
-  """Grouped-query bidirectional self-attention with RoPE and a key padding mask."""
+  """Grouped-query self-attention with RoPE (and WeDLM-8B's q/k norm).
+
+  `attend` takes a key padding mask [B, S] (bidirectional) or a full mask [B, T, S]."""
 
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
     c = config
@@ -67,6 +92,9 @@ class Attention(nnx.Module):
     self.k_proj = _linear(c, c.hidden_size, c.num_kv_heads * c.head_dim, c.qkv_bias, rngs)
     self.v_proj = _linear(c, c.hidden_size, c.num_kv_heads * c.head_dim, c.qkv_bias, rngs)
     self.o_proj = _linear(c, c.num_heads * c.head_dim, c.hidden_size, False, rngs)
+    if c.qk_norm:
+      self.q_norm = RMSNorm(c.head_dim, c.norm_eps, c.weight_dtype)
+      self.k_norm = RMSNorm(c.head_dim, c.norm_eps, c.weight_dtype)
 
   def project(self, x_BTD: jax.Array, positions_BT: jax.Array
               ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -76,20 +104,23 @@ class Attention(nnx.Module):
     q_BTNH = self.q_proj(x_BTD).reshape(B, T, c.num_heads, c.head_dim)
     k_BTKH = self.k_proj(x_BTD).reshape(B, T, c.num_kv_heads, c.head_dim)
     v_BTKH = self.v_proj(x_BTD).reshape(B, T, c.num_kv_heads, c.head_dim)
+    if c.qk_norm:
+      q_BTNH, k_BTKH = self.q_norm(q_BTNH), self.k_norm(k_BTKH)
     return (rotary_embedding(q_BTNH, positions_BT, c.rope_theta),
             rotary_embedding(k_BTKH, positions_BT, c.rope_theta), v_BTKH)
 
   def attend(self, q_BTNH: jax.Array, k_BSKH: jax.Array, v_BSKH: jax.Array,
-             key_mask_BS: jax.Array) -> jax.Array:
-    """T queries over S keys (padded keys hidden), through the output projection.
+             mask: jax.Array) -> jax.Array:
+    """T queries over S keys, through the output projection. `mask` is [B, S] (keys visible to
+    every query: padding hidden) or [B, T, S] (per query).
 
     `jax.nn.dot_product_attention` handles the query groups of GQA and picks the fused cuDNN
     kernel on GPUs where one applies, XLA's implementation elsewhere.
     """
     c = self.config
     B, T = q_BTNH.shape[:2]
-    out_BTNH = jax.nn.dot_product_attention(q_BTNH, k_BSKH, v_BSKH,
-                                            mask=key_mask_BS[:, None, None, :])
+    mask_B1TS = mask[:, None, None, :] if mask.ndim == 2 else mask[:, None]
+    out_BTNH = jax.nn.dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask=mask_B1TS)
     return self.o_proj(out_BTNH.reshape(B, T, c.num_heads * c.head_dim))
 
 
@@ -114,21 +145,23 @@ class Block(nnx.Module):
     self.mlp_norm = RMSNorm(config.hidden_size, config.norm_eps, config.weight_dtype)
     self.mlp = MLP(config, rngs=rngs)
 
-  def __call__(self, x_BLD: jax.Array, positions_BL: jax.Array, key_mask_BL: jax.Array
+  def __call__(self, x_BLD: jax.Array, positions_BL: jax.Array, mask: jax.Array
                ) -> tuple[jax.Array, KV]:
-    """The block over the whole canvas; also returns its keys and values for a cache."""
+    """The block over the whole canvas; also returns its keys and values for a cache. `mask`
+    as in `Attention.attend`."""
     q_BLNH, k_BLKH, v_BLKH = self.attn.project(self.attn_norm(x_BLD), positions_BL)
-    h_BLD = x_BLD + self.attn.attend(q_BLNH, k_BLKH, v_BLKH, key_mask_BL)
+    h_BLD = x_BLD + self.attn.attend(q_BLNH, k_BLKH, v_BLKH, mask)
     return h_BLD + self.mlp(self.mlp_norm(h_BLD)), (k_BLKH, v_BLKH)
 
-  def window(self, x_BWD: jax.Array, positions_BW: jax.Array, key_mask_BL: jax.Array,
+  def window(self, x_BWD: jax.Array, positions_BW: jax.Array, mask: jax.Array,
              cache: KV, start: jax.Array) -> jax.Array:
     """The block for the W tokens at [start, start + W): their fresh keys and values replace
-    the cached ones there, and the rest of the canvas is read from the cache."""
+    the cached ones there, and the rest of the canvas is read from the cache. `mask` is [B, L]
+    or the window's rows [B, W, L]."""
     q_BWNH, k_BWKH, v_BWKH = self.attn.project(self.attn_norm(x_BWD), positions_BW)
     k_BLKH = jax.lax.dynamic_update_slice_in_dim(cache[0], k_BWKH.astype(cache[0].dtype), start, 1)
     v_BLKH = jax.lax.dynamic_update_slice_in_dim(cache[1], v_BWKH.astype(cache[1].dtype), start, 1)
-    h_BWD = x_BWD + self.attn.attend(q_BWNH, k_BLKH, v_BLKH, key_mask_BL)
+    h_BWD = x_BWD + self.attn.attend(q_BWNH, k_BLKH, v_BLKH, mask)
     return h_BWD + self.mlp(self.mlp_norm(h_BWD))
 
 
@@ -150,6 +183,12 @@ class Transformer(nnx.Module):
       # Dream: real tokens count 0, 1, ...; padding gets position 1 (it is never attended to).
       return jnp.where(mask_BL, jnp.cumsum(mask_BL, axis=-1) - 1, 1)
     return jnp.broadcast_to(jnp.arange(mask_BL.shape[1]), mask_BL.shape)
+
+  def attention_mask(self, tokens_BL: jax.Array, mask_BL: jax.Array) -> jax.Array:
+    """The key padding mask [B, L], or WeDLM's topological causal mask [B, L, L]."""
+    if self.config.topological_causal:
+      return topological_mask(tokens_BL, mask_BL, self.config.mask_token_id)
+    return mask_BL
 
   def _logits_at(self, x_BTD: jax.Array, start: jax.Array | int, width: int) -> jax.Array:
     """Float32 logits [B, width, V] of positions [start, start + width) of the T hidden states.
@@ -174,10 +213,11 @@ class Transformer(nnx.Module):
       mask_BL = jnp.ones(tokens_BL.shape, bool)
     mask_BL = mask_BL.astype(bool)
     positions_BL = self.positions(mask_BL)
+    attn_mask = self.attention_mask(tokens_BL, mask_BL)
     x_BLD = self.embed(tokens_BL)
     cache = []
     for layer in self.layers:
-      x_BLD, kv = layer(x_BLD, positions_BL, mask_BL)
+      x_BLD, kv = layer(x_BLD, positions_BL, attn_mask)
       cache.append(kv)
     width = tokens_BL.shape[1] if width is None else width
     return self._logits_at(x_BLD, start, width), cache
@@ -190,8 +230,11 @@ class Transformer(nnx.Module):
     first, count = start - shift, width + shift
     mask_BL = mask_BL.astype(bool)
     positions_BW = jax.lax.dynamic_slice_in_dim(self.positions(mask_BL), first, count, 1)
+    attn_mask = self.attention_mask(tokens_BL, mask_BL)
+    if attn_mask.ndim == 3:  # the window's query rows
+      attn_mask = jax.lax.dynamic_slice_in_dim(attn_mask, first, count, 1)
     x_BWD = self.embed(jax.lax.dynamic_slice_in_dim(tokens_BL, first, count, 1))
     for layer, kv in zip(self.layers, cache):
-      x_BWD = layer.window(x_BWD, positions_BW, mask_BL, kv, first)
+      x_BWD = layer.window(x_BWD, positions_BW, attn_mask, kv, first)
     # The states start at `first`, so position `start` is at `shift` among them.
     return self._logits_at(x_BWD, shift, width)

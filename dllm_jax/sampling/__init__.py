@@ -4,6 +4,6 @@ from dllm_jax.sampling.block_cache import BlockCache
 from dllm_jax.sampling.decode import DecodeOutput, generate
 from dllm_jax.sampling.imh import IMH
 from dllm_jax.sampling.remasking import (DreamOrigin, Entropy, LowConfidence, MaskGitPlus, Random,
-                                         Threshold, TopKMargin)
+                                         Threshold, TopKMargin, WeDLMEntropy)
 from dllm_jax.sampling.sampler import Sampler
 from dllm_jax.sampling.schedule import DreamSchedule, LinearSchedule

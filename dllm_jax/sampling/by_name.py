@@ -4,23 +4,24 @@ from __future__ import annotations
 
 from dllm_jax.sampling.imh import IMH
 from dllm_jax.sampling.remasking import (DreamOrigin, Entropy, LowConfidence, MaskGitPlus, Random,
-                                         Threshold, TopKMargin)
+                                         Threshold, TopKMargin, WeDLMEntropy)
 
-RULE_NAMES = ("random", "low_confidence", "maskgit_plus", "topk_margin", "entropy", "origin",
-              "threshold", "imh")
+RULE_NAMES = ("random", "low_confidence", "maskgit_plus", "topk_margin", "entropy", "wedlm_entropy",
+              "origin", "threshold", "imh")
 
 
 def rule_from_name(name: str, *, alg_temp: float = 0.0, threshold: float = 0.9,
                    alpha: float = 2.0, num_candidates: int = 4, imh_positions: str = "random",
-                   eps: float = 1e-3):
+                   eps: float = 1e-3, position_penalty: float = 0.1):
   """The rule called `name`, with the parameters that rule takes (the others must be left at
   their defaults, so a misplaced flag is an error rather than silently ignored)."""
   given = {"alg_temp": alg_temp != 0.0, "threshold": threshold != 0.9, "alpha": alpha != 2.0,
            "num_candidates": num_candidates != 4, "imh_positions": imh_positions != "random",
-           "eps": eps != 1e-3}
+           "eps": eps != 1e-3, "position_penalty": position_penalty != 0.1}
   takes = {"random": set(), "low_confidence": set(), "maskgit_plus": {"alg_temp"},
-           "topk_margin": {"alg_temp"}, "entropy": {"alg_temp"}, "origin": {"eps"},
-           "threshold": {"threshold"}, "imh": {"alpha", "num_candidates", "imh_positions"}}
+           "topk_margin": {"alg_temp"}, "entropy": {"alg_temp"},
+           "wedlm_entropy": {"position_penalty"}, "origin": {"eps"}, "threshold": {"threshold"},
+           "imh": {"alpha", "num_candidates", "imh_positions"}}
   if name not in takes:
     raise ValueError(f"unknown remasking rule {name!r}; expected one of {RULE_NAMES}")
   stray = sorted(k for k, set_ in given.items() if set_ and k not in takes[name])
@@ -33,5 +34,6 @@ def rule_from_name(name: str, *, alg_temp: float = 0.0, threshold: float = 0.9,
     return IMH(alpha=alpha, num_candidates=num_candidates, positions=positions)
   return {"random": Random, "low_confidence": LowConfidence,
           "maskgit_plus": lambda: MaskGitPlus(alg_temp), "topk_margin": lambda: TopKMargin(alg_temp),
-          "entropy": lambda: Entropy(alg_temp), "origin": lambda: DreamOrigin(eps),
-          "threshold": lambda: Threshold(threshold)}[name]()
+          "entropy": lambda: Entropy(alg_temp),
+          "wedlm_entropy": lambda: WeDLMEntropy(position_penalty=position_penalty),
+          "origin": lambda: DreamOrigin(eps), "threshold": lambda: Threshold(threshold)}[name]()

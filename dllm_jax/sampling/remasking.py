@@ -12,6 +12,7 @@ LowConfidence            softmax(logits)[x0], untempered              (LLaDA "lo
 MaskGitPlus              p(x0) under the tempered, filtered sampling distribution (Dream)
 TopKMargin               top-1 minus top-2 probability of that distribution      (Dream)
 Entropy                  sum_v p(v) log p(v), i.e. minus its entropy             (Dream)
+WeDLMEntropy             -(H(softmax(logits)) + lambda * (i - first masked i))   (WeDLM)
 DreamOrigin              reveals each masked position with probability 1 - t_{j+1} / t_j
 Threshold                softmax(logits)[x0]; commits all >= threshold, at least one (Fast-dLLM)
 """
@@ -50,6 +51,12 @@ class StepInputs(NamedTuple):
     number does not depend on whether a window or the whole region is scored."""
     return row_random.window_draws(draw, keys_B, self.start, self.x0_BG.shape[1],
                                    self.gen_length)
+
+
+def entropy(logits_BGV: jax.Array) -> jax.Array:
+  """Entropy of softmax(logits) per position (terms with p = 0 count 0)."""
+  log_p = jax.nn.log_softmax(logits_BGV.astype(jnp.float32), axis=-1)
+  return -jnp.sum(jnp.where(jnp.isfinite(log_p), jnp.exp(log_p) * log_p, 0.0), axis=-1)
 
 
 def token_probability(logits_BGV: jax.Array, x0_BG: jax.Array) -> jax.Array:
@@ -123,8 +130,27 @@ class Entropy(_Scheduled):
   """Dream's entropy rule: minus the entropy of the sampling distribution."""
 
   def confidence(self, inputs: StepInputs, keys_B: jax.Array) -> jax.Array:
-    log_p = jax.nn.log_softmax(inputs.sample_logits_BGV.astype(jnp.float32), axis=-1)
-    return jnp.sum(jnp.where(jnp.isfinite(log_p), jnp.exp(log_p) * log_p, 0.0), axis=-1)
+    return -entropy(inputs.sample_logits_BGV)
+
+
+@dataclasses.dataclass(frozen=True)
+class WeDLMEntropy(_Scheduled):
+  """WeDLM's position selection (one token per step in the paper's quality tables): the lowest
+  entropy of the untempered distribution plus `position_penalty` x (distance to the row's first
+  still-masked position of the block), i.e. a bias toward left-to-right. The default 0.1 is the
+  paper's setting for those tables (Tencent's engine defaults to 0.02 for threshold decoding)."""
+
+  position_penalty: float = 0.1
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.position_penalty < 0:
+      raise ValueError(f"WeDLMEntropy.position_penalty must be >= 0, got {self.position_penalty}")
+
+  def confidence(self, inputs: StepInputs, keys_B: jax.Array) -> jax.Array:
+    index_G = jnp.arange(inputs.eligible_BG.shape[1])
+    first_B1 = jnp.argmax(inputs.eligible_BG, axis=-1)[:, None]
+    return -(entropy(inputs.logits_BGV) + self.position_penalty * (index_G - first_B1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,4 +189,5 @@ class Threshold:
     return best_BG | (inputs.eligible_BG & (score_BG >= self.threshold))
 
 
-Remasking = Random | LowConfidence | MaskGitPlus | TopKMargin | Entropy | DreamOrigin | Threshold
+Remasking = (Random | LowConfidence | MaskGitPlus | TopKMargin | Entropy | WeDLMEntropy
+             | DreamOrigin | Threshold)

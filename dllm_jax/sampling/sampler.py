@@ -8,10 +8,11 @@ from typing import Any
 from dllm_jax.sampling.block_cache import BlockCache
 from dllm_jax.sampling.imh import IMH
 from dllm_jax.sampling.remasking import (DreamOrigin, Entropy, LowConfidence, MaskGitPlus, Random,
-                                         Threshold, TopKMargin)
+                                         Threshold, TopKMargin, WeDLMEntropy)
 from dllm_jax.sampling.schedule import DreamSchedule, LinearSchedule
 
-RULES = (Random, LowConfidence, MaskGitPlus, TopKMargin, Entropy, DreamOrigin, Threshold, IMH)
+RULES = (Random, LowConfidence, MaskGitPlus, TopKMargin, Entropy, WeDLMEntropy, DreamOrigin,
+         Threshold, IMH)
 
 
 @dataclasses.dataclass(frozen=True)
