@@ -38,19 +38,26 @@ Timed runs per setting: as many as fit in --setting_seconds, at least --min_repe
 a setting that would overrun --budget_s is skipped and recorded as skipped. Results are written to
 --out_dir/bench_accelerator.json after every setting, so a timeout still returns figures.
 
-Budget estimate (`--plan_only`: 790 TFLOP/s bf16 peak as measured on an H200 here by PyTorch,
-assumed 60% MFU, 4,000 GB/s weight streaming, 30 s per compile, 5 ms of PyTorch eager overhead
-per step). One forward of [B, 288] costs 4.1 TFLOP per row, so a decode run of 128 steps is ~1.3 s
-at B = 1 (weight-bound), ~7 s at B = 8 and ~28 s at B = 32; IMH at B = 8 evaluates 32 canvases a
-step (~30 s a run). Full run: about 8.5 min of work for about 7 min of budget (--budget_s=420, so
-the last setting ends inside 8 min): the low-confidence B = 32 pair (3 x 58 s) and IMH (3 x 30 s)
-dominate, and the estimate skips IMH unless the device beats it; rerun it alone with
-`--sections=imh` (about 2 min). --quick: forward 8 x 1024, decode B in {1, 8} with PyTorch,
-threshold_cache B = 1, no IMH, about 2.5 min. Memory: the 8.0B bf16 weights take 15 GB once (PyTorch
-aliases them); the largest transient is the forward at 32 x 512, whose float32 logits alone are
-8.3 GB; the PyTorch loop at B = 32 holds about 11 GB of logits and softmax; IMH at B = 8 about
-12 GB: under 60 GB in all, well inside an H200's ~139 GiB. JAX does not preallocate (so PyTorch
-can share the device) unless XLA_PYTHON_CLIENT_PREALLOCATE is set.
+Budget (`--plan_only` prints the estimate; assumptions: 790 TFLOP/s bf16 peak, as PyTorch measured
+on an H200 of this workplace, 60% MFU, weights streamed at 4,000 GB/s, 20 s per compile (32-layer
+decode programs compile in 6-10 s on 2 CPU cores at width 256), 5 ms of PyTorch eager overhead per
+step). One forward of [B, 288] costs 4.1 TFLOP per row, so a low-confidence run (128 steps) is
+about 1.3 s at B = 1 (weight-bound), 7 s at B = 8 and 35 s at B = 32; IMH at B = 8 evaluates 32
+canvases a step (about 38 s a run). Estimated settings, s (compile + warm-up + timed runs):
+  forward 1x1024 20, 8x1024 22, 32x512 23; decode (JAX + PyTorch) B=1 36, B=8 67, B=32 203;
+  threshold_cache B=1 26, B=8 36; imh B=8 134: 566 s, plus about 35 s of imports, init and peak.
+So the whole plan needs about 10 min at these assumptions (about 7.5 min at 75% MFU and 10 s
+compiles). With --budget_s=450 the full run stops starting settings that would end later: at the
+assumptions it measures everything up to threshold_cache B=1 in about 7.2 min, skips
+threshold_cache B=8 and IMH, and prints the flags that run just those (about 3.5 min more):
+  --sections=matmul_peak,threshold_cache,imh --cache_batches=8 --imh_batches=8
+--quick (--budget_s=170): forward 8x1024, decode B in {1, 8} with PyTorch, threshold_cache B=1;
+about 3 min (the guard drops threshold_cache B=1 if the device is slower than assumed).
+Memory: the 8.0B bf16 weights take 14.9 GiB once (PyTorch aliases them); the largest transient is
+the forward at 32 x 512, whose float32 logits alone are 8.3 GB; the PyTorch loop at B = 32 holds
+about 11 GB of logits and softmax, IMH at B = 8 about 15 GB: under 50 GB in all, well inside an
+H200's ~139 GiB. JAX does not preallocate (so PyTorch can share the device) unless
+XLA_PYTHON_CLIENT_PREALLOCATE is set.
 """
 
 from __future__ import annotations
@@ -68,6 +75,7 @@ import time
 import traceback
 from typing import Any, Callable
 
+_T0 = time.perf_counter()  # the time budget counts from here, imports included
 # Before jax is imported: JAX and PyTorch share one device, and JAX would take 75% of it.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
@@ -90,7 +98,7 @@ except ImportError as e:  # pragma: no cover - depends on the machine
 
 _OUT_DIR = flags.DEFINE_string("out_dir", "/tmp/dllm_jax_bench/accelerator",
                                "Directory for bench_accelerator.json and bench_accelerator.md.")
-_QUICK = flags.DEFINE_bool("quick", False, "The short plan (about 2.5 min on an H200); flags "
+_QUICK = flags.DEFINE_bool("quick", False, "The short plan (about 3 min on an H200); flags "
                            "given explicitly still win.")
 _PLAN_ONLY = flags.DEFINE_bool("plan_only", False, "Print the estimated plan and exit.")
 _COMPILE_ONLY = flags.DEFINE_bool("compile_only", False, "Compile every program, run none "
@@ -124,7 +132,7 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "Most timed runs per setting.")
 _MIN_REPEATS = flags.DEFINE_integer("min_repeats", 2, "Fewest timed runs per setting.")
 _SETTING_SECONDS = flags.DEFINE_float("setting_seconds", 45.0,
                                       "Timed runs per setting: as many as fit in this.")
-_BUDGET = flags.DEFINE_float("budget_s", 420.0, "Skip settings estimated to end after this many "
+_BUDGET = flags.DEFINE_float("budget_s", 450.0, "Skip settings estimated to end after this many "
                              "seconds from the start (0: no budget).")
 _ASSUMED_PEAK = flags.DEFINE_float("assumed_peak_tflops", 790.0, "Peak for --plan_only.")
 _ASSUMED_MFU = flags.DEFINE_float("assumed_mfu", 0.6, "Fraction of peak the estimates assume.")
@@ -136,7 +144,7 @@ _TORCH_STEP_OVERHEAD = 0.005  # s per step of PyTorch eager work the estimates a
 
 _QUICK_DEFAULTS = {"forward_shapes": "8x1024", "decode_batches": ["1", "8"],
                    "cache_batches": ["1"], "imh_batches": [], "wedlm_batches": ["1"],
-                   "setting_seconds": 12.0, "budget_s": 165.0}
+                   "setting_seconds": 12.0, "budget_s": 170.0}
 JSON_NAME, MD_NAME = "bench_accelerator.json", "bench_accelerator.md"
 
 
@@ -274,7 +282,7 @@ class Run:
   config: ModelConfig
   out_dir: pathlib.Path
   report: dict[str, Any]
-  start: float = dataclasses.field(default_factory=time.perf_counter)
+  start: float = _T0
   params: Any = None
   denoise: Any = None
   device: Any = None
@@ -298,10 +306,13 @@ class Run:
     times = self.compile_times
     return statistics.mean(times) if times else _ASSUMED_COMPILE.value
 
-  def compile(self, lower: Callable[[], Any]) -> tuple[Any, dict[str, float]]:
+  def compile(self, lower: Callable[[], Any], model_program: bool = True
+              ) -> tuple[Any, dict[str, float]]:
+    """Lowers and compiles; model programs' times feed the estimates of later ones."""
     lowered, lower_s = benchlib.timed(lower)
     compiled, compile_s = benchlib.timed(lowered.compile)
-    self.compile_times.append(lower_s + compile_s)
+    if model_program:
+      self.compile_times.append(lower_s + compile_s)
     return compiled, {"lower_s": lower_s, "compile_s": compile_s}
 
   def save(self) -> None:
@@ -413,21 +424,64 @@ def _sync_torch() -> None:
 # Set-up: weights on the device, the PyTorch model on the same buffers
 
 
-def setup_model(run: Run) -> dict[str, Any]:
-  config = run.config
-  run.device = jax.devices()[0]
+def init_on_device(run: Run, config: ModelConfig) -> tuple[Any, dict[str, Any]]:
+  """Random weights of `config` made on `run.device` (no host copy), distributed as
+  `models.init_params` makes them: normal(0.02) matrices, unit norm scales, zero biases.
+
+  One compiled program per distinct (shape, kind, sharding), its output placed by
+  `out_shardings`, called once per parameter with that parameter's key: a handful of tiny
+  compiles, where one program making all 291 tensors of LLaDA-8B compiles for minutes on a CPU.
+  """
   mesh = sharding.make_mesh(data=1, model=1, devices=[run.device])
-  init = jax.jit(functools.partial(models.init_params, config, _SEED.value),
-                 out_shardings=sharding.param_shardings(config, mesh))
-  compiled, compile_times = run.compile(init.lower)
-  run.params, init_s = benchlib.timed(lambda: jax.block_until_ready(compiled()))
-  run.denoise = models.make_denoise(config)
-  n_params = models.param_count(run.params)
-  info = {"params": n_params, "matmul_params": benchlib.matmul_params(config),
-          "param_gib": sum(x.nbytes for x in jax.tree.leaves(run.params)) / 2**30,
-          "init": {**compile_times, "run_s": init_s}, "config": dataclasses.asdict(config)}
-  print(f"model: {n_params:,} parameters, {info['param_gib']:.2f} GiB on {run.device} "
-        f"(init compile {compile_times['compile_s']:.1f} s, run {init_s:.1f} s)", flush=True)
+  is_sharding = lambda x: isinstance(x, jax.sharding.Sharding)
+  shardings = jax.tree.leaves(sharding.param_shardings(config, mesh), is_leaf=is_sharding)
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(models.abstract_params(config))
+  keys = jax.random.split(jax.random.key(_SEED.value), len(leaves))
+
+  programs: dict[tuple[Any, ...], Any] = {}
+  compile_s = 0.0
+
+  def program(shape, dtype, kind, out_sharding):
+    nonlocal compile_s
+    signature = (shape, dtype, kind, out_sharding)
+    if signature not in programs:
+      def make(key):
+        if kind == "scale":
+          return jnp.ones(shape, dtype)
+        if kind == "bias":
+          return jnp.zeros(shape, dtype)
+        return 0.02 * jax.random.normal(key, shape, dtype)
+
+      programs[signature], times = run.compile(
+          lambda: jax.jit(make, out_shardings=out_sharding).lower(keys[0]), model_program=False)
+      compile_s += times["lower_s"] + times["compile_s"]
+    return programs[signature]
+
+  def make_all():
+    arrays = []
+    for key, (path, leaf), out_sharding in zip(keys, leaves, shardings):
+      name = str(getattr(path[-1], "key", path[-1]))
+      kind = name if name in ("scale", "bias") else "matrix"
+      arrays.append(program(leaf.shape, leaf.dtype, kind, out_sharding)(key))
+    return jax.block_until_ready(jax.tree.unflatten(treedef, arrays))
+
+  params, total_s = benchlib.timed(make_all)
+  return params, {"params": models.param_count(params),
+                  "matmul_params": benchlib.matmul_params(config),
+                  "param_gib": sum(x.nbytes for x in jax.tree.leaves(params)) / 2**30,
+                  "init": {"programs": len(programs), "compile_s": compile_s,
+                           "total_s": total_s},
+                  "config": dataclasses.asdict(config)}
+
+
+def setup_model(run: Run) -> dict[str, Any]:
+  run.device = jax.devices()[0]
+  run.params, info = init_on_device(run, run.config)
+  run.denoise = models.make_denoise(run.config)
+  print(f"model: {info['params']:,} parameters, {info['param_gib']:.2f} GiB on {run.device} "
+        f"({info['init']['programs']} init programs, {info['init']['compile_s']:.1f} s of compiles, "
+        f"{info['init']['total_s']:.1f} s in all)",
+        flush=True)
   return info
 
 
@@ -474,7 +528,8 @@ def section_matmul_peak(run: Run) -> None:
   def body():
     ka, kb = jax.random.split(jax.random.key(_SEED.value))
     a, b = jax.random.normal(ka, (n, n), dtype), jax.random.normal(kb, (n, n), dtype)
-    matmul, compile_times = run.compile(lambda: jax.jit(jnp.matmul).lower(a, b))
+    matmul, compile_times = run.compile(lambda: jax.jit(jnp.matmul).lower(a, b),
+                                        model_program=False)
 
     def jax_chain():
       jax.block_until_ready([matmul(a, b) for _ in range(chain)])
@@ -657,8 +712,9 @@ def section_wedlm(run: Run) -> None:
   """WeDLM-8B streaming decoding at --wedlm_batches: tokens/s, ms/step, MFU, compile time.
 
   Not written yet: the WeDLM family and its streaming decoder were not in the tree when this
-  benchmark was written. To add it, build the WeDLM-8B config and weights here as setup_model
-  does, and time its streaming decoder per batch with `run.setting` and `measure`.
+  benchmark was written. To add it, make the WeDLM-8B weights with `init_on_device(run, config)`
+  and time its streaming decoder per batch with `run.setting`, `measure` and `rates`, as
+  `section_decode` does.
   """
   missing = "the WeDLM family and its streaming decoder are not in this tree yet"
   if "wedlm_8b" in models.PRESETS:
@@ -736,6 +792,25 @@ def tables(report: dict[str, Any]) -> str:
   return "\n".join(out)
 
 
+_BATCH_FLAGS = {"forward": "forward_shapes", "decode": "decode_batches",
+                "threshold_cache": "cache_batches", "imh": "imh_batches"}
+
+
+def rerun_flags(report: dict[str, Any]) -> str | None:
+  """The flags that run just the settings the time budget skipped (and the peak, for MFU)."""
+  skipped: dict[str, list[str]] = {}
+  for name, section in report["sections"].items():
+    for r in section.get("rows", []):
+      if r["status"] == "skipped" and r.get("reason", "").startswith("time budget"):
+        skipped.setdefault(name, []).append(r["setting"].removeprefix("B="))
+  skipped.pop("matmul_peak", None)
+  if not skipped:
+    return None
+  parts = [f"--sections=matmul_peak,{','.join(skipped)}"]
+  parts += [f"--{_BATCH_FLAGS[name]}={','.join(values)}" for name, values in skipped.items()]
+  return " ".join(parts)
+
+
 def machine_info() -> dict[str, Any]:
   info = {"platform": platform.platform(), "python": platform.python_version(),
           "cpu_count": os.cpu_count(), "jax": jax.__version__,
@@ -796,8 +871,11 @@ def main(argv):
     rows = run.section(name)["rows"]
     if run.section(name)["status"] == "ok" and any(r["status"] != "ok" for r in rows):
       run.section(name)["status"] = "partial"
+  report["rerun_flags"] = rerun_flags(report)
   run.save()
   text = tables(report)
+  if report["rerun_flags"]:
+    text += f"\n\nSkipped for time; to run them: {report['rerun_flags']}"
   print("\n" + text)
   (run.out_dir / MD_NAME).write_text(text + "\n")
   print(f"\nwrote {run.out_dir / JSON_NAME} and {MD_NAME} ({run.elapsed():.0f} s)")
