@@ -819,6 +819,39 @@ def tables(report: dict[str, Any]) -> str:
   return "\n".join(out)
 
 
+def goals(report: dict[str, Any]) -> list[dict[str, Any]]:
+  """The issue's goals for these figures, each with its measured value (None if not measured);
+  recorded, never asserted."""
+  s = report["sections"]
+
+  def row(name, setting):
+    for r in s.get(name, {}).get("rows", []):
+      if r["setting"] == setting and r["status"] == "ok":
+        return r
+    return {}
+
+  def value(r, *keys):
+    for key in keys:
+      r = r.get(key) if isinstance(r, dict) else None
+    return r
+
+  items = [("forward MFU at 8x1024 >= 60%", value(row("forward", "8x1024"), "jax", "mfu"), 0.6),
+           ("low-confidence decode MFU at B=32 >= 50%",
+            value(row("decode", "B=32"), "jax", "mfu"), 0.5),
+           ("JAX >= 1.5x the PyTorch loop at B=1", value(row("decode", "B=1"), "speed_ratio"), 1.5),
+           ("JAX >= 1.0x the PyTorch loop at B=32", value(row("decode", "B=32"), "speed_ratio"),
+            1.0)]
+  out = [{"goal": goal, "measured": v, "met": None if v is None else v >= target}
+         for goal, v, target in items]
+  compiles = [r["compile"]["lower_s"] + r["compile"]["compile_s"]
+              for name in ("forward", "decode", "threshold_cache", "imh")
+              for r in s.get(name, {}).get("rows", []) if r["status"] == "ok"]
+  worst = max(compiles) if compiles else None
+  out.append({"goal": "compile <= 60 s per program (slowest)", "measured": worst,
+              "met": None if worst is None else worst <= 60})
+  return out
+
+
 _BATCH_FLAGS = {"forward": "forward_shapes", "decode": "decode_batches",
                 "threshold_cache": "cache_batches", "imh": "imh_batches"}
 
@@ -899,8 +932,13 @@ def main(argv):
     if run.section(name)["status"] == "ok" and any(r["status"] != "ok" for r in rows):
       run.section(name)["status"] = "partial"
   report["rerun_flags"] = rerun_flags(report)
+  report["goals"] = goals(report)
   run.save()
   text = tables(report)
+  text += "\n\nGoals (recorded, not asserted)\n\n" + "\n".join(
+      f"- {g['goal']}: " + ("not measured" if g["measured"] is None else
+                           f"{g['measured']:.3g} ({'met' if g['met'] else 'not met'})")
+      for g in report["goals"])
   if report["rerun_flags"]:
     text += f"\n\nSkipped for time; to run them: {report['rerun_flags']}"
   print("\n" + text)
