@@ -100,6 +100,12 @@ def test_bench_accelerator_end_to_end(tmp_path):
   table = (tmp_path / "full" / "bench_accelerator.md").read_text()
   assert "| low-confidence | 2 |" in table and "| 2 x 16 |" in table
   assert "decode B=2" in full_out
+  goals = {g["goal"]: g for g in report["goals"]}
+  slowest = max(r["compile"]["lower_s"] + r["compile"]["compile_s"]
+                for name in ("forward", "decode", "threshold_cache", "imh")
+                for r in s[name]["rows"])
+  assert goals["compile <= 60 s per program (slowest)"]["measured"] == slowest
+  assert goals["JAX >= 1.5x the PyTorch loop at B=1"]["measured"] is None  # B=1 not in this run
 
   # Without torch: the PyTorch side is skipped with the reason; a spent budget skips settings.
   report = json.loads((tmp_path / "no_torch" / "bench_accelerator.json").read_text())
@@ -111,6 +117,9 @@ def test_bench_accelerator_end_to_end(tmp_path):
     assert rows and all(r["status"] == "skipped" and "time budget" in r["reason"]
                         for r in rows), rows
   assert "Not measured" in no_torch_out
+  assert report["rerun_flags"] == (
+      "--sections=matmul_peak,forward,decode,threshold_cache,imh --forward_shapes=2x16 "
+      "--decode_batches=2 --cache_batches=2 --imh_batches=2")
 
   assert "| forward | 8x1024 |" in plan_out and "| decode | B=8 |" in plan_out
   assert "imh" not in plan_out  # --quick leaves IMH out
