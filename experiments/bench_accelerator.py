@@ -386,21 +386,46 @@ def measure(run: Run, fns: dict[str, Callable[[], Any]],
             warmups: dict[str, Callable[[], Any]] | None = None) -> dict[str, dict[str, Any]]:
   """Each function warmed up once (by itself, or by its entry in `warmups`), then timed in
   alternating order; each must block until its work is done. The first timed round sets how
-  many rounds fit (`timed_repeats`)."""
-  warmups = warmups or {}
-  first = {name: benchlib.timed(warmups.get(name, fn))[1] for name, fn in fns.items()}
+  many rounds fit (`timed_repeats`). A contender that raises is dropped and reported as
+  {"status": "error", ...}, so one side's failure (PyTorch out of memory, say) keeps the other's
+  figures."""
+  warmups, fns = warmups or {}, dict(fns)
+  results: dict[str, dict[str, Any]] = {}
+
+  def call(name, fn):
+    try:
+      return benchlib.timed(fn)[1]
+    except Exception as e:  # pylint: disable=broad-except
+      results[name] = {"status": "error", "error": f"{type(e).__name__}: {e}"[:2000]}
+      del fns[name]
+      free_memory()
+      return None
+
+  first = {name: call(name, warmups.get(name, fn)) for name, fn in list(fns.items())}
   time_left = run.time_left()
   samples: dict[str, list[float]] = {name: [] for name in fns}
   repeats, r = _MIN_REPEATS.value, 0
-  while r < repeats:
+  while r < repeats and fns:
     order = list(fns.items())
     for name, fn in (reversed(order) if r % 2 else order):
-      samples[name].append(benchlib.timed(fn)[1])
+      t = call(name, fn)
+      if t is not None:
+        samples[name].append(t)
     if r == 0:
-      repeats = timed_repeats(sum(s[0] for s in samples.values()), time_left)
+      repeats = timed_repeats(sum(samples[name][0] for name in fns), time_left)
     r += 1
-  return {name: {"warmup_s": first[name], "median_s": statistics.median(s), "best_s": min(s),
-                 "samples_s": s} for name, s in samples.items()}
+  for name in fns:
+    s = samples[name]
+    results[name] = {"warmup_s": first[name], "median_s": statistics.median(s), "best_s": min(s),
+                     "samples_s": s}
+  return results
+
+
+def _timed_ok(times: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
+  """`times[name]` if it was measured, else raises with its error."""
+  if "median_s" not in times.get(name, {}):
+    raise RuntimeError(f"{name}: {times.get(name, {}).get('error', 'not measured')}")
+  return times[name]
 
 
 def rates(timing: dict[str, Any], flops: float, peak_flops: float | None,
@@ -576,9 +601,10 @@ def section_matmul_peak(run: Run) -> None:
     times = measure(run, fns) if not _COMPILE_ONLY.value else {}
     row = {"n": n, "chain": chain, "dtype": dtype.name, "compile": compile_times}
     for side, t in times.items():
-      row[side] = {**t, "tflops": flops / t["median_s"] / 1e12}
+      row[side] = {**t, "tflops": flops / t["median_s"] / 1e12} if "median_s" in t else t
     if times:
-      run.peak_flops = max(row[side]["tflops"] for side in times) * 1e12
+      _timed_ok(times, "jax")
+      run.peak_flops = max(row[side].get("tflops", 0) for side in times) * 1e12
       row["peak_tflops"] = run.peak_flops / 1e12
     if "torch" not in row:
       row["torch"] = {"status": "skipped", "reason": run.torch_skip}
@@ -607,7 +633,7 @@ def section_forward(run: Run) -> None:
       if _COMPILE_ONLY.value:
         return row
       t = measure(run, {"jax": lambda: compiled(run.params, tokens, mask).block_until_ready()})
-      row["jax"] = rates(t["jax"], benchlib.forward_flops(run.config, batch, length),
+      row["jax"] = rates(_timed_ok(t, "jax"), benchlib.forward_flops(run.config, batch, length),
                          run.peak_flops, tokens=batch * length)
       return row
 
@@ -659,20 +685,22 @@ def section_decode(run: Run) -> None:
         fns["torch"] = torch_loop
         warmups["torch"] = torch_warmup
       times = measure(run, fns, warmups)
+      _timed_ok(times, "jax")
       nfe = int(np.asarray(outputs["jax"].nfe_B)[0])
       if nfe != steps:
         raise AssertionError(f"JAX loop ran {nfe} forward passes, expected {steps}")
       flops = {"jax": steps * benchlib.forward_flops(run.config, batch, L, W),
                "torch": steps * benchlib.forward_flops(run.config, batch, L)}
       for side, t in times.items():
-        row[side] = rates(t, flops[side], run.peak_flops, tokens=batch * G, steps=steps)
-      if "torch" in times:
+        row[side] = (rates(t, flops[side], run.peak_flops, tokens=batch * G, steps=steps)
+                     if "median_s" in t else t)
+      if "median_s" in times.get("torch", {}):
         row["speed_ratio"] = times["torch"]["median_s"] / times["jax"]["median_s"]
         row["speed_ratio_best"] = times["torch"]["best_s"] / times["jax"]["best_s"]
         if run.torch_shares_weights:  # then the loops should mostly agree (float32: exactly)
           row["same_tokens_fraction"] = float(np.mean(
               np.asarray(outputs["jax"].generated_BG) == outputs["torch"][:, -G:].cpu().numpy()))
-      else:
+      elif "torch" not in times:
         row["torch"] = {"status": "skipped", "reason": run.torch_skip}
       return row
 
@@ -694,6 +722,7 @@ def section_threshold_cache(run: Run) -> None:
         return row
       outputs = {}
       times = measure(run, {"jax": lambda: outputs.__setitem__("jax", call())})
+      _timed_ok(times, "jax")
       out = outputs["jax"]
       steps, blocks = int(out.steps), G // W
       flops = batch * (blocks * benchlib.forward_flops(run.config, 1, L, W)
@@ -722,6 +751,7 @@ def section_imh(run: Run) -> None:
         return row
       outputs = {}
       times = measure(run, {"jax": lambda: outputs.__setitem__("jax", call())})
+      _timed_ok(times, "jax")
       nfe = int(np.asarray(outputs["jax"].nfe_B)[0])
       # The first pass scores the initial canvas; each step evaluates K candidate canvases, the
       # LM head at every position.
@@ -810,12 +840,15 @@ def tables(report: dict[str, Any]) -> str:
     out.append(benchlib.markdown_table(
         ["sampler", "B", "steps", "JAX tok/s", "JAX ms/step", "JAX MFU", "torch tok/s",
          "torch ms/step", "torch MFU", "JAX/torch", "compile s (lower + compile)"], decode_rows))
-  others = [(name, r) for name, sec in s.items() for r in sec.get("rows", [])
+  others = [(name, r["setting"], r) for name, sec in s.items() for r in sec.get("rows", [])
             if r["status"] != "ok"]
+  others += [(name, f"{r['setting']} torch", r["torch"]) for name, sec in s.items()
+             for r in sec.get("rows", []) if r["status"] == "ok"
+             and r.get("torch", {}).get("status") in ("error", "skipped")]
   if others:
     out.append("\nNot measured\n")
-    out += [f"- {name} {r['setting']}: {r['status']}: {r.get('reason') or r.get('error')}"
-            for name, r in others]
+    out += [f"- {name} {label}: {r['status']}: {r.get('reason') or r.get('error')}"
+            for name, label, r in others]
   return "\n".join(out)
 
 
