@@ -11,7 +11,8 @@ device by one compiled init with the parameter shardings as outputs (no checkpoi
 the PyTorch model reads the same device buffers through DLPack, so both loops decode with the same
 weights and no second copy of them exists.
 
-Sections, in the order they run (an error in one is recorded in the JSON and the next one runs):
+Sections, in the order they run (an error in a setting is recorded in the JSON and the next one
+runs; if one side of a comparison fails, the other side's figures are kept):
   matmul_peak      chains of n x n x n matmuls in the dtype, in JAX and in torch; the larger
                    median rate is the denominator of every MFU
   forward          the forward pass (logits at every position) at each B x L: ms, TFLOP/s, MFU
