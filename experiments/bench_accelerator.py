@@ -77,7 +77,7 @@ from absl import app, flags  # noqa: E402
 
 from dllm_jax import models  # noqa: E402
 from experiments import accelerator_benchmark as acc  # noqa: E402
-from experiments import benchlib  # noqa: E402
+from experiments import accelerator_plan, benchlib  # noqa: E402
 
 _OUT_DIR = flags.DEFINE_string("out_dir", "/tmp/dllm_jax_bench/accelerator",
                                "Directory for bench_accelerator.json and bench_accelerator.md.")
@@ -86,7 +86,8 @@ _QUICK = flags.DEFINE_bool("quick", False, "The short plan (about 3 min on an H2
 _PLAN_ONLY = flags.DEFINE_bool("plan_only", False, "Print the estimated plan and exit.")
 _COMPILE_ONLY = flags.DEFINE_bool("compile_only", False, "Compile every program, run none "
                                   "(compile times only).")
-_SECTIONS = flags.DEFINE_list("sections", list(acc.SECTION_NAMES), "Sections to run.")
+_SECTIONS = flags.DEFINE_list("sections", list(accelerator_plan.SECTION_NAMES),
+                              "Sections to run.")
 _MODEL = flags.DEFINE_enum("model", "llada_8b", ["llada_8b", "llada_tiny"], "Model preset.")
 _OVERRIDES = flags.DEFINE_list("overrides", [], "ModelConfig fields to change, as name=value "
                                "(for small CPU runs, e.g. num_layers=32,max_length=512).")
@@ -156,9 +157,9 @@ def model_config() -> models.ModelConfig:
   return config.replace(**changes)
 
 
-def settings_from_flags() -> acc.Settings:
+def settings_from_flags() -> accelerator_plan.Settings:
   try:
-    return acc.Settings(
+    return accelerator_plan.Settings(
         config=model_config(), sections=tuple(_SECTIONS.value),
         forward_shapes=tuple(benchlib.parse_settings(_flag(_FORWARD_SHAPES))),
         gen_length=_GEN.value, block_length=_BLOCK.value, prompt_length=_PROMPT.value,
@@ -179,7 +180,7 @@ def main(argv):
   del argv
   settings = settings_from_flags()
   if _PLAN_ONLY.value:
-    rows = acc.plan(settings, with_torch=settings.torch != "off")
+    rows = accelerator_plan.plan(settings, with_torch=settings.torch != "off")
     print(benchlib.markdown_table(["section", "setting", "estimated s"], rows))
     print(f"total {sum(r[2] for r in rows):.0f} s of settings (+ set-up and the peak), budget "
           f"{settings.budget_s:.0f} s")
