@@ -1,9 +1,10 @@
 """The accelerator benchmark runs end to end at tiny shapes on CPU, from the checkout alone.
 
 Each run is a subprocess that first makes the modules the GPU image lacks unimportable, so the
-benchmark's whole import chain is checked too. Three runs go in parallel: the full set of
-sections (JAX and the PyTorch loop, float32), a run without torch and a zero time budget (every
-setting skipped with its reason), and the --plan_only estimate.
+benchmark's whole import chain is checked too (a fourth process checks that the blocking works).
+Three runs go in parallel: every section (JAX and the PyTorch loop, float32), a run without torch
+and with a spent time budget (every setting skipped with its reason), and the --plan_only
+estimate.
 """
 
 import json
