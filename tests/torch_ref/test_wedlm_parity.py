@@ -1,4 +1,4 @@
-"""Converted WeDLM checkpoints against `transformers` Qwen3 (WeDLM-8B) / Qwen2 (WeDLM-7B) at float32.
+"""Converted WeDLM checkpoints against `transformers` Qwen3 (WeDLM-8B), Qwen2 (WeDLM-7B) at fp32.
 
 The reference does WeDLM's topological reordering physically (DESIGN.md §11): each row's observed
 tokens first, its masks after, each group in ascending logical order (left padding stays in
