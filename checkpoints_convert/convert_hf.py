@@ -1,4 +1,4 @@
-r"""Converts a LLaDA or Dream Hugging Face checkpoint (safetensors) to a dllm_jax Orbax checkpoint.
+r"""Converts a LLaDA, Dream or WeDLM Hugging Face checkpoint (safetensors) to a dllm_jax checkpoint.
 
   python -m checkpoints_convert.convert_hf --hf_dir=/path/to/LLaDA-8B-Instruct \
       --out_dir=/path/to/llada_8b_instruct

@@ -53,6 +53,8 @@ def _param_spec(path: tuple[Any, ...], shape: tuple[int, ...], config: ModelConf
       "attn/v_proj/kernel": P(None, MODEL) if kv_split else P(),
       "attn/v_proj/bias": P(MODEL) if kv_split else P(),
       "attn/o_proj/kernel": P(MODEL, None) if heads_split else P(),
+      "attn/q_norm/scale": P(),  # WeDLM-8B: one [head_dim] scale shared by all heads
+      "attn/k_norm/scale": P(),
       "mlp/gate_proj/kernel": P(None, MODEL),
       "mlp/up_proj/kernel": P(None, MODEL),
       "mlp/down_proj/kernel": P(MODEL, None),

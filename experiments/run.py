@@ -29,7 +29,8 @@ _DATA = flags.DEFINE_string("data_path", None, "Benchmark file or directory (Hum
 _LIMIT = flags.DEFINE_integer("limit", None, "Only the first N problems.")
 _REMASKING = flags.DEFINE_enum("remasking", "low_confidence",
                                ["random", "low_confidence", "maskgit_plus", "topk_margin",
-                                "entropy", "origin", "threshold", "imh"], "Remasking rule.")
+                                "entropy", "wedlm_entropy", "origin", "threshold", "imh"],
+                               "Remasking rule.")
 _TEMPERATURE = flags.DEFINE_float("temperature", None, "Token temperature (not with imh).")
 _TOP_P = flags.DEFINE_float("top_p", None, "Nucleus filtering.")
 _TOP_K = flags.DEFINE_integer("top_k", None, "Top-k filtering.")
@@ -40,6 +41,8 @@ _SCHEDULE = flags.DEFINE_enum("schedule", "linear", ["linear", "dream"], "Tokens
 _CFG = flags.DEFINE_float("cfg_scale", 0.0, "Classifier-free guidance scale.")
 _ALG_TEMP = flags.DEFINE_float("alg_temp", 0.0, "Dream rules: sample positions at this temp.")
 _THRESHOLD = flags.DEFINE_float("threshold", 0.9, "Threshold rule: confidence to commit.")
+_POSITION_PENALTY = flags.DEFINE_float("position_penalty", 0.1, "wedlm_entropy: lambda of "
+                                       "entropy + lambda x (distance to the first mask).")
 _ALPHA = flags.DEFINE_float("alpha", 2.0, "IMH: target exponent (candidates at 1/alpha).")
 _CANDIDATES = flags.DEFINE_integer("num_candidates", 4, "IMH: candidates per step (K).")
 _IMH_POSITIONS = flags.DEFINE_enum("imh_positions", "random", ["random", "confidence"],
@@ -77,7 +80,7 @@ def main(argv):
       allow_greedy=_ALLOW_GREEDY.value,
       rule={"name": _REMASKING.value, "alg_temp": _ALG_TEMP.value, "threshold": _THRESHOLD.value,
             "alpha": _ALPHA.value, "num_candidates": _CANDIDATES.value,
-            "imh_positions": _IMH_POSITIONS.value},
+            "imh_positions": _IMH_POSITIONS.value, "position_penalty": _POSITION_PENALTY.value},
       sampler_fields={"gen_length": _GEN.value, "block_length": _BLOCK.value,
                       "steps": _STEPS.value, "temperature": _TEMPERATURE.value,
                       "top_p": _TOP_P.value, "top_k": _TOP_K.value, "cfg_scale": _CFG.value,

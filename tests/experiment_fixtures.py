@@ -15,7 +15,8 @@ from dllm_jax.data import jsonl
 SPECIAL = ["<pad>", "<|endoftext|>", "<|mdm_mask|>", "<|eot_id|>"]
 
 
-def build_tokenizer(shared_data: pathlib.Path, vocab_size: int = 600) -> tokenizers.Tokenizer:
+def build_tokenizer(shared_data: pathlib.Path, vocab_size: int = 600,
+                    special: list[str] | None = None) -> tokenizers.Tokenizer:
   """Byte-level BPE trained on a few problems of every benchmark (any text encodes)."""
   texts = []
   for name in ("math500", "humaneval", "mbpp"):
@@ -23,7 +24,7 @@ def build_tokenizer(shared_data: pathlib.Path, vocab_size: int = 600) -> tokeniz
   tokenizer = tokenizers.Tokenizer(tok_models.BPE())
   tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tokenizer.decoder = decoders.ByteLevel()
-  trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL,
+  trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special or SPECIAL,
                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
   tokenizer.train_from_iterator(texts, trainer)
   return tokenizer

@@ -1,4 +1,4 @@
-"""Tiny random Hugging Face checkpoints in the exact LLaDA / Dream key layouts (numpy only).
+"""Tiny random Hugging Face checkpoints in the exact LLaDA / Dream / WeDLM key layouts (numpy only).
 
 The key names below are written out from the published checkpoints (DESIGN.md §4), independently
 of the library's own mapping table, so a wrong entry in that table fails the tests that use them.
@@ -18,6 +18,23 @@ LLADA_BLOCK = {  # suffix -> which weight (shape decided by `_shape`)
     "ff_proj.weight": "up", "up_proj.weight": "up", "ff_out.weight": "down",
 }
 DREAM_BLOCK = {
+    "input_layernorm.weight": "norm", "self_attn.q_proj.weight": "q",
+    "self_attn.q_proj.bias": "q_bias", "self_attn.k_proj.weight": "kv",
+    "self_attn.k_proj.bias": "kv_bias", "self_attn.v_proj.weight": "kv",
+    "self_attn.v_proj.bias": "kv_bias", "self_attn.o_proj.weight": "o",
+    "post_attention_layernorm.weight": "norm", "mlp.gate_proj.weight": "up",
+    "mlp.up_proj.weight": "up", "mlp.down_proj.weight": "down",
+}
+# WeDLM-8B (Qwen3): per-head q/k norms [head_dim], no attention biases.
+WEDLM_8B_BLOCK = {
+    "input_layernorm.weight": "norm", "self_attn.q_proj.weight": "q",
+    "self_attn.k_proj.weight": "kv", "self_attn.v_proj.weight": "kv",
+    "self_attn.o_proj.weight": "o", "self_attn.q_norm.weight": "head_norm",
+    "self_attn.k_norm.weight": "head_norm", "post_attention_layernorm.weight": "norm",
+    "mlp.gate_proj.weight": "up", "mlp.up_proj.weight": "up", "mlp.down_proj.weight": "down",
+}
+# WeDLM-7B (Qwen2.5): q/k/v biases, no q/k norms.
+WEDLM_7B_BLOCK = {
     "input_layernorm.weight": "norm", "self_attn.q_proj.weight": "q",
     "self_attn.q_proj.bias": "q_bias", "self_attn.k_proj.weight": "kv",
     "self_attn.k_proj.bias": "kv_bias", "self_attn.v_proj.weight": "kv",
@@ -64,20 +81,47 @@ def dream_hf_config(*, hidden=64, layers=2, heads=4, kv_heads=2, intermediate=17
   }
 
 
+def wedlm_hf_config(variant: str = "8b", *, hidden=48, layers=2, heads=4, kv_heads=2,
+                    head_dim=16, intermediate=112, vocab=320, mask_id=300, eos_id=301,
+                    max_len=128) -> dict:
+  """A config.json with the fields of the released WeDLM-8B ("8b": Qwen3, q/k norm, explicit
+  head_dim, here 16 != hidden / heads = 12) or WeDLM-7B ("7b": Qwen2.5, q/k/v biases, head_dim
+  hidden / heads) file, scaled down. The released files say `"mask_token_id": null`; a tiny
+  vocabulary cannot hold the default id, so this one names its mask id."""
+  qwen3 = variant == "8b"
+  cfg = {
+      "architectures": ["WeDLMForCausalLM"], "attention_bias": not qwen3,
+      "attention_dropout": 0.0, "bos_token_id": eos_id, "eos_token_id": eos_id,
+      "hidden_act": "silu", "hidden_size": hidden, "initializer_range": 0.02,
+      "intermediate_size": intermediate, "mask_token_id": mask_id,
+      "max_position_embeddings": max_len, "max_window_layers": layers, "model_type": "wedlm",
+      "num_attention_heads": heads, "num_hidden_layers": layers, "num_key_value_heads": kv_heads,
+      "pad_token_id": eos_id, "qk_norm": qwen3, "rms_norm_eps": 1e-06, "rope_scaling": None,
+      "rope_theta": 1000000.0, "sliding_window": None, "tie_word_embeddings": False,
+      "torch_dtype": "float32", "use_cache": True, "use_sliding_window": False,
+      "vocab_size": vocab,
+  }
+  if qwen3:
+    cfg["head_dim"] = head_dim
+  return cfg
+
+
 def _dims(cfg: dict) -> dict:
   if cfg["model_type"] == "llada":
     return dict(D=cfg["d_model"], L=cfg["n_layers"], N=cfg["n_heads"], K=cfg["n_kv_heads"],
-                F=cfg["mlp_hidden_size"], V=cfg["embedding_size"])
+                F=cfg["mlp_hidden_size"], V=cfg["embedding_size"],
+                H=cfg["d_model"] // cfg["n_heads"])
   return dict(D=cfg["hidden_size"], L=cfg["num_hidden_layers"], N=cfg["num_attention_heads"],
-              K=cfg["num_key_value_heads"], F=cfg["intermediate_size"], V=cfg["vocab_size"])
+              K=cfg["num_key_value_heads"], F=cfg["intermediate_size"], V=cfg["vocab_size"],
+              H=cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"])
 
 
 def _shape(kind: str, d: dict) -> tuple[int, ...]:
-  H = d["D"] // d["N"]
+  H = d["H"]
   return {"norm": (d["D"],), "q": (d["N"] * H, d["D"]), "kv": (d["K"] * H, d["D"]),
           "o": (d["D"], d["N"] * H), "up": (d["F"], d["D"]), "down": (d["D"], d["F"]),
           "q_bias": (d["N"] * H,), "kv_bias": (d["K"] * H,), "embed": (d["V"], d["D"]),
-          "head": (d["V"], d["D"])}[kind]
+          "head": (d["V"], d["D"]), "head_norm": (H,)}[kind]
 
 
 def hf_tensor_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
@@ -88,7 +132,10 @@ def hf_tensor_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
         "model.transformer.wte.weight": "embed", "model.transformer.ln_f.weight": "norm",
         "model.transformer.ff_out.weight": "head"}
   else:
-    prefix, block, top = "model.layers", DREAM_BLOCK, {
+    block = DREAM_BLOCK
+    if cfg["model_type"] == "wedlm":
+      block = WEDLM_8B_BLOCK if cfg["qk_norm"] else WEDLM_7B_BLOCK
+    prefix, top = "model.layers", {
         "model.embed_tokens.weight": "embed", "model.norm.weight": "norm",
         "lm_head.weight": "head"}
   shapes = {key: _shape(kind, d) for key, kind in top.items()}

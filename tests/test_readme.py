@@ -24,9 +24,11 @@ def test_import_example_runs():
   assert not (out.generated_BG == namespace["MASK"]).any()
 
 
-@pytest.mark.parametrize("model_size", [1, 2, 4, 8])
+@pytest.mark.parametrize("model_size", [1, 2, 4, 8, 16])
 def test_memory_table(model_size):
-  row = re.search(rf"^\| {model_size} \| ([\d.]+) GiB \| ([\d.]+) GiB", README, re.M)
-  for preset, shown in ((models.llada_8b, row.group(1)), (models.dream_7b, row.group(2))):
+  row = re.search(rf"^\| {model_size} \| ([\d.]+) GiB[^|]*\| ([\d.]+) GiB[^|]*\| ([\d.]+) GiB",
+                  README, re.M)
+  for preset, shown in ((models.llada_8b, row.group(1)), (models.dream_7b, row.group(2)),
+                        (models.wedlm_8b, row.group(3))):
     config = preset(param_dtype="bfloat16", dtype="bfloat16")
     assert f"{sharding.param_bytes_per_device(config, model_size) / 2**30:.2f}" == shown

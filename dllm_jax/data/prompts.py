@@ -1,4 +1,4 @@
-"""Prompts: chat templates of LLaDA/Dream-Instruct checkpoints and the per-benchmark messages.
+"""Prompts: chat templates of LLaDA, Dream and WeDLM checkpoints and the per-benchmark messages.
 
 Chat templates. A checkpoint's own template always wins: `load_chat_template` reads the Jinja
 string "chat_template" of its `tokenizer_config.json` (or `chat_template.jinja` /
@@ -14,6 +14,9 @@ used:
   `<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n`
   `<|im_start|>user\\n{text}<|im_end|>\\n`
   `<|im_start|>assistant\\n` (a leading system message replaces the default one; no tool support).
+- "wedlm" (WeDLM-8B/7B-Instruct, Qwen3 / Qwen2.5 ChatML, no default system message):
+  `<|im_start|>user\\n{text}<|im_end|>\\n<|im_start|>assistant\\n` (a system message, if
+  given, comes first in its own `<|im_start|>system` turn).
 
 Messages. Math (MATH500, AIME): the problem, then a request to reason step by step and put the final
 answer in \\boxed{} (the graders take the last \\boxed{}). HumanEval (instruct style): complete the
@@ -43,12 +46,13 @@ from dllm_jax.data.tokenize import read_json_object, token_string
 PathLike = str | os.PathLike
 Message = Mapping[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
 
-FAMILIES = ("llada", "dream")
+FAMILIES = ("llada", "dream", "wedlm")
 
 LLADA_BOS = "<|startoftext|>"
 LLADA_EOS = "<|endoftext|>"
 DREAM_EOS = "<|endoftext|>"
 DREAM_DEFAULT_SYSTEM = "You are a helpful assistant."
+WEDLM_EOS = "<|endoftext|>"
 
 LLADA_FALLBACK_TEMPLATE = (
     "{% for message in messages %}"
@@ -63,6 +67,12 @@ DREAM_FALLBACK_TEMPLATE = (
     "{% if messages[0]['role'] != 'system' %}"
     "{{ '<|im_start|>system\\n" + DREAM_DEFAULT_SYSTEM + "<|im_end|>\\n' }}"
     "{% endif %}"
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+WEDLM_FALLBACK_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
     "{% endfor %}"
@@ -137,11 +147,13 @@ class ChatTemplate:
 
 
 def fallback_template(family: str) -> ChatTemplate:
-  """The documented template of `family` ("llada" or "dream"), for checkpoints without one."""
+  """The documented template of `family` (see FAMILIES), for checkpoints without one."""
   if family == "llada":
     return ChatTemplate(LLADA_FALLBACK_TEMPLATE, LLADA_BOS, LLADA_EOS, "fallback:llada")
   if family == "dream":
     return ChatTemplate(DREAM_FALLBACK_TEMPLATE, "", DREAM_EOS, "fallback:dream")
+  if family == "wedlm":
+    return ChatTemplate(WEDLM_FALLBACK_TEMPLATE, "", WEDLM_EOS, "fallback:wedlm")
   raise ValueError(f"unknown model family {family!r}; expected one of {FAMILIES}")
 
 
@@ -187,8 +199,8 @@ def load_chat_template(checkpoint_dir: PathLike, family: str | None = None) -> C
     if fallback is None:
       raise ValueError(
           f"{directory} has no chat template (looked in tokenizer_config.json, "
-          "chat_template.jinja, chat_template.json); pass family='llada' or 'dream' for the "
-          "fallback template, or use plain prompts")
+          "chat_template.jinja, chat_template.json); pass family='llada', 'dream' or 'wedlm' "
+          "for the fallback template, or use plain prompts")
     template, source = fallback.template, f"{fallback.source} (none in {directory})"
 
   def special_token(name: str) -> str:

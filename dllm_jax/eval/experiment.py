@@ -52,7 +52,9 @@ def run_benchmark(*, checkpoint_dir: pathlib.Path, tokenizer_dir: str | None, be
   checkpoint_dir = pathlib.Path(checkpoint_dir)
   tokenizer_dir = pathlib.Path(tokenizer_dir or checkpoint_dir / "tokenizer")
   params, config = checkpoint.load(checkpoint_dir, mesh=mesh)
-  tokenizer = tokenize.CheckpointTokenizer.from_checkpoint(tokenizer_dir)
+  # The model's mask id wins: WeDLM's tokenizer files name no mask token.
+  tokenizer = tokenize.CheckpointTokenizer.from_checkpoint(tokenizer_dir,
+                                                           mask_id=config.mask_token_id)
   template = (None if chat_template == "none"
               else prompts.load_chat_template(tokenizer_dir, family=config.family))
   texts = prompts.build_prompts(problems, template)

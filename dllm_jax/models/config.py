@@ -315,12 +315,17 @@ def _wedlm_from_hf(fields: dict[str, Any], source: str) -> ModelConfig:
   eos = _require(fields, source, "eos_token_id")
   if isinstance(eos, list):  # generation configs may list several; the first is EOS proper
     eos = eos[0]
+  # Files saved by transformers >= 5 keep RoPE in "rope_parameters" (and no "rope_theta").
+  rope = fields.get("rope_parameters") or {"rope_theta": fields.get("rope_theta", 10000.0)}
+  if rope.get("rope_type", "default") != "default":
+    raise ValueError(f"{source}: rope_parameters {rope} is not supported (only rope_type "
+                     "'default')")
   return ModelConfig(
       family="wedlm", vocab_size=vocab, hidden_size=hidden,
       num_layers=_require(fields, source, "num_hidden_layers"), num_heads=n_heads,
       num_kv_heads=n_kv_heads, head_dim=fields.get("head_dim") or hidden // n_heads,
       mlp_hidden_size=_require(fields, source, "intermediate_size"),
-      rope_theta=float(fields.get("rope_theta", 10000.0)),
+      rope_theta=float(rope.get("rope_theta", fields.get("rope_theta", 10000.0))),
       norm_eps=float(fields.get("rms_norm_eps", 1e-6)),
       max_length=_require(fields, source, "max_position_embeddings"), mask_token_id=mask_id,
       eos_token_id=eos, pad_token_id=fields.get("pad_token_id", eos),

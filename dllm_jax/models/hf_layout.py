@@ -1,4 +1,4 @@
-"""Hugging Face checkpoint key layouts of LLaDA, Dream and WeDLM, and how each tensor maps to a parameter.
+"""Hugging Face checkpoint key layouts of LLaDA, Dream and WeDLM: each tensor mapped to a param.
 
 One table per family: HF key pattern -> parameter path in `init_params(config)` + transform.
 PyTorch stores `Linear` weights as [out, in]; the JAX kernels are [in, out], hence "transpose".
