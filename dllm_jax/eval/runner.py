@@ -233,7 +233,7 @@ def run(*, problems: Sequence[Problem], prompts: Sequence[Sequence[int]],
       for r, response, grade in zip(owned, responses, grades):
         i, s = batch[r]
         record = {"problem_id": problems[i].id, "sample": s, "response": response,
-                  "answer": grade.answer, "correct": grade.correct,
+                  "answer": grade.answer, "correct": grade.correct, "detail": grade.detail,
                   "nfe": int(nfe[r][0]), "seconds": seconds,
                   "neg_logprob": float(-np.mean(logprob[r])),
                   "tokens": generated[r].tolist()}
