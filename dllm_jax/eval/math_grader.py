@@ -231,7 +231,14 @@ class _Worker:
 _worker = _Worker()
 
 
+def _exit_with_parent(parent: int) -> None:
+  while os.getppid() == parent:  # an orphan stuck in sympy would otherwise run for ever
+    time.sleep(1.0)
+  os._exit(1)
+
+
 def _serve() -> None:
+  threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
   resource.setrlimit(resource.RLIMIT_AS, (_WORKER_MEMORY_BYTES, _WORKER_MEMORY_BYTES))
   import math_verify  # pylint: disable=import-outside-toplevel,unused-import  (before "ready")
   out = sys.stdout.buffer
