@@ -5,13 +5,17 @@ A checkpoint is a directory:
   config.json   the `ModelConfig` (dtype policy included)
   params/       an Orbax PyTree checkpoint of `init_params(config)`'s tree
   tokenizer/    the HF tokenizer and chat-template files, when converted from a directory with them
+  checksums.json  the SHA-256 of every file under params/ (`load` checks them; `fingerprint`
+                identifies the weights)
 Every writer builds the directory under a temporary sibling name and renames it into place, so a
-failure never leaves a partial checkpoint behind.
+failure never leaves a partial checkpoint behind; a writer that was killed leaves a hidden
+`.<name>.tmp-<pid>-...` sibling, which the next writer of that name removes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import pathlib
@@ -32,6 +36,7 @@ from dllm_jax.models.safetensors_io import (FLOAT_DTYPES, CheckpointError, read_
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
 TOKENIZER_DIR = "tokenizer"
+CHECKSUMS_FILE = "checksums.json"
 # Tokenizer and chat-template files that a conversion carries over from the HF directory.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json", "chat_template.jinja", "chat_template.json",
@@ -42,14 +47,17 @@ _DTYPE_NAMES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
 @contextlib.contextmanager
 def _atomic_directory(target: str | os.PathLike, overwrite: bool) -> Iterator[pathlib.Path]:
   """Yields a temporary directory that becomes `target` only if the block succeeds."""
-  target = pathlib.Path(target)
+  target = pathlib.Path(target).absolute()
   if target.exists() and not overwrite:
-    raise FileExistsError(f"{target} already exists (pass overwrite=True to replace it)")
+    raise FileExistsError(f"{target} already exists (pass --overwrite / overwrite=True to "
+                          "replace it)")
   target.parent.mkdir(parents=True, exist_ok=True)
-  temp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+  _remove_stale_temps(target)
+  temp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
   try:
     temp.mkdir()
     yield temp
+    _write_checksums(temp)
     if target.exists():
       trash = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
       os.replace(target, trash)
@@ -59,6 +67,64 @@ def _atomic_directory(target: str | os.PathLike, overwrite: bool) -> Iterator[pa
       os.replace(temp, target)
   finally:
     shutil.rmtree(temp, ignore_errors=True)
+
+
+def _remove_stale_temps(target: pathlib.Path) -> None:
+  """Removes what a killed writer of `target` left (its process is gone)."""
+  for stale in target.parent.glob(f".{target.name}.tmp-*"):
+    pid = stale.name.rsplit(".tmp-", 1)[1].split("-")[0]
+    if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+      shutil.rmtree(stale, ignore_errors=True)
+
+
+def _file_digests(directory: pathlib.Path) -> dict[str, str]:
+  digests = {}
+  for path in sorted((directory / PARAMS_DIR).rglob("*")):
+    if path.is_file():
+      digest = hashlib.sha256()
+      with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+          digest.update(chunk)
+      digests[path.relative_to(directory).as_posix()] = digest.hexdigest()
+  return digests
+
+
+def _write_checksums(directory: pathlib.Path) -> None:
+  if (directory / PARAMS_DIR).is_dir():
+    (directory / CHECKSUMS_FILE).write_text(json.dumps(_file_digests(directory), indent=1))
+
+
+def _corrupt(directory, what: str) -> CheckpointError:
+  return CheckpointError(f"checkpoint corrupt: {what} in {directory}; re-convert it (or restore "
+                         "a copy)")
+
+
+def verify(directory: str | os.PathLike) -> None:
+  """Checks every params/ file against checksums.json; raises `CheckpointError` on a mismatch."""
+  directory = pathlib.Path(directory)
+  path = directory / CHECKSUMS_FILE
+  if not path.is_file():
+    raise CheckpointError(f"{directory} has no {CHECKSUMS_FILE} (written by an older dllm_jax): "
+                          "re-convert it, or load with verify=False (--noverify_checkpoint)")
+  want = json.loads(path.read_text())
+  got = _file_digests(directory)
+  missing = sorted(set(want) - set(got))
+  if missing:
+    raise _corrupt(directory, f"{len(missing)} missing file(s) ({missing[0]}, ...)")
+  changed = sorted(name for name in want if got[name] != want[name])
+  if changed:
+    raise _corrupt(directory, f"{len(changed)} file(s) differ from their checksums "
+                              f"({changed[0]}, ...)")
+
+
+def fingerprint(directory: str | os.PathLike) -> str:
+  """A short hash that identifies a checkpoint's weights (and config): the hash of its checksums
+  (for a checkpoint without them, of its files)."""
+  directory = pathlib.Path(directory)
+  path = directory / CHECKSUMS_FILE
+  digests = json.loads(path.read_text()) if path.is_file() else _file_digests(directory)
+  text = json.dumps(digests, sort_keys=True) + load_config(directory).to_json()
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def save(directory: str | os.PathLike, params: Params, config: ModelConfig, *,
@@ -78,14 +144,18 @@ def load_config(directory: str | os.PathLike) -> ModelConfig:
 
 
 def load(directory: str | os.PathLike, mesh: jax.sharding.Mesh | None = None, *,
-         shardings: Any = None) -> tuple[Params, ModelConfig]:
+         shardings: Any = None, verify_checksums: bool = True) -> tuple[Params, ModelConfig]:
   """Restores a checkpoint straight onto its target placement.
 
   With `mesh`, every parameter lands on the partitioning of `dllm_jax.sharding.param_shardings`;
   `shardings` (a tree of `jax.sharding.Sharding` matching the params) overrides that; with
-  neither, parameters go to the default device.
+  neither, parameters go to the default device. The files are first checked against
+  checksums.json (`verify_checksums=False` skips that: one more read of the whole checkpoint).
   """
+  directory = pathlib.Path(directory).absolute()  # Orbax needs absolute paths
   config = load_config(directory)
+  if verify_checksums:
+    verify(directory)
   abstract = abstract_params(config)
   if shardings is None:
     if mesh is not None:
@@ -96,7 +166,12 @@ def load(directory: str | os.PathLike, mesh: jax.sharding.Mesh | None = None, *,
       shardings = jax.tree.map(lambda _: device, abstract)
   target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         abstract, shardings)
-  return ocp.load(pathlib.Path(directory) / PARAMS_DIR, target), config
+  try:
+    params = ocp.load(directory / PARAMS_DIR, target)
+  except Exception as error:  # pylint: disable=broad-except  (TensorStore raises many kinds)
+    first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+    raise _corrupt(directory, f"Orbax cannot read params/ ({first})") from error
+  return params, config
 
 
 def _format_keys(keys: list[str], limit: int = 12) -> str:

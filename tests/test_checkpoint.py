@@ -202,3 +202,76 @@ def test_failure_while_writing_leaves_nothing(tmp_path, monkeypatch):
     checkpoint.convert_hf(tmp_path / "hf", tmp_path / "out", buffer_bytes=1000)
   assert calls["n"] == 10
   assert [p.name for p in tmp_path.iterdir()] == ["hf"]
+
+
+def _params_files(ckpt):
+  return sorted(p for p in (ckpt / checkpoint.PARAMS_DIR).rglob("*") if p.is_file())
+
+
+def _biggest_params_file(ckpt):
+  return max(_params_files(ckpt), key=lambda p: p.stat().st_size)
+
+
+def _converted(tmp_path):
+  cfg = fx.llada_hf_config()
+  fx.write_checkpoint(tmp_path / "hf", cfg, fx.random_tensors(cfg, seed=3))
+  checkpoint.convert_hf(tmp_path / "hf", tmp_path / "jax")
+  return tmp_path / "jax"
+
+
+def test_flipped_bytes_are_reported_as_corruption(tmp_path):
+  ckpt = _converted(tmp_path)
+  checkpoint.load(ckpt)  # intact: loads
+  victim = _biggest_params_file(ckpt)
+  data = bytearray(victim.read_bytes())
+  for i in range(64):  # 64 flipped bytes spread over the file
+    data[(i * 7919 + len(data) // 3) % len(data)] ^= 0xFF
+  victim.write_bytes(bytes(data))
+  with pytest.raises(CheckpointError, match=r"^checkpoint corrupt: 1 file\(s\) differ .*re-convert"):
+    checkpoint.load(ckpt)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_truncated_or_missing_files_give_one_line(tmp_path, damage):
+  ckpt = _converted(tmp_path)
+  victim = _biggest_params_file(ckpt)
+  if damage == "truncate":
+    victim.write_bytes(victim.read_bytes()[:len(victim.read_bytes()) // 2])
+  else:
+    victim.unlink()
+  for verify in (True, False):  # without the checksums, Orbax's failure becomes the same line
+    with pytest.raises(CheckpointError) as info:
+      checkpoint.load(ckpt, verify_checksums=verify)
+    message = str(info.value)
+    assert message.startswith("checkpoint corrupt:") and "re-convert" in message, message
+    assert "\n" not in message and len(message) < 400, message
+
+
+def test_fingerprint_identifies_the_weights(tmp_path):
+  ckpt = _converted(tmp_path)
+  before = checkpoint.fingerprint(ckpt)
+  assert checkpoint.fingerprint(ckpt) == before
+  cfg = fx.llada_hf_config()
+  fx.write_checkpoint(tmp_path / "hf2", cfg, fx.random_tensors(cfg, seed=4))
+  checkpoint.convert_hf(tmp_path / "hf2", ckpt, overwrite=True)  # other weights, same path
+  assert checkpoint.fingerprint(ckpt) != before
+
+
+def test_a_killed_converters_temp_directory_is_removed_next_time(tmp_path):
+  cfg = fx.llada_hf_config()
+  fx.write_checkpoint(tmp_path / "hf", cfg, fx.random_tensors(cfg))
+  dead_pid = 2**22 + 17  # above pid_max's default: no such process
+  stale = tmp_path / f".jax.tmp-{dead_pid}-abcdef12"
+  (stale / "params").mkdir(parents=True)
+  checkpoint.convert_hf(tmp_path / "hf", tmp_path / "jax")
+  assert not stale.exists()
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "jax"]
+
+
+def test_relative_paths_work(tmp_path, monkeypatch):
+  cfg = fx.llada_hf_config()
+  fx.write_checkpoint(tmp_path / "hf", cfg, fx.random_tensors(cfg))
+  monkeypatch.chdir(tmp_path)
+  checkpoint.convert_hf("hf", "rel/jax")
+  params, _ = checkpoint.load("rel/jax")
+  assert jax.tree.leaves(params)

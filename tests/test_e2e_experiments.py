@@ -38,8 +38,8 @@ def test_every_benchmark_runs_resumes_and_reports(ckpt, shared_data, tmp_path):
     records = runner.read_results(out)
     assert len(records) == 4 and {r["sample"] for r in records} == {0, 1}
     for record in records:
-      assert set(record) == {"problem_id", "sample", "response", "answer", "correct", "nfe",
-                             "seconds", "neg_logprob", "tokens"}
+      assert set(record) == {"problem_id", "sample", "response", "answer", "correct", "detail",
+                             "nfe", "seconds", "neg_logprob", "tokens"}
       assert record["problem_id"].startswith(benchmark + "/")
       assert record["nfe"] == 16 and len(record["tokens"]) == 16
       assert record["correct"] is False  # a random model solves nothing
