@@ -12,12 +12,20 @@ program runs under `unshare --pid --mount --net --ipc --fork --kill-child` (plus
 runs any untrusted code:
 
 * no network: a new network namespace with no interface up (not even loopback), so connections to
-  127.0.0.1 or anywhere else fail; abstract unix sockets are per namespace too, and the
-  directories that hold service sockets (/run, /tmp) are hidden.
-* file system: everything is read-only and nosuid except a fresh tmpfs at /tmp (also seen at
-  /var/tmp and /dev/shm) of `scratch_mb`; the working directory is /tmp/work on it. The tmpfs
-  exists only in the sandbox's mount namespace and vanishes with it, so nothing written survives the
-  run and nothing outside can be changed.
+  127.0.0.1 or anywhere else fail; abstract unix sockets are per namespace too, and no directory
+  holding service sockets (/run, the host's /tmp) is in the sandbox's root.
+* file system: a new root (pivot_root) that holds only what the interpreter needs: /usr and the
+  /lib* and /bin directories, /etc/ld.so.cache, the interpreter's own directories (its prefix and
+  `sys.path`, the caller's site-packages), /dev/null, zero, full, random and urandom, the pid
+  namespace's /proc, and a fresh tmpfs at /tmp (also seen at /var/tmp and /dev/shm) of
+  `scratch_mb`; the working directory is /tmp/work on it. Everything but the tmpfs is read-only and
+  nosuid. The host's other files (the checkout, /etc, home directories) are not there at all; the
+  tmpfs exists only in the sandbox's mount namespace and vanishes with it.
+* no new namespaces: a seccomp filter refuses `unshare`, `setns`, and `clone` with any CLONE_NEW*
+  flag (`clone3` reports ENOSYS, so the C library falls back to `clone`), so the program cannot
+  make a user namespace and hold capabilities there (x86_64 and aarch64; elsewhere the namespace
+  mode reports a setup error and "auto" falls back to plain mode). The filter applies in plain
+  mode too.
 * processes: a new pid namespace. The program cannot see or signal processes outside it (the
   caller included), and when its first process exits or is killed the kernel kills every other
   process in it, however they were started (setsid, double fork).

@@ -9,16 +9,16 @@ or root inside a fresh user namespace) to set up the confinement, and then gives
 
 1. Reads the program (before the file system is rearranged).
 2. In the namespace modes (the caller started us with `unshare` in new mount, pid, network and ipc
-   namespaces): hides /tmp, /var/tmp, /dev/shm and /run behind a fresh size-limited tmpfs (the
-   scratch space, shared by the three writable ones) or an empty one (/run: it holds the sockets of
-   system and session services), puts back read-only the directories the interpreter needs that
-   were hidden or unreachable for the sandbox uid, then makes every mount read-only and nosuid
-   except the scratch tmpfs. The working directory is /tmp/work on the scratch tmpfs; all of it
-   disappears with the mount namespace.
+   namespaces): assembles a new root on a small tmpfs holding only bind mounts of the system
+   library directories, the interpreter's directories, a few devices and /proc, plus the
+   size-limited scratch tmpfs at /tmp (also at /var/tmp and /dev/shm), pivots into it, detaches
+   the old root, and makes every mount read-only and nosuid except the scratch tmpfs. The working
+   directory is /tmp/work; all of it disappears with the mount namespace.
 3. Sets the resource limits (address space, CPU time, file size, processes, open files, no core).
 4. Drops privileges: `no_new_privs`, an empty capability bounding set, and either a switch to the
    unique unprivileged uid chosen by the caller (when started as real root) or an empty capability
-   set (when started as root of a user namespace, which maps to the caller's own uid).
+   set (when started as root of a user namespace, which maps to the caller's own uid); then a
+   seccomp filter that refuses new namespaces (`unshare`, `setns`, `clone` with CLONE_NEW*).
 5. In the plain modes (no namespaces): only the limits and the uid switch apply, plus a Python-level
    guard that disables sockets and signal sending. The guard is a speed bump, not a wall.
 6. Executes the program in a fresh `__main__` module. Only if it returns normally (no exception, no
@@ -57,12 +57,23 @@ _PR_CAP_AMBIENT = 47
 _PR_CAP_AMBIENT_CLEAR_ALL = 4
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
+_MNT_DETACH = 2
+_PR_SET_SECCOMP = 22
+_SECCOMP_MODE_FILTER = 2
+# CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET | NEWTIME
+_CLONE_NEW_FLAGS = 0x7E020080
+
 _SCRATCH = "/tmp"
 _WORKDIR = "/tmp/work"
-# Mount points that are world-writable (get the scratch tmpfs) or hold service sockets (get an
-# empty read-only tmpfs).
+# The scratch tmpfs is also seen at these (world-writable in a usual root).
 _WRITABLE_SHARED = ("/var/tmp", "/dev/shm")
-_HIDDEN_EMPTY = ("/run",)
+# Where the new root is assembled (any existing directory of the old root).
+_NEW_ROOT = "/tmp"
+# What the new root holds besides the interpreter's directories: system libraries and programs
+# (symbolic links such as /lib -> usr/lib are recreated), the dynamic linker's cache, and devices.
+_SYSTEM_DIRS = ("/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin")
+_SYSTEM_FILES = ("/etc/ld.so.cache",)
+_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -112,17 +123,6 @@ def _is_inside(path: str, root: str) -> bool:
   return path == root or path.startswith(root.rstrip("/") + "/")
 
 
-def _first_unsearchable_ancestor(path: str) -> str | None:
-  """The top-most proper ancestor of `path` that "other" users cannot traverse, if any."""
-  parts = path.strip("/").split("/")[:-1]
-  current = ""
-  for part in parts:
-    current += "/" + part
-    if not os.stat(current).st_mode & 0o001:
-      return current
-  return None
-
-
 def _interpreter_paths() -> list[str]:
   """Directories the program's interpreter may still need to read: imports and the executable."""
   candidates = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *sys.path,
@@ -134,49 +134,129 @@ def _interpreter_paths() -> list[str]:
     for p in (os.path.abspath(candidate), os.path.realpath(candidate)):
       if p not in paths:
         paths.append(p)
-  # Keep only outermost directories: a bind mount of a parent already carries its children.
+  return paths
+
+
+def _outermost(paths: list[str]) -> list[str]:
+  """A bind mount of a parent already carries its children."""
   return [p for p in paths if not any(q != p and _is_inside(p, q) for q in paths)]
 
 
-def _bind_back(path_fds: dict[str, int], hidden_roots: list[str]) -> None:
-  """Re-expose (read-only later) needed directories that lie under a freshly mounted tmpfs."""
-  for path, fd in sorted(path_fds.items()):
-    # Strictly inside: re-exposing a hidden root itself (say "/tmp" on sys.path) would undo it.
-    if any(_is_inside(path, root) and path != root for root in hidden_roots):
-      os.makedirs(path, mode=0o755, exist_ok=True)
-      _mount(f"/proc/self/fd/{fd}", path, None, _MS_BIND | _MS_REC)
+def _system_paths() -> list[str]:
+  """What the interpreter and the libraries it loads read outside its own prefix."""
+  paths = [p for p in _SYSTEM_DIRS if os.path.isdir(p) and not os.path.islink(p)]
+  return paths + [p for p in _SYSTEM_FILES if os.path.isfile(p)]
 
 
 def _set_up_mounts(run_as_uid: int | None, scratch_bytes: int) -> None:
+  """Builds a new root holding only the system library directories, the interpreter's own
+  directories, a minimal /dev, the namespace's /proc and the scratch tmpfs, and moves into it."""
   os.umask(0o022)
-  needed = _interpreter_paths()
-  hidden_roots = []
-  if run_as_uid is not None:  # the sandbox uid can only use "other" permissions
-    for path in needed:
-      blocked = _first_unsearchable_ancestor(path)
-      if blocked and blocked not in hidden_roots:
-        hidden_roots.append(blocked)
-  real_dir = lambda p: os.path.isdir(p) and not os.path.islink(p)
-  writable = [_SCRATCH] + [p for p in _WRITABLE_SHARED if real_dir(p)]
-  empty = [p for p in _HIDDEN_EMPTY if real_dir(p)]
-  path_fds = {p: os.open(p, os.O_PATH | os.O_DIRECTORY) for p in needed}
+  binds = _outermost(_system_paths() + _interpreter_paths())
+  sources = {p: os.open(p, os.O_PATH | (os.O_DIRECTORY if os.path.isdir(p) else 0)) for p in binds}
+  devices = {d: os.open(d, os.O_PATH) for d in _DEVICES if os.path.exists(d)}
+  links = {p: os.readlink(p) for p in _SYSTEM_DIRS if os.path.islink(p)}  # /lib -> usr/lib, ...
+  proc = os.open("/proc", os.O_PATH | os.O_DIRECTORY)
 
-  # Unreachable ancestors and service-socket directories: an empty tmpfs, then the needed paths.
-  for root in hidden_roots + empty:
-    _mount("tmpfs", root, "tmpfs", _MS_NOSUID | _MS_NODEV, "mode=0755,size=1m,nr_inodes=4096")
-  _mount("tmpfs", _SCRATCH, "tmpfs", _MS_NOSUID | _MS_NODEV, f"mode=1777,size={scratch_bytes}")
-  for path in writable[1:]:
-    _mount(_SCRATCH, path, None, _MS_BIND)
-  _bind_back(path_fds, hidden_roots + empty + writable)
-  for fd in path_fds.values():
+  root = _NEW_ROOT  # any existing directory: the new root's tmpfs is mounted over it
+  _mount("tmpfs", root, "tmpfs", _MS_NOSUID, "mode=0755,size=1m,nr_inodes=8192")
+  for path, fd in sorted(sources.items()):
+    target = root + path
+    if os.path.isdir(f"/proc/self/fd/{fd}"):
+      os.makedirs(target, mode=0o755, exist_ok=True)
+    else:
+      os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
+      open(target, "w").close()  # pylint: disable=consider-using-with
+    _mount(f"/proc/self/fd/{fd}", target, None, _MS_BIND | _MS_REC)
+  for path, link in links.items():
+    if not os.path.lexists(root + path):
+      os.symlink(link, root + path)
+  os.makedirs(root + "/dev", mode=0o755, exist_ok=True)
+  for path, fd in devices.items():
+    open(root + path, "w").close()  # pylint: disable=consider-using-with
+    _mount(f"/proc/self/fd/{fd}", root + path, None, _MS_BIND)
+  for name, link in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                     ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+    os.symlink(link, f"{root}/dev/{name}")
+  os.makedirs(root + "/proc", mode=0o555, exist_ok=True)
+  _mount(f"/proc/self/fd/{proc}", root + "/proc", None, _MS_BIND | _MS_REC)
+  for fd in [*sources.values(), *devices.values(), proc]:
     os.close(fd)
+  for path in (_SCRATCH, *_WRITABLE_SHARED):
+    os.makedirs(root + path, mode=0o755, exist_ok=True)
+  _mount("tmpfs", root + _SCRATCH, "tmpfs", _MS_NOSUID | _MS_NODEV,
+         f"mode=1777,size={scratch_bytes}")
+  for path in _WRITABLE_SHARED:
+    _mount(root + _SCRATCH, root + path, None, _MS_BIND)
 
+  os.chdir(root)  # pivot_root(".", ".") stacks the old root under the new one; then detach it
+  _check(_libc.syscall(ctypes.c_long(_arch().pivot_root), b".", b"."), "pivot_root")
+  _check(_libc.umount2(b".", ctypes.c_int(_MNT_DETACH)), "umount old root")
+  os.chdir("/")
   _mount_setattr("/", _MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID, 0, recursive=True)
-  for path in writable:
+  for path in (_SCRATCH, *_WRITABLE_SHARED):
     _mount_setattr(path, 0, _MOUNT_ATTR_RDONLY, recursive=False)
   os.mkdir(_WORKDIR, 0o700)
   if run_as_uid is not None:
     os.chown(_WORKDIR, run_as_uid, run_as_uid)
+
+
+class _Arch:
+  def __init__(self, audit: int, unshare: int, setns: int, clone: int, clone3: int,
+               pivot_root: int, x32_bit: int = 0):
+    self.audit, self.unshare, self.setns, self.clone, self.clone3 = (audit, unshare, setns, clone,
+                                                                     clone3)
+    self.pivot_root, self.x32_bit = pivot_root, x32_bit
+
+
+_ARCHES = {
+    "x86_64": _Arch(0xC000003E, unshare=272, setns=308, clone=56, clone3=435, pivot_root=155,
+                    x32_bit=0x40000000),
+    "aarch64": _Arch(0xC00000B7, unshare=97, setns=268, clone=220, clone3=435, pivot_root=41),
+}
+
+
+def _arch() -> _Arch:
+  machine = os.uname().machine
+  if machine not in _ARCHES:
+    raise OSError(f"no system call table for {machine} (seccomp filter, pivot_root)")
+  return _ARCHES[machine]
+
+
+class _SockFilter(ctypes.Structure):
+  _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
+              ("k", ctypes.c_uint32)]
+
+
+class _SockFprog(ctypes.Structure):
+  _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+def _install_seccomp() -> None:
+  """A seccomp filter that refuses new namespaces: `unshare` and `setns` (EPERM), `clone` with any
+  CLONE_NEW* flag (EPERM), and `clone3` (ENOSYS: its flags sit in memory a filter cannot read,
+  and the C library then falls back to `clone`). Other ABIs (x32, i386) get EPERM for everything.
+  Without it, a program could create a user namespace and hold a full capability set there."""
+  arch = _arch()
+  ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
+  allow, eperm, enosys = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38
+  code = [(ld, 0, 0, 4),  # seccomp_data.arch
+          (jeq, 1, 0, arch.audit),
+          (ret, 0, 0, eperm),
+          (ld, 0, 0, 0)]  # seccomp_data.nr
+  if arch.x32_bit:
+    code += [(jge, 0, 1, arch.x32_bit), (ret, 0, 0, eperm)]
+  code += [(jeq, 0, 1, arch.unshare), (ret, 0, 0, eperm),
+           (jeq, 0, 1, arch.setns), (ret, 0, 0, eperm),
+           (jeq, 0, 1, arch.clone3), (ret, 0, 0, enosys),
+           (jeq, 0, 3, arch.clone),
+           (ld, 0, 0, 16),  # the low half of args[0], clone's flags
+           (jset, 0, 1, _CLONE_NEW_FLAGS), (ret, 0, 0, eperm),
+           (ret, 0, 0, allow)]
+  program = (_SockFilter * len(code))(*[_SockFilter(*c) for c in code])
+  fprog = _SockFprog(len(code), program)
+  _check(_libc.prctl(_PR_SET_SECCOMP, ctypes.c_ulong(_SECCOMP_MODE_FILTER), ctypes.byref(fprog),
+                     ctypes.c_ulong(0), ctypes.c_ulong(0)), "prctl(SET_SECCOMP)")
 
 
 def _count_own_tasks() -> int:
@@ -215,6 +295,8 @@ def _drop_privileges(cfg: dict) -> None:
   _check(_prctl(_PR_SET_NO_NEW_PRIVS, 1), "prctl(NO_NEW_PRIVS)")
   mode = cfg["mode"]
   if mode == "plain-user":
+    if os.uname().machine in _ARCHES:
+      _install_seccomp()
     return
   with open("/proc/sys/kernel/cap_last_cap") as f:
     last_cap = int(f.read())
@@ -236,6 +318,8 @@ def _drop_privileges(cfg: dict) -> None:
     cap_eff = [line for line in f if line.startswith("CapEff:")][0].split()[1]
   if int(cap_eff, 16) != 0:
     raise OSError(f"capabilities remain after dropping them: {cap_eff}")
+  if mode.startswith("ns") or os.uname().machine in _ARCHES:
+    _install_seccomp()
 
 
 def _install_guard() -> None:
