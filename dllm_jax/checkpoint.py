@@ -206,7 +206,7 @@ def _check_hf_tensors(infos: dict[str, Any], config: ModelConfig) -> None:
 def convert_hf(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                param_dtype: str | None = None, dtype: str | None = None,
                overwrite: bool = False, buffer_bytes: int = 64 * 2**20,
-               log: Callable[[str], None] | None = None) -> ModelConfig:
+               progress: Callable[[int, int], None] | None = None) -> ModelConfig:
   """Converts a LLaDA or Dream HF checkpoint directory to an Orbax checkpoint.
 
   Every header, key, shape and dtype is checked before anything is written. Tensors are then
@@ -214,6 +214,7 @@ def convert_hf(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
   have accumulated, so peak host memory stays near `buffer_bytes` plus twice the largest tensor,
   whatever the shard size.
   `param_dtype` defaults to the checkpoint's dtype, `dtype` (compute) to `param_dtype`.
+  `progress(tensors_written, tensors)` is called after each write.
   """
   hf_dir = pathlib.Path(hf_dir)
   config = from_hf_config(hf_dir)
@@ -242,8 +243,8 @@ def convert_hf(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
       del array
       if buffered >= buffer_bytes or n == len(infos) - 1:
         ocp.partial.save(temp / PARAMS_DIR, buffer)
-        if log:
-          log(f"wrote {n + 1}/{len(infos)} tensors")
+        if progress:
+          progress(n + 1, len(infos))
         buffer, buffered = {}, 0
     ocp.partial.finalize(temp / PARAMS_DIR)
     (temp / CONFIG_FILE).write_text(config.to_json())

@@ -275,3 +275,23 @@ def test_relative_paths_work(tmp_path, monkeypatch):
   checkpoint.convert_hf("hf", "rel/jax")
   params, _ = checkpoint.load("rel/jax")
   assert jax.tree.leaves(params)
+
+
+def test_the_converter_command_is_quiet_and_its_errors_are_one_line(tmp_path):
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  from tests.conftest import REPO_ROOT  # pylint: disable=import-outside-toplevel
+  cfg = fx.llada_hf_config()
+  fx.write_checkpoint(tmp_path / "hf", cfg, fx.random_tensors(cfg))
+  command = [sys.executable, "-m", "checkpoints_convert.convert_hf", f"--hf_dir={tmp_path / 'hf'}",
+             f"--out_dir={tmp_path / 'jax'}"]
+  first = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                         check=False)
+  assert first.returncode == 0, first.stderr[-2000:]
+  assert first.stderr.strip() == "", first.stderr[-2000:]  # no Orbax INFO lines (no terminal)
+  assert first.stdout.startswith(f"wrote {tmp_path / 'jax'} (llada,")
+  again = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                         check=False)
+  assert again.returncode != 0 and "Traceback" not in again.stderr
+  assert again.stderr.strip().splitlines() == [
+      f"error: {tmp_path / 'jax'} already exists (pass --overwrite / overwrite=True to replace it)"]

@@ -4,7 +4,9 @@ the sampler, and hand everything to `runner.run`. What `experiments/run.py` call
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
+import sys
 from typing import Any
 
 import jax
@@ -57,7 +59,10 @@ def run_benchmark(*, checkpoint_dir: pathlib.Path, tokenizer_dir: str | None, be
     raise ValueError(f"--steps={steps} > --gen_length={gen_length}: every step commits at least "
                      "one token, so at most gen_length steps can run")
   mesh = parse_mesh(mesh_spec)
+  log = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else (lambda _: None)
   problems = jsonl.load_benchmark(benchmark, data_path, limit)
+  log(f"loading {checkpoint_dir} ({'checking checksums, ' if verify_checkpoint else ''}"
+      f"{len(problems)} {benchmark} problems) ...")
   checkpoint_dir = pathlib.Path(checkpoint_dir).absolute()
   tokenizer_dir = pathlib.Path(tokenizer_dir or checkpoint_dir / "tokenizer")
   params, config = checkpoint.load(checkpoint_dir, mesh=mesh, verify_checksums=verify_checkpoint)
@@ -78,8 +83,11 @@ def run_benchmark(*, checkpoint_dir: pathlib.Path, tokenizer_dir: str | None, be
                 "chat_template": template.source if template else None,
                 "sampler": repr(sampler), "n_samples": n_samples, "seed": seed}
   return runner.run(
-      problems=problems, prompts=prompt_ids, decode=tokenizer.decode, stop_ids=stop_ids,
+      problems=problems, prompts=prompt_ids, stop_ids=stop_ids,
+      # Special tokens ([MASK], padding, end of text) are not part of the response to grade.
+      decode=functools.partial(tokenizer.decode, skip_special_tokens=True),
       pad_id=config.pad_token_id,
       model=runner.Model(models.make_denoise(config), params, config.max_length),
       sampler=sampler, n_samples=n_samples, output_dir=output_dir, run_config=run_config,
-      mesh=mesh, batch_size=batch_size, seed=seed, allow_greedy=allow_greedy, progress=progress)
+      mesh=mesh, batch_size=batch_size, seed=seed, allow_greedy=allow_greedy, progress=progress,
+      log=log if jax.process_index() == 0 else None)

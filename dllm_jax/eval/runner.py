@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import numpy as np
+import tqdm
 
 from dllm_jax import sampling, sharding
 from dllm_jax.data.problems import Problem
@@ -210,23 +211,13 @@ def _repair_last_line(path: pathlib.Path) -> None:
       f.truncate(start)
 
 
-class _Progress:
-  """One stderr line: done/total, rate and ETA."""
-
-  def __init__(self, total: int, already: int, enabled: bool):
-    self.total, self.done, self.start, self.enabled = total, already, time.time(), enabled
-    self.already = already
-
-  def update(self, count: int) -> None:
-    self.done += count
-    if not self.enabled:
-      return
-    rate = (self.done - self.already) / max(time.time() - self.start, 1e-9)
-    eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-    sys.stderr.write(f"\r{self.done}/{self.total} samples  {rate:.2f}/s  ETA {eta:.0f}s   ")
-    if self.done >= self.total:
-      sys.stderr.write("\n")
-    sys.stderr.flush()
+def _progress_bar(total: int, already: int, enabled: bool) -> tqdm.tqdm:
+  """Samples done of `total`; its clock starts after compilation, so the rate and ETA are those of
+  decoding. Outside a terminal (a log file) it writes a line a minute instead of redrawing."""
+  tty = sys.stderr.isatty()
+  return tqdm.tqdm(total=total, initial=already, unit="sample", file=sys.stderr,
+                   disable=not enabled, dynamic_ncols=tty, mininterval=0.5 if tty else 60.0,
+                   smoothing=0.0, ascii=not tty)
 
 
 def _batches(items: list, size: int) -> Iterator[list]:
@@ -241,13 +232,18 @@ def run(*, problems: Sequence[Problem], prompts: Sequence[Sequence[int]],
         run_config: dict[str, Any], mesh: jax.sharding.Mesh | None = None,
         batch_size: int = 8, seed: int = 0, allow_greedy: bool = False,
         progress: bool = True, grade_workers: int | None = None,
-        after_batch: Callable[[int], None] | None = None) -> pathlib.Path:
+        after_batch: Callable[[int], None] | None = None,
+        log: Callable[[str], None] | None = None) -> pathlib.Path:
   """Decodes, grades and records `n_samples` samples of every problem; returns the results dir.
 
   `prompts[i]` are the token ids of problem i's prompt; `decode` turns generated ids (cut at the
   first of `stop_ids`) into the response text; `run_config` is what defines the run (compared
-  on resume). `after_batch(batches_done)` is called after each batch is written.
+  on resume). `after_batch(batches_done)` is called after each batch is written; `log` gets a
+  line for each phase (default: stderr when `progress`). A record's `seconds` is decoding time per
+  row of its batch, without compilation (done once, before the first batch).
   """
+  if log is None:
+    log = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else (lambda _: None)
   if n_samples < 1:
     raise ValueError(f"n_samples must be >= 1, got {n_samples} (--n_samples)")
   if batch_size < 1:
@@ -284,10 +280,14 @@ def run(*, problems: Sequence[Problem], prompts: Sequence[Sequence[int]],
     batch_size = -(-batch_size // data) * data  # a multiple of the data axis
     name = ("results.jsonl" if jax.process_count() == 1 else
             f"results.process-{jax.process_index():05d}-of-{jax.process_count():05d}.jsonl")
-    bar = _Progress(len(problems) * n_samples, len(problems) * n_samples - len(units),
-                    progress and jax.process_index() == 0)
+    total = len(problems) * n_samples
+    if jax.process_index() != 0:
+      log = lambda _: None
+    log(f"{output_dir}: {total - len(units)} of {total} samples already done, "
+        f"{len(units)} to decode in batches of {batch_size}")
     stop = np.asarray(list(stop_ids))
     _repair_last_line(output_dir / name)
+    compiled, bar = None, None
     with open(output_dir / name, "a", encoding="utf-8") as results:
       for batch_index, batch in enumerate(_batches(units, batch_size)):
         rows = batch + [batch[0]] * (batch_size - len(batch))  # padding rows are never written
@@ -295,10 +295,16 @@ def run(*, problems: Sequence[Problem], prompts: Sequence[Sequence[int]],
         keys = jax.random.wrap_key_data(np.stack(
             [jax.random.key_data(unit_key(seed, problems[i].id, s)) for i, s in rows]))
         placed = sharding.shard_batch(mesh, tokens, mask, keys)
-        start = time.time()
         with jax.set_mesh(mesh):
-          out = jax.block_until_ready(sampling.generate(sampler, model.denoise, model.params,
-                                                        *placed))
+          if compiled is None:  # every batch has one shape: one compilation, timed apart
+            log("compiling the sampler (once per run) ...")
+            start = time.time()
+            compiled = sampling.generate.lower(sampler, model.denoise, model.params,
+                                               *placed).compile()
+            log(f"compiled in {time.time() - start:.1f} s")
+            bar = _progress_bar(total, total - len(units), progress and jax.process_index() == 0)
+          start = time.time()
+          out = jax.block_until_ready(compiled(model.params, *placed))
         seconds = (time.time() - start) / batch_size
         generated = _owned_rows(out.generated_BG)
         nfe, logprob = _owned_rows(out.nfe_B[:, None]), _owned_rows(out.logprob_BG)
@@ -323,6 +329,8 @@ def run(*, problems: Sequence[Problem], prompts: Sequence[Sequence[int]],
         bar.update(len(batch))
         if after_batch is not None:
           after_batch(batch_index + 1)
+    if bar is not None:
+      bar.close()
     return output_dir
   finally:
     lock.close()
