@@ -106,6 +106,10 @@ def main(argv):
     sys.exit(f"error: {error}")
   if jax.process_index() != 0:
     return
+  if jax.process_count() > 1:  # the other processes may still be writing their last batch
+    print(f"done: results in {out} (one file per process); report: python -m experiments.report "
+          f"--runs={out} --out=<dir>")
+    return
   summary = report.summarize(out)
   files = ", ".join(str(p) for p in runner.results_files(out))
   print(f"done: {summary.problems} problems x {summary.samples} samples, pass@1 "
