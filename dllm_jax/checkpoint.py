@@ -21,6 +21,7 @@ import os
 import pathlib
 import shutil
 import uuid
+import warnings
 from typing import Any, Callable, Iterator
 
 import jax
@@ -57,7 +58,6 @@ def _atomic_directory(target: str | os.PathLike, overwrite: bool) -> Iterator[pa
   try:
     temp.mkdir()
     yield temp
-    _write_checksums(temp)
     if target.exists():
       trash = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
       os.replace(target, trash)
@@ -89,9 +89,33 @@ def _file_digests(directory: pathlib.Path) -> dict[str, str]:
   return digests
 
 
-def _write_checksums(directory: pathlib.Path) -> None:
-  if (directory / PARAMS_DIR).is_dir():
-    (directory / CHECKSUMS_FILE).write_text(json.dumps(_file_digests(directory), indent=1))
+def _tensor_digest(name: str, array: np.ndarray) -> str:
+  array = np.ascontiguousarray(array)
+  header = f"{name} {array.dtype.name} {list(array.shape)}".encode()
+  return hashlib.sha256(header + b"\0" + array.tobytes()).hexdigest()
+
+
+def _weights_digest(tensor_digests: dict[str, str]) -> str:
+  return hashlib.sha256(json.dumps(tensor_digests, sort_keys=True).encode()).hexdigest()
+
+
+def _params_digests(params: Params) -> dict[str, str] | None:
+  """Per-tensor digests of a tree, or None when some leaf is not all on this host."""
+  digests = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+      return None
+    name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+    digests[name] = _tensor_digest(name, np.asarray(leaf))
+  return digests
+
+
+def _write_checksums(directory: pathlib.Path, tensor_digests: dict[str, str] | None) -> None:
+  """checksums.json: every params/ file's SHA-256, and a digest of the weights' values (Orbax's
+  file names and metadata differ between two writes of the same weights)."""
+  record = {"weights": None if tensor_digests is None else _weights_digest(tensor_digests),
+            "files": _file_digests(directory)}
+  (directory / CHECKSUMS_FILE).write_text(json.dumps(record, indent=1))
 
 
 def _corrupt(directory, what: str) -> CheckpointError:
@@ -100,13 +124,15 @@ def _corrupt(directory, what: str) -> CheckpointError:
 
 
 def verify(directory: str | os.PathLike) -> None:
-  """Checks every params/ file against checksums.json; raises `CheckpointError` on a mismatch."""
+  """Checks every params/ file against checksums.json; raises `CheckpointError` on a mismatch
+  (warns when there is no checksums.json)."""
   directory = pathlib.Path(directory)
   path = directory / CHECKSUMS_FILE
   if not path.is_file():
-    raise CheckpointError(f"{directory} has no {CHECKSUMS_FILE} (written by an older dllm_jax): "
-                          "re-convert it, or load with verify=False (--noverify_checkpoint)")
-  want = json.loads(path.read_text())
+    warnings.warn(f"{directory} has no {CHECKSUMS_FILE} (written by an older dllm_jax), so its "
+                  "files cannot be checked; re-convert it to have them checked", stacklevel=3)
+    return
+  want = json.loads(path.read_text())["files"]
   got = _file_digests(directory)
   missing = sorted(set(want) - set(got))
   if missing:
@@ -118,12 +144,14 @@ def verify(directory: str | os.PathLike) -> None:
 
 
 def fingerprint(directory: str | os.PathLike) -> str:
-  """A short hash that identifies a checkpoint's weights (and config): the hash of its checksums
-  (for a checkpoint without them, of its files)."""
+  """A short hash that identifies a checkpoint's weights and config: the same for two
+  conversions of the same weights, different when any value differs."""
   directory = pathlib.Path(directory)
   path = directory / CHECKSUMS_FILE
-  digests = json.loads(path.read_text()) if path.is_file() else _file_digests(directory)
-  text = json.dumps(digests, sort_keys=True) + load_config(directory).to_json()
+  record = json.loads(path.read_text()) if path.is_file() else {}
+  weights = record.get("weights") or _weights_digest(record.get("files") or
+                                                     _file_digests(directory))
+  text = weights + load_config(directory).to_json()
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -132,6 +160,7 @@ def save(directory: str | os.PathLike, params: Params, config: ModelConfig, *,
   """Writes `params` (any placement; gathered by Orbax) and `config` as a checkpoint."""
   with _atomic_directory(directory, overwrite) as temp:
     ocp.save(temp / PARAMS_DIR, params)
+    _write_checksums(temp, _params_digests(params))
     (temp / CONFIG_FILE).write_text(config.to_json())
   return pathlib.Path(directory)
 
@@ -231,11 +260,14 @@ def convert_hf(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
   with _atomic_directory(out_dir, overwrite) as temp:
     buffer: dict[Any, Any] = {}
     buffered = 0
+    digests = {}
     # File order keeps reads sequential within each shard.
     for n, key in enumerate(sorted(infos, key=lambda k: (infos[k].file.name, k))):
       path, transform = expected[key]
       array = read_tensor(key, infos[key], transpose=transform == "transpose",
                           dtype=target_dtype)
+      name = "/".join(str(k) for k in path)
+      digests[name] = _tensor_digest(name, array)
       # Orbax copies numpy leaves while saving, jax arrays it writes in place: one copy now,
       # and the numpy array is freed at once.
       hf_layout.set_path(buffer, path, jax.device_put(array))
@@ -247,6 +279,7 @@ def convert_hf(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
           progress(n + 1, len(infos))
         buffer, buffered = {}, 0
     ocp.partial.finalize(temp / PARAMS_DIR)
+    _write_checksums(temp, digests)
     (temp / CONFIG_FILE).write_text(config.to_json())
     tokenizer_files = [hf_dir / name for name in TOKENIZER_FILES if (hf_dir / name).is_file()]
     if tokenizer_files:

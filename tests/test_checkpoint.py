@@ -239,7 +239,7 @@ def test_truncated_or_missing_files_give_one_line(tmp_path, damage):
     victim.write_bytes(victim.read_bytes()[:len(victim.read_bytes()) // 2])
   else:
     victim.unlink()
-  for verify in (True, False):  # without the checksums, Orbax's failure becomes the same line
+  for verify in (True, False):  # unchecked, Orbax's failure becomes the same line
     with pytest.raises(CheckpointError) as info:
       checkpoint.load(ckpt, verify_checksums=verify)
     message = str(info.value)
@@ -250,7 +250,13 @@ def test_truncated_or_missing_files_give_one_line(tmp_path, damage):
 def test_fingerprint_identifies_the_weights(tmp_path):
   ckpt = _converted(tmp_path)
   before = checkpoint.fingerprint(ckpt)
-  assert checkpoint.fingerprint(ckpt) == before
+  # The same weights converted again, or saved from memory, keep it (Orbax's file names and
+  # metadata differ between writes).
+  checkpoint.convert_hf(tmp_path / "hf", tmp_path / "again")
+  params, config = checkpoint.load(ckpt)
+  checkpoint.save(tmp_path / "saved", params, config)
+  assert checkpoint.fingerprint(tmp_path / "again") == before
+  assert checkpoint.fingerprint(tmp_path / "saved") == before
   cfg = fx.llada_hf_config()
   fx.write_checkpoint(tmp_path / "hf2", cfg, fx.random_tensors(cfg, seed=4))
   checkpoint.convert_hf(tmp_path / "hf2", ckpt, overwrite=True)  # other weights, same path
@@ -295,3 +301,10 @@ def test_the_converter_command_is_quiet_and_its_errors_are_one_line(tmp_path):
   assert again.returncode != 0 and "Traceback" not in again.stderr
   assert again.stderr.strip().splitlines() == [
       f"error: {tmp_path / 'jax'} already exists (pass --overwrite / overwrite=True to replace it)"]
+
+
+def test_a_checkpoint_without_checksums_loads_with_a_warning(tmp_path):
+  ckpt = _converted(tmp_path)
+  (ckpt / checkpoint.CHECKSUMS_FILE).unlink()
+  with pytest.warns(UserWarning, match="no checksums.json"):
+    checkpoint.load(ckpt)
