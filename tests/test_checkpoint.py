@@ -227,7 +227,8 @@ def test_flipped_bytes_are_reported_as_corruption(tmp_path):
   for i in range(64):  # 64 flipped bytes spread over the file
     data[(i * 7919 + len(data) // 3) % len(data)] ^= 0xFF
   victim.write_bytes(bytes(data))
-  with pytest.raises(CheckpointError, match=r"^checkpoint corrupt: 1 file\(s\) differ .*re-convert"):
+  with pytest.raises(CheckpointError,
+                     match=r"^checkpoint corrupt: 1 file\(s\) differ .*re-convert"):
     checkpoint.load(ckpt)
 
 

@@ -105,8 +105,8 @@ def test_humaneval_harness_tricks_fail(humaneval):
           "    except OSError:\n        pass\nos._exit(0)\n"),
       "always_equal": ("    class Yes:\n        def __eq__(self, other):\n            return True\n"
                        "    return Yes()\n"),
-      "true_subclass": ("    class Yes(int):\n        def __eq__(self, other):\n            return True\n"
-                        "    return Yes(1)\n"),
+      "true_subclass": ("    class Yes(int):\n        def __eq__(self, other):\n"
+                        "            return True\n    return Yes(1)\n"),
       "skip_asserts_with_settrace": (
           "    return None\nimport sys\n"
           "def tracer(frame, event, arg):\n    frame.f_trace_lines = True\n"
@@ -132,8 +132,8 @@ def test_a_forged_verdict_is_not_recorded_as_correct(humaneval):
   forged = ("```python\nimport os\n"
             "argv = open('/proc/self/cmdline', 'rb').read().split(b'\\0')\n"
             "cfg = dict(a.decode().split('=', 1) for a in argv if b'=' in a)\n"
-            "os.write(int(cfg['result_fd']), b'PASS ' + os.read(int(cfg['nonce_fd']), 64) + b'\\n')\n"
-            "os._exit(0)\n```\n")
+            "token = os.read(int(cfg['nonce_fd']), 64)\n"
+            "os.write(int(cfg['result_fd']), b'PASS ' + token + b'\\n')\nos._exit(0)\n```\n")
   honest = f"```python\n{problem.reference_solution}```\n"
   grades = grading.grade_responses([problem, problem], [forged, honest], config=CONFIG)
   assert [g.correct for g in grades] == [False, True], grades

@@ -189,7 +189,8 @@ def _fast_programs(outside: dict[str, pathlib.Path], tcp_port: int,
       "read_etc_passwd": "print(open('/etc/passwd').read()[:40])\n",
       "list_host_directories": (
           "import os\nseen = set(os.listdir('/')) & {'home', 'srv', 'opt', 'boot', 'mnt', 'run'}\n"
-          "seen |= set(os.listdir('/etc')) - {'ld.so.cache'}\nassert seen, 'nothing of the host'\n"),
+          "seen |= set(os.listdir('/etc')) - {'ld.so.cache'}\n"
+          "assert seen, 'nothing of the host'\n"),
       "huge_output": "import sys\nwhile True:\n  sys.stdout.write('x' * 65536)\n",
       "huge_file": "open('big.bin', 'wb').write(b'x' * (4 << 20))\n",
   }

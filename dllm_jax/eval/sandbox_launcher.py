@@ -572,9 +572,9 @@ def _usable_exports(hello: list, entry_point: str) -> tuple[list[str], dict[str,
     return None
   ok = lambda name: (type(name) is str and name.isidentifier() and not name.startswith("__") and
                      (not hasattr(builtins, name) or name == entry_point))
+  dotted = lambda module: type(module) is str and all(p.isidentifier() for p in module.split("."))
   return ([name for name in callables if ok(name)],
-          {name: module for name, module in modules.items()
-           if ok(name) and type(module) is str and all(p.isidentifier() for p in module.split("."))})
+          {name: module for name, module in modules.items() if ok(name) and dotted(module)})
 
 
 def _serve(channel: _Channel, namespace: dict) -> None:
