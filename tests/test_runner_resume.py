@@ -197,3 +197,11 @@ def test_other_weights_in_the_same_checkpoint_path_are_refused(shared_data, tmp_
   with pytest.raises(ValueError, match="holds samples of other weights"):
     experiment.run_benchmark(rule={"name": "low_confidence"}, **kwargs)
   assert len(runner.read_results(tmp_path / "out")) == 1
+
+
+def test_a_relative_output_dir_works(setup, tmp_path, monkeypatch):
+  _, config = setup
+  monkeypatch.chdir(tmp_path)
+  out = _run(setup, "runs/rel", _random_sampler(config))
+  assert out == tmp_path / "runs" / "rel"
+  assert len(runner.read_results(tmp_path / "runs" / "rel")) == 15
