@@ -7,6 +7,9 @@ With --hub_id (needs the `convert` extra and network access) the checkpoint is f
 from the Hugging Face hub into --hf_dir.
 """
 
+import sys
+
+import tqdm
 from absl import app, flags, logging
 
 from dllm_jax import checkpoint
@@ -27,6 +30,7 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing --out_di
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every step of its work at INFO
   if _HUB_ID.value:
     try:
       from huggingface_hub import snapshot_download  # pylint: disable=import-outside-toplevel
@@ -34,11 +38,22 @@ def main(argv):
       raise app.UsageError("--hub_id needs huggingface_hub: pip install 'dllm_jax[convert]'") from e
     snapshot_download(_HUB_ID.value, local_dir=_HF_DIR.value,
                       allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.py"])
-  config = checkpoint.convert_hf(_HF_DIR.value, _OUT_DIR.value, param_dtype=_PARAM_DTYPE.value,
-                                 dtype=_DTYPE.value, overwrite=_OVERWRITE.value,
-                                 buffer_bytes=_BUFFER_MB.value * 2**20, log=logging.info)
-  logging.info("wrote %s (%s, %d layers, params %s)", _OUT_DIR.value, config.family,
-               config.num_layers, config.param_dtype)
+  bar = tqdm.tqdm(unit="tensor", file=sys.stderr, disable=None)  # off outside a terminal
+
+  def progress(done: int, total: int) -> None:
+    bar.total = total
+    bar.update(done - bar.n)
+
+  try:
+    config = checkpoint.convert_hf(_HF_DIR.value, _OUT_DIR.value, param_dtype=_PARAM_DTYPE.value,
+                                   dtype=_DTYPE.value, overwrite=_OVERWRITE.value,
+                                   buffer_bytes=_BUFFER_MB.value * 2**20, progress=progress)
+  except (ValueError, FileNotFoundError, FileExistsError) as error:  # CheckpointError too
+    sys.exit(f"error: {error}")
+  finally:
+    bar.close()
+  print(f"wrote {_OUT_DIR.value} ({config.family}, {config.num_layers} layers, params "
+        f"{config.param_dtype})")
 
 
 if __name__ == "__main__":

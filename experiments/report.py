@@ -7,6 +7,7 @@ plots (pass@k vs k; Pass@1 vs Pass@k) into --out.
 """
 
 import pathlib
+import sys
 
 from absl import app, flags
 
@@ -19,7 +20,13 @@ _OUT = flags.DEFINE_string("out", None, "Where to write report.md and the plots.
 
 def main(argv):
   del argv
-  summaries = [report.summarize(run) for run in _RUNS.value]
+  try:
+    summaries = report.summarize_runs(_RUNS.value)
+  except (OSError, ValueError) as error:
+    sys.exit(f"error: {error}")
+  for s in summaries:
+    for warning in s.warnings:
+      print(f"warning: {s.label}: {warning}", file=sys.stderr)
   text = report.markdown(summaries)
   print(text)
   out = pathlib.Path(_OUT.value)

@@ -12,10 +12,12 @@ Multi-host (one command per host): add --coordinator_address=host0:1234 --num_pr
 from __future__ import annotations
 
 import pathlib
+import sys
 
+import jax
 from absl import app, flags, logging
 
-from dllm_jax.eval import experiment
+from dllm_jax.eval import experiment, report, runner
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "dllm_jax checkpoint directory.",
                                   required=True)
@@ -65,14 +67,19 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host process
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "jax.distributed.initialize() with "
                                  "auto-detected settings (TPU pods, SLURM).")
+_VERIFY = flags.DEFINE_bool("verify_checkpoint", True, "Check the checkpoint's files against "
+                            "their checksums before loading (--noverify_checkpoint skips it).")
+_PROGRESS = flags.DEFINE_bool("progress", True, "Phase lines and a progress bar on stderr.")
+
+# Errors a person can fix from the message alone: printed as one line, without a traceback.
+_USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
+                PermissionError, runner.RunInUseError)
 
 
-def main(argv):
-  del argv
-  logging.set_verbosity(logging.WARNING)  # Orbax logs every step of its work at INFO
+def _run():
   experiment.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                                 _DISTRIBUTED.value)
-  experiment.run_benchmark(
+                                    _DISTRIBUTED.value)
+  return experiment.run_benchmark(
       checkpoint_dir=pathlib.Path(_CHECKPOINT.value), tokenizer_dir=_TOKENIZER.value,
       benchmark=_BENCHMARK.value, data_path=_DATA.value, limit=_LIMIT.value,
       chat_template=_CHAT.value, mesh_spec=_MESH.value, output_dir=_OUTPUT.value,
@@ -86,7 +93,34 @@ def main(argv):
                       "top_p": _TOP_P.value, "top_k": _TOP_K.value, "cfg_scale": _CFG.value,
                       "forbid_eos": _FORBID_EOS.value,
                       "eos_confidence_inf": _EOS_LAST.value},
-      schedule=_SCHEDULE.value, cache=_CACHE.value)
+      schedule=_SCHEDULE.value, cache=_CACHE.value, progress=_PROGRESS.value,
+      verify_checkpoint=_VERIFY.value)
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every step of its work at INFO
+  try:
+    out = _run()
+  except KeyboardInterrupt:
+    sys.exit(f"\ninterrupted: every finished batch is saved in {_OUTPUT.value}; run the same "
+             "command to resume")
+  except _USER_ERRORS as error:
+    sys.exit(f"error: {error}")
+  if jax.process_index() != 0:
+    return
+  if jax.process_count() > 1:  # the other processes may still be writing their last batch
+    print(f"done: results in {out} (one file per process); report: python -m experiments.report "
+          f"--runs={out} --out=<dir>")
+    return
+  summary = report.summarize(out)
+  files = ", ".join(str(p) for p in runner.results_files(out))
+  print(f"done: {summary.problems} problems x {summary.samples} samples, pass@1 "
+        f"{summary.pass_at[1]:.3f}, {summary.seconds_per_sample:.3f} s/sample (compilation "
+        f"excluded)\nresults: {files}\nreport: python -m experiments.report --runs={out} "
+        f"--out=<dir>")
+  for warning in summary.warnings:
+    print(f"warning: {warning}", file=sys.stderr)
 
 
 if __name__ == "__main__":

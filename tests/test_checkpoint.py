@@ -202,3 +202,110 @@ def test_failure_while_writing_leaves_nothing(tmp_path, monkeypatch):
     checkpoint.convert_hf(tmp_path / "hf", tmp_path / "out", buffer_bytes=1000)
   assert calls["n"] == 10
   assert [p.name for p in tmp_path.iterdir()] == ["hf"]
+
+
+def _params_files(ckpt):
+  return sorted(p for p in (ckpt / checkpoint.PARAMS_DIR).rglob("*") if p.is_file())
+
+
+def _biggest_params_file(ckpt):
+  return max(_params_files(ckpt), key=lambda p: p.stat().st_size)
+
+
+def _converted(tmp_path):
+  cfg = fx.llada_hf_config()
+  fx.write_checkpoint(tmp_path / "hf", cfg, fx.random_tensors(cfg, seed=3))
+  checkpoint.convert_hf(tmp_path / "hf", tmp_path / "jax")
+  return tmp_path / "jax"
+
+
+def test_flipped_bytes_are_reported_as_corruption(tmp_path):
+  ckpt = _converted(tmp_path)
+  checkpoint.load(ckpt)  # intact: loads
+  victim = _biggest_params_file(ckpt)
+  data = bytearray(victim.read_bytes())
+  for i in range(64):  # 64 flipped bytes spread over the file
+    data[(i * 7919 + len(data) // 3) % len(data)] ^= 0xFF
+  victim.write_bytes(bytes(data))
+  with pytest.raises(CheckpointError,
+                     match=r"^checkpoint corrupt: 1 file\(s\) differ .*re-convert"):
+    checkpoint.load(ckpt)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_truncated_or_missing_files_give_one_line(tmp_path, damage):
+  ckpt = _converted(tmp_path)
+  victim = _biggest_params_file(ckpt)
+  if damage == "truncate":
+    victim.write_bytes(victim.read_bytes()[:len(victim.read_bytes()) // 2])
+  else:
+    victim.unlink()
+  for verify in (True, False):  # unchecked, Orbax's failure becomes the same line
+    with pytest.raises(CheckpointError) as info:
+      checkpoint.load(ckpt, verify_checksums=verify)
+    message = str(info.value)
+    assert message.startswith("checkpoint corrupt:") and "re-convert" in message, message
+    assert "\n" not in message and len(message) < 400, message
+
+
+def test_fingerprint_identifies_the_weights(tmp_path):
+  ckpt = _converted(tmp_path)
+  before = checkpoint.fingerprint(ckpt)
+  # The same weights converted again, or saved from memory, keep it (Orbax's file names and
+  # metadata differ between writes).
+  checkpoint.convert_hf(tmp_path / "hf", tmp_path / "again")
+  params, config = checkpoint.load(ckpt)
+  checkpoint.save(tmp_path / "saved", params, config)
+  assert checkpoint.fingerprint(tmp_path / "again") == before
+  assert checkpoint.fingerprint(tmp_path / "saved") == before
+  cfg = fx.llada_hf_config()
+  fx.write_checkpoint(tmp_path / "hf2", cfg, fx.random_tensors(cfg, seed=4))
+  checkpoint.convert_hf(tmp_path / "hf2", ckpt, overwrite=True)  # other weights, same path
+  assert checkpoint.fingerprint(ckpt) != before
+
+
+def test_a_killed_converters_temp_directory_is_removed_next_time(tmp_path):
+  cfg = fx.llada_hf_config()
+  fx.write_checkpoint(tmp_path / "hf", cfg, fx.random_tensors(cfg))
+  dead_pid = 2**22 + 17  # above pid_max's default: no such process
+  stale = tmp_path / f".jax.tmp-{dead_pid}-abcdef12"
+  (stale / "params").mkdir(parents=True)
+  checkpoint.convert_hf(tmp_path / "hf", tmp_path / "jax")
+  assert not stale.exists()
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "jax"]
+
+
+def test_relative_paths_work(tmp_path, monkeypatch):
+  cfg = fx.llada_hf_config()
+  fx.write_checkpoint(tmp_path / "hf", cfg, fx.random_tensors(cfg))
+  monkeypatch.chdir(tmp_path)
+  checkpoint.convert_hf("hf", "rel/jax")
+  params, _ = checkpoint.load("rel/jax")
+  assert jax.tree.leaves(params)
+
+
+def test_the_converter_command_is_quiet_and_its_errors_are_one_line(tmp_path):
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  from tests.conftest import REPO_ROOT  # pylint: disable=import-outside-toplevel
+  cfg = fx.llada_hf_config()
+  fx.write_checkpoint(tmp_path / "hf", cfg, fx.random_tensors(cfg))
+  command = [sys.executable, "-m", "checkpoints_convert.convert_hf", f"--hf_dir={tmp_path / 'hf'}",
+             f"--out_dir={tmp_path / 'jax'}"]
+  first = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                         check=False)
+  assert first.returncode == 0, first.stderr[-2000:]
+  assert first.stderr.strip() == "", first.stderr[-2000:]  # no Orbax INFO lines (no terminal)
+  assert first.stdout.startswith(f"wrote {tmp_path / 'jax'} (llada,")
+  again = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                         check=False)
+  assert again.returncode != 0 and "Traceback" not in again.stderr
+  assert again.stderr.strip().splitlines() == [
+      f"error: {tmp_path / 'jax'} already exists (pass --overwrite / overwrite=True to replace it)"]
+
+
+def test_a_checkpoint_without_checksums_loads_with_a_warning(tmp_path):
+  ckpt = _converted(tmp_path)
+  (ckpt / checkpoint.CHECKSUMS_FILE).unlink()
+  with pytest.warns(UserWarning, match="no checksums.json"):
+    checkpoint.load(ckpt)

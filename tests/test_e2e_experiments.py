@@ -2,8 +2,10 @@
 resume) and experiments/report.py."""
 
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -38,8 +40,8 @@ def test_every_benchmark_runs_resumes_and_reports(ckpt, shared_data, tmp_path):
     records = runner.read_results(out)
     assert len(records) == 4 and {r["sample"] for r in records} == {0, 1}
     for record in records:
-      assert set(record) == {"problem_id", "sample", "response", "answer", "correct", "nfe",
-                             "seconds", "neg_logprob", "tokens"}
+      assert set(record) == {"problem_id", "sample", "response", "answer", "correct", "detail",
+                             "nfe", "seconds", "neg_logprob", "tokens"}
       assert record["problem_id"].startswith(benchmark + "/")
       assert record["nfe"] == 16 and len(record["tokens"]) == 16
       assert record["correct"] is False  # a random model solves nothing
@@ -73,8 +75,40 @@ def test_bad_flags_fail_clearly(ckpt, shared_data, tmp_path):
       "--gen_length=10 --block_length=4": "must be divisible by block_length",
       "--n_samples=4": "deterministic: every sample would be the same",
       "--mesh=data=3,model=2": "mesh 3x2 needs 6 devices",
+      "--limit=0": "--limit must be >= 1",
+      "--batch_size=0": "--batch_size must be >= 1, got 0",
+      "--gen_length=16 --steps=32": "--steps=32 > --gen_length=16",
+      "--gen_length=4090": "exceeds the model's context of 4096",
+      "--data_path=/nonexistent/math500.jsonl": "/nonexistent/math500.jsonl",
   }
   for extra, message in cases.items():
     result = subprocess.run(base + extra.split(), cwd=REPO_ROOT, capture_output=True, text=True,
                             timeout=300, check=False)
     assert result.returncode != 0 and message in result.stderr, (extra, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr, (extra, result.stderr[-2000:])
+    assert result.stderr.strip().splitlines()[-1].startswith("error: "), result.stderr[-2000:]
+  # None of the refused commands claimed the directory: the corrected one runs.
+  assert not (tmp_path / "out").exists()
+  result = _run_script("experiments.run", *base[3:], "--gen_length=8")
+  assert "done: 1 problems x 1 samples" in result.stdout
+  assert str(tmp_path / "out" / "results.jsonl") in result.stdout
+
+
+def test_ctrl_c_says_how_to_resume(ckpt, shared_data, tmp_path):
+  flags = [f"--checkpoint={ckpt}", "--benchmark=math500", f"--data_path={shared_data}",
+           "--limit=4", "--remasking=random", "--temperature=1.0", "--gen_length=32",
+           "--n_samples=64", "--batch_size=8", f"--output_dir={tmp_path / 'out'}"]
+  proc = subprocess.Popen([sys.executable, "-m", "experiments.run", *flags], cwd=REPO_ROOT,
+                          stderr=subprocess.PIPE, text=True)
+  lines = []
+  for line in proc.stderr:  # the phases are announced from the start
+    lines.append(line)
+    if "compiled in" in line:
+      break
+  time.sleep(2.0)
+  proc.send_signal(signal.SIGINT)
+  rest = proc.stderr.read()
+  assert proc.wait(timeout=120) != 0
+  assert any(line.startswith("loading ") for line in lines), lines
+  assert "run the same command to resume" in rest and "Traceback" not in rest, rest[-2000:]
+  assert len(runner.read_results(tmp_path / "out")) < 256  # it did stop early

@@ -6,7 +6,8 @@ from dllm_jax.data import jsonl
 from dllm_jax.eval import code_grader, sandbox
 from dllm_jax.eval.sandbox import SandboxConfig, Status
 
-CONFIG = SandboxConfig(timeout_s=20, memory_mb=1024)
+# MBPP 123's reference takes about 12 s of CPU; 8 workers share 2 cores here.
+CONFIG = SandboxConfig(timeout_s=60, memory_mb=1024)
 WORKERS = 8
 
 
@@ -91,6 +92,27 @@ def test_humaneval_harness_tricks_fail(humaneval):
       "swallow_via_excepthook": ("    return None\nimport sys\nsys.excepthook = lambda *a: None\n"
                                  "import atexit, os\natexit.register(os._exit, 0)\n"),
       "keyboard_interrupt": "    raise KeyboardInterrupt\n",
+      # Forgeries that passed when the tests ran in the solution's interpreter:
+      "forge_the_pass_token": (  # the launcher's pipes, found through /proc/self/cmdline
+          "    return None\nimport os\n"
+          "argv = open('/proc/self/cmdline', 'rb').read().split(b'\\0')\n"
+          "cfg = dict(a.decode().split('=', 1) for a in argv if b'=' in a)\n"
+          "os.write(int(cfg['result_fd']), b'PASS ' + os.read(int(cfg['nonce_fd']), 64) + b'\\n')\n"
+          "os._exit(0)\n"),
+      "forge_on_every_fd": (
+          "    return None\nimport os\nfor fd in range(3, 64):\n    try:\n"
+          "        os.write(fd, b'PASS ' + os.read(fd, 64) + b'\\n')\n"
+          "    except OSError:\n        pass\nos._exit(0)\n"),
+      "always_equal": ("    class Yes:\n        def __eq__(self, other):\n            return True\n"
+                       "    return Yes()\n"),
+      "true_subclass": ("    class Yes(int):\n        def __eq__(self, other):\n"
+                        "            return True\n    return Yes(1)\n"),
+      "skip_asserts_with_settrace": (
+          "    return None\nimport sys\n"
+          "def tracer(frame, event, arg):\n    frame.f_trace_lines = True\n"
+          "    if event == 'line' and frame.f_code.co_name == 'check':\n"
+          "        frame.f_lineno = frame.f_code.co_firstlineno + 100000\n    return tracer\n"
+          "sys.settrace(tracer)\n"),
   }
   completions = [correct] + list(tricks.values())
   grades = code_grader.grade_completions([problem] * len(completions), completions,
@@ -98,6 +120,36 @@ def test_humaneval_harness_tricks_fail(humaneval):
   assert grades[0].passed, grades[0].message
   for name, grade in zip(tricks, grades[1:]):
     assert not grade.passed, name
+  by_name = dict(zip(tricks, grades[1:]))
+  assert "Bad file descriptor" in by_name["forge_the_pass_token"].message  # no such pipe there
+  assert "not plain data" in by_name["always_equal"].message
+
+
+def test_a_forged_verdict_is_not_recorded_as_correct(humaneval):
+  """The forgery of the issue, through the grading entry point the runner uses."""
+  from dllm_jax.eval import grading  # pylint: disable=import-outside-toplevel
+  problem = humaneval[0]
+  forged = ("```python\nimport os\n"
+            "argv = open('/proc/self/cmdline', 'rb').read().split(b'\\0')\n"
+            "cfg = dict(a.decode().split('=', 1) for a in argv if b'=' in a)\n"
+            "token = os.read(int(cfg['nonce_fd']), 64)\n"
+            "os.write(int(cfg['result_fd']), b'PASS ' + token + b'\\n')\nos._exit(0)\n```\n")
+  honest = f"```python\n{problem.reference_solution}```\n"
+  grades = grading.grade_responses([problem, problem], [forged, honest], config=CONFIG)
+  assert [g.correct for g in grades] == [False, True], grades
+
+
+def test_objects_of_the_solution_work_through_handles(mbpp):
+  """MBPP 927's tests build a tree of the solution's Node class; values cross as plain data."""
+  by_id = {p.id: p for p in mbpp}
+  problem = by_id["mbpp/927"]
+  solution, tests = problem.solution_and_tests(problem.reference_solution)
+  assert "class Node" in solution and "class Node" not in tests
+  result = sandbox.run_tests(solution, tests, CONFIG, entry_point="max_height")
+  assert result.passed, result.stderr
+  wrong = problem.reference_solution.replace("return left_height+1", "return left_height+2")
+  assert wrong != problem.reference_solution
+  assert not code_grader.grade_completion(problem, wrong, config=CONFIG).passed
 
 
 def test_extract_code_rule():

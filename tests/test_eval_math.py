@@ -3,10 +3,12 @@
 import concurrent.futures
 import json
 import re
+import time
 
 import pytest
 
-from dllm_jax.eval import math_grader
+from dllm_jax.data.problems import Problem
+from dllm_jax.eval import grading, math_grader
 from dllm_jax.eval.math_grader import (answers_equivalent, extract_boxed, grade_math,
                                        normalize_answer)
 
@@ -139,3 +141,27 @@ def test_grading_in_worker_threads(golds):
   with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
     got = list(pool.map(math_grader.grade_math, responses, answers + answers))
   assert got == expected
+
+
+# --- time bound ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("answer", [r"10^{10^{10^{10}}}", r"9^{9^{9^{9^{9}}}}", r"(x+1)^{100000}"])
+def test_answers_that_hang_sympy_are_graded_wrong_within_the_bound(answer):
+  start = time.monotonic()
+  verdict = math_grader.grade(_wrap(answer), "5", timeout_s=2.0)
+  assert time.monotonic() - start < 10  # the bound, plus the worker's restart
+  assert not verdict.correct and verdict.answer == answer
+  assert "timed out" in verdict.detail
+  # The killed worker is replaced: the next answer grades normally and quickly.
+  assert math_grader.grade(_wrap(r"\frac{1}{2}"), "0.5", timeout_s=30.0) == \
+      math_grader.MathGrade(True, r"\frac{1}{2}")
+
+
+def test_a_hanging_answer_is_recorded_wrong_and_the_batch_goes_on():
+  problems = [Problem(id=f"math500/{i}", benchmark="math500", question="q", answer=a)
+              for i, a in enumerate(["5", "0.5", "7"])]
+  responses = [_wrap(r"10^{10^{10^{10}}}"), _wrap(r"\frac12"), _wrap("7")]
+  grades = grading.grade_responses(problems, responses, math_timeout_s=2.0)
+  assert [g.correct for g in grades] == [False, True, True]
+  assert "timed out" in grades[0].detail

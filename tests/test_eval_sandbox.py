@@ -20,6 +20,7 @@ from dllm_jax.eval import sandbox
 from dllm_jax.eval.sandbox import SandboxConfig, Status
 
 TESTS_DIR = pathlib.Path(__file__).resolve().parent
+_SYS_CLONE = {"x86_64": 56, "aarch64": 220}.get(os.uname().machine, 56)
 FAST = dict(timeout_s=10, memory_mb=256, max_processes=16, max_file_mb=1, max_output_bytes=2048)
 SLOW = dict(timeout_s=3, memory_mb=256, max_processes=16)
 
@@ -162,6 +163,34 @@ def _fast_programs(outside: dict[str, pathlib.Path], tcp_port: int,
       "kill_runner": f"import os, signal\nos.kill({runner}, signal.SIGKILL)\nassert False\n",
       "kill_everything": "import os, signal\nos.kill(-1, signal.SIGKILL)\nassert False\n",
       "kill_process_group": "import os, signal\nos.killpg(0, signal.SIGKILL)\nassert False\n",
+      # Each of these passes only if it got out: a new namespace, or a host file read.
+      "unshare_user_namespace": (
+          "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+          "assert libc.unshare(0x10000000) == 0, ctypes.get_errno()\n"
+          "caps = open('/proc/self/status').read().split('CapEff:')[1].split()[0]\n"
+          "print('caps', caps)\n"),
+      "unshare_mount_namespace": (
+          "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+          "assert libc.unshare(0x00020000) == 0, ctypes.get_errno()\n"),
+      "clone_new_user": (
+          "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+          f"pid = libc.syscall({_SYS_CLONE}, 0x10000000 | 17, 0, 0, 0, 0)\n"
+          "if pid == 0:\n  os._exit(0)\nassert pid > 0, ctypes.get_errno()\n"),
+      "clone3_new_user": (
+          "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+          "args = (ctypes.c_uint64 * 11)(0x10000000, 0, 0, 0, 17)\n"
+          "pid = libc.syscall(435, ctypes.byref(args), ctypes.sizeof(args))\n"
+          "if pid == 0:\n  os._exit(0)\nassert pid > 0, ctypes.get_errno()\n"),
+      "setns_to_init": (
+          "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+          "fd = os.open('/proc/1/ns/mnt', os.O_RDONLY)\n"
+          "assert libc.setns(fd, 0) == 0, ctypes.get_errno()\n"),
+      "read_checkout_file": f"print(open({str(TESTS_DIR.parent / 'README.md')!r}).read()[:40])\n",
+      "read_etc_passwd": "print(open('/etc/passwd').read()[:40])\n",
+      "list_host_directories": (
+          "import os\nseen = set(os.listdir('/')) & {'home', 'srv', 'opt', 'boot', 'mnt', 'run'}\n"
+          "seen |= set(os.listdir('/etc')) - {'ld.so.cache'}\n"
+          "assert seen, 'nothing of the host'\n"),
       "huge_output": "import sys\nwhile True:\n  sys.stdout.write('x' * 65536)\n",
       "huge_file": "open('big.bin', 'wb').write(b'x' * (4 << 20))\n",
   }
@@ -305,6 +334,35 @@ def test_signals_cannot_reach_the_runner(hostile, name):
   assert not results[name].passed
   # We are the runner: still alive, and still able to run programs.
   assert sandbox.run_program("assert True\n", SandboxConfig(**FAST)).passed
+
+
+@pytest.mark.parametrize("name", ["unshare_user_namespace", "unshare_mount_namespace",
+                                  "clone_new_user", "clone3_new_user", "setns_to_init"])
+def test_new_namespaces_are_refused(hostile, name):
+  results, _, _, _ = hostile
+  result = results[name]
+  assert not result.passed and result.status is Status.FAILED, result
+  if name != "setns_to_init":  # (that one may already fail to open the file)
+    assert "AssertionError" in result.message, result
+
+
+@pytest.mark.parametrize("name", ["read_checkout_file", "read_etc_passwd",
+                                  "list_host_directories"])
+def test_host_files_are_out_of_sight(hostile, name):
+  results, _, isolation, _ = hostile
+  if isolation == "plain":
+    pytest.skip("plain mode does not hide the file system (see the sandbox docstring)")
+  result = results[name]
+  assert not result.passed and result.status is Status.FAILED, result
+
+
+def test_programs_can_still_start_the_interpreter():
+  program = ("import subprocess, sys\nout = subprocess.run([sys.executable, '-c', 'print(6 * 7)'],"
+             " capture_output=True, text=True)\nassert out.stdout == '42\\n', out\n"
+             "import threading\nt = threading.Thread(target=print, args=('thread',))\n"
+             "t.start()\nt.join()\n")
+  result = sandbox.run_program(program, _config_for("namespaces", **FAST))
+  assert result.passed, result.stderr
 
 
 def test_output_and_file_size_are_capped(hostile):

@@ -1,6 +1,8 @@
 """Every notebook in colab/ runs top to bottom (in its small CPU mode) and is stored without outputs."""
 
 import os
+import subprocess
+import sys
 
 import nbclient
 import nbformat
@@ -36,3 +38,24 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
   text = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code"
                  for o in c.outputs)
   assert text.strip(), f"{path.name} printed nothing"
+
+
+def _install_cell(path):
+  notebook = nbformat.read(path, as_version=4)
+  return next(c.source for c in notebook.cells if c.cell_type == "code")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_the_install_cell_finds_the_repository_without_a_placeholder(path, tmp_path):
+  source = _install_cell(path)
+  assert "YOUR_ORG" not in path.read_text() and "find_repository" in source
+  namespace = {}
+  exec(source, namespace)  # pylint: disable=exec-used  (dllm_jax is importable here: no install)
+  assert namespace["find_repository"](REPO_ROOT / "colab") == REPO_ROOT.resolve()
+  # Where nothing holds the repository and it is not installed: a message saying what to do.
+  result = subprocess.run([sys.executable, "-S", "-c", source], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60, check=False,
+                          env={k: v for k, v in os.environ.items()
+                               if k not in ("PYTHONPATH", "DLLM_JAX_SOURCE")})
+  assert result.returncode != 0
+  assert "upload the repository folder" in result.stderr, result.stderr[-1000:]

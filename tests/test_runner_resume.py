@@ -1,13 +1,16 @@
 """The experiment runner: an interrupted run resumes to exactly what an uninterrupted run writes."""
 
 import json
+import os
+import shutil
+import socket
 
 import jax
 import pytest
 
 from dllm_jax import checkpoint, models, sampling, sharding
 from dllm_jax.data import jsonl, prompts, tokenize
-from dllm_jax.eval import runner
+from dllm_jax.eval import experiment, runner
 from tests.experiment_fixtures import write_tiny_checkpoint
 
 
@@ -32,10 +35,10 @@ def setup(tmp_path_factory, shared_data):
 
 def _run(setup, out, sampler, **kwargs):
   fields, _ = setup
+  kwargs = {"batch_size": 4, **kwargs}
   return runner.run(**fields, sampler=sampler, n_samples=3, output_dir=out,
                     run_config={"sampler": repr(sampler)},
-                    mesh=MESH, batch_size=4, seed=1,
-                    progress=False, **kwargs)
+                    mesh=MESH, seed=1, progress=False, **kwargs)
 
 
 def _records(out):
@@ -95,3 +98,110 @@ def test_greedy_collapse_is_refused(setup, tmp_path):
   assert runner.can_sample(greedy.replace(temperature=0.3))
   assert runner.can_sample(greedy.replace(remasking=sampling.IMH()))
   _run(setup, tmp_path / "out", greedy, allow_greedy=True)  # explicitly allowed
+
+
+def _random_sampler(config):
+  return sampling.Sampler.for_model(config, gen_length=8, steps=8, temperature=1.0,
+                                    remasking=sampling.Random())
+
+
+def test_a_second_run_of_the_same_directory_is_refused_naming_the_holder(setup, tmp_path):
+  _, config = setup
+  sampler = _random_sampler(config)
+  seen = []
+
+  def second_run(batches_done):
+    if batches_done == 1:
+      with pytest.raises(runner.RunInUseError) as info:
+        _run(setup, tmp_path / "out", sampler)
+      seen.append(str(info.value))
+
+  _run(setup, tmp_path / "out", sampler, after_batch=second_run)
+  assert len(seen) == 1 and f"pid {os.getpid()} on {socket.gethostname()}" in seen[0]
+  records, count = _records(tmp_path / "out")
+  assert count == len(records) == 15  # every sample once
+  lines = (tmp_path / "out" / "results.jsonl").read_text().splitlines()
+  assert len(lines) == 15
+  _run(setup, tmp_path / "out", sampler)  # the lock went with the first run
+
+
+def test_a_last_record_without_its_newline_is_kept(setup, tmp_path):
+  _, config = setup
+  sampler = _random_sampler(config)
+
+  def interrupt(batches_done):
+    if batches_done == 2:
+      raise Interrupted
+
+  with pytest.raises(Interrupted):
+    _run(setup, tmp_path / "out", sampler, after_batch=interrupt)
+  path = tmp_path / "out" / "results.jsonl"
+  text = path.read_text()
+  path.write_text(text[:-1])  # the crash came between the record and its newline
+  last = json.loads(text.splitlines()[-1])
+  batches = []
+  _run(setup, tmp_path / "out", sampler, after_batch=batches.append)
+  assert batches == [1, 2]  # 7 units left (15 - 8), not 8: the last record was not redone
+  lines = path.read_text().splitlines()
+  assert len(lines) == 15 and len({(json.loads(l)["problem_id"], json.loads(l)["sample"])
+                                   for l in lines}) == 15
+  assert json.loads(lines[7]) == last
+
+
+def test_failed_validation_writes_nothing(setup, tmp_path):
+  fields, config = setup
+  sampler = _random_sampler(config)
+  out = tmp_path / "out"
+  long_prompts = dict(fields, prompts=[p * 200 for p in fields["prompts"]])
+  with pytest.raises(ValueError, match="exceeds the model's context"):
+    runner.run(**long_prompts, sampler=sampler, n_samples=3, output_dir=out,
+               run_config={"sampler": repr(sampler)}, mesh=MESH, progress=False)
+  with pytest.raises(ValueError, match=r"batch_size must be >= 1, got 0 \(--batch_size\)"):
+    _run(setup, out, sampler, batch_size=0)
+  assert not out.exists()
+  _run(setup, out, sampler)  # the corrected command is accepted
+
+
+def test_n_samples_can_be_raised_without_redoing_samples(setup, tmp_path):
+  fields, config = setup
+  sampler = _random_sampler(config)
+
+  def run(out, n, **kwargs):
+    return runner.run(**fields, sampler=sampler, n_samples=n, output_dir=out,
+                      run_config={"sampler": repr(sampler), "n_samples": n}, mesh=MESH,
+                      batch_size=4, seed=1, progress=False, **kwargs)
+
+  run(tmp_path / "grown", 2)
+  batches = []
+  run(tmp_path / "grown", 3, after_batch=batches.append)
+  assert batches == [1, 2]  # the 5 new samples only
+  assert json.loads((tmp_path / "grown" / "config.json").read_text())["n_samples"] == 3
+  run(tmp_path / "direct", 3)
+  grown, _ = _records(tmp_path / "grown")
+  direct, _ = _records(tmp_path / "direct")
+  assert {u: r["tokens"] for u, r in grown.items()} == {u: r["tokens"] for u, r in direct.items()}
+  with pytest.raises(ValueError, match="can be raised but not lowered"):
+    run(tmp_path / "grown", 2)
+
+
+def test_other_weights_in_the_same_checkpoint_path_are_refused(shared_data, tmp_path):
+  ckpt = tmp_path / "ckpt"
+  kwargs = dict(checkpoint_dir=ckpt, tokenizer_dir=None, benchmark="math500",
+                data_path=str(shared_data), limit=1, chat_template="none", mesh_spec="data=-1",
+                output_dir=str(tmp_path / "out"), n_samples=1, batch_size=8, seed=0,
+                allow_greedy=False, sampler_fields={"gen_length": 8}, progress=False)
+  write_tiny_checkpoint(ckpt, shared_data, seed=0)
+  experiment.run_benchmark(rule={"name": "low_confidence"}, **kwargs)
+  shutil.rmtree(ckpt)
+  write_tiny_checkpoint(ckpt, shared_data, seed=1)  # re-converted other weights, same path
+  with pytest.raises(ValueError, match="holds samples of other weights"):
+    experiment.run_benchmark(rule={"name": "low_confidence"}, **kwargs)
+  assert len(runner.read_results(tmp_path / "out")) == 1
+
+
+def test_a_relative_output_dir_works(setup, tmp_path, monkeypatch):
+  _, config = setup
+  monkeypatch.chdir(tmp_path)
+  out = _run(setup, "runs/rel", _random_sampler(config))
+  assert out == tmp_path / "runs" / "rel"
+  assert len(runner.read_results(tmp_path / "runs" / "rel")) == 15

@@ -125,6 +125,18 @@ class Problem:
       parts = [*self.test_imports, solution, self.test_setup or "", self.tests]
     return "\n\n".join(part for part in parts if part) + "\n"
 
+  def solution_and_tests(self, solution: str) -> tuple[str, str]:
+    """The two programs of an out-of-process test (`dllm_jax.eval.sandbox.run_tests`): what runs
+    with the solution, and the tests, which call the solution's functions and classes from
+    their own process. The parts and their order are those of `program_with_tests`."""
+    if not self.is_code:
+      raise ValueError(f"{self.id} is a math problem; it has no test program")
+    join = lambda parts: "\n\n".join(part for part in parts if part) + "\n"
+    if self.benchmark == "humaneval":
+      return solution, join([self.tests, f"check({self.entry_point})"])
+    return (join([*self.test_imports, solution]),
+            join([*self.test_imports, self.test_setup or "", self.tests]))
+
   def to_dict(self) -> dict[str, Any]:
     """A JSON-serialisable dict (tuples become lists); `from_dict` inverts it."""
     fields = dataclasses.asdict(self)

@@ -1,9 +1,11 @@
 """Grading generated code on HumanEval and MBPP: the response's code, run with the tests.
 
-The test program is `Problem.program_with_tests` (the one place that knows each benchmark's
-layout: HumanEval calls `check(entry_point)`; MBPP runs `test_setup` after the solution, as tasks
-367 and 927 need; MBPP sanitized runs `test_imports` first). This module turns a model response
-into the solution to test and runs the programs in the sandbox.
+The tests are `Problem.solution_and_tests` (the one place that knows each benchmark's layout:
+HumanEval calls `check(entry_point)`; MBPP runs `test_setup` after the solution, as tasks 367 and
+927 need; MBPP sanitized runs `test_imports` first). This module turns a model response into the
+solution to test and runs it with the tests in the sandbox, each in its own process
+(`sandbox.run_tests`): the solution can neither skip the tests nor forge their verdict, and what it
+returns is compared as plain data, so an object whose `__eq__` always says True does not pass.
 
 A response may wrap its code in Markdown fences; `extract_code` applies this rule:
 1. Fenced blocks are the text between a line starting with three backticks and the next line
@@ -80,7 +82,7 @@ class CodeGrade:
   passed: bool
   status: sandbox.Status
   message: str
-  program: str
+  program: str  # solution and tests as one program (for reading; they run apart)
 
 
 def grade_completions(problems: Sequence[Problem], completions: Sequence[str],
@@ -90,9 +92,12 @@ def grade_completions(problems: Sequence[Problem], completions: Sequence[str],
   parallel; returns one `CodeGrade` per completion, in order."""
   if len(problems) != len(completions):
     raise ValueError(f"{len(problems)} problems but {len(completions)} completions")
-  programs = [problem.program_with_tests(solution_for(problem, completion, extract))
-              for problem, completion in zip(problems, completions)]
-  results = sandbox.run_many(programs, workers=workers, config=config)
+  solutions = [solution_for(problem, completion, extract)
+               for problem, completion in zip(problems, completions)]
+  programs = [problem.program_with_tests(s) for problem, s in zip(problems, solutions)]
+  cases = [(*problem.solution_and_tests(s), entry_point(problem))
+           for problem, s in zip(problems, solutions)]
+  results = sandbox.run_many_tests(cases, workers=workers, config=config)
   return [CodeGrade(result.passed, result.status, result.message, program)
           for result, program in zip(results, programs)]
 

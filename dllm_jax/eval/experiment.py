@@ -4,7 +4,9 @@ the sampler, and hand everything to `runner.run`. What `experiments/run.py` call
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
+import sys
 from typing import Any
 
 import jax
@@ -44,14 +46,26 @@ def run_benchmark(*, checkpoint_dir: pathlib.Path, tokenizer_dir: str | None, be
                   data_path: str | None, limit: int | None, chat_template: str, mesh_spec: str,
                   output_dir: str, n_samples: int, batch_size: int, seed: int,
                   allow_greedy: bool, rule: dict[str, Any], sampler_fields: dict[str, Any],
-                  schedule: str = "linear", cache: bool = False,
-                  progress: bool = True) -> pathlib.Path:
+                  schedule: str = "linear", cache: bool = False, progress: bool = True,
+                  verify_checkpoint: bool = True) -> pathlib.Path:
   """Runs (or resumes) one benchmark x sampler into `output_dir`."""
+  if limit is not None and limit < 1:
+    raise ValueError(f"--limit must be >= 1 (or unset for every problem), got {limit}")
+  for name in ("n_samples", "batch_size"):
+    if locals()[name] < 1:
+      raise ValueError(f"--{name} must be >= 1, got {locals()[name]}")
+  steps, gen_length = sampler_fields.get("steps"), sampler_fields.get("gen_length")
+  if steps is not None and gen_length is not None and steps > gen_length:
+    raise ValueError(f"--steps={steps} > --gen_length={gen_length}: every step commits at least "
+                     "one token, so at most gen_length steps can run")
   mesh = parse_mesh(mesh_spec)
+  log = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else (lambda _: None)
   problems = jsonl.load_benchmark(benchmark, data_path, limit)
-  checkpoint_dir = pathlib.Path(checkpoint_dir)
+  log(f"loading {checkpoint_dir} ({'checking checksums, ' if verify_checkpoint else ''}"
+      f"{len(problems)} {benchmark} problems) ...")
+  checkpoint_dir = pathlib.Path(checkpoint_dir).absolute()
   tokenizer_dir = pathlib.Path(tokenizer_dir or checkpoint_dir / "tokenizer")
-  params, config = checkpoint.load(checkpoint_dir, mesh=mesh)
+  params, config = checkpoint.load(checkpoint_dir, mesh=mesh, verify_checksums=verify_checkpoint)
   # The model's mask id wins: WeDLM's tokenizer files name no mask token.
   tokenizer = tokenize.CheckpointTokenizer.from_checkpoint(tokenizer_dir,
                                                            mask_id=config.mask_token_id)
@@ -64,13 +78,18 @@ def run_benchmark(*, checkpoint_dir: pathlib.Path, tokenizer_dir: str | None, be
       schedule=sampling.DreamSchedule() if schedule == "dream" else sampling.LinearSchedule(),
       cache=sampling.BlockCache() if cache else None, **sampler_fields)
   stop_ids = [t for t in (config.eos_token_id, config.eot_token_id) if t is not None]
-  run_config = {"checkpoint": str(checkpoint_dir), "model": dataclasses.asdict(config),
+  run_config = {"checkpoint": str(checkpoint_dir),
+                "weights": checkpoint.fingerprint(checkpoint_dir),
+                "model": dataclasses.asdict(config),
                 "benchmark": benchmark, "problems": [p.id for p in problems],
                 "chat_template": template.source if template else None,
                 "sampler": repr(sampler), "n_samples": n_samples, "seed": seed}
   return runner.run(
-      problems=problems, prompts=prompt_ids, decode=tokenizer.decode, stop_ids=stop_ids,
+      problems=problems, prompts=prompt_ids, stop_ids=stop_ids,
+      # Special tokens ([MASK], padding, end of text) are not part of the response to grade.
+      decode=functools.partial(tokenizer.decode, skip_special_tokens=True),
       pad_id=config.pad_token_id,
       model=runner.Model(models.make_denoise(config), params, config.max_length),
       sampler=sampler, n_samples=n_samples, output_dir=output_dir, run_config=run_config,
-      mesh=mesh, batch_size=batch_size, seed=seed, allow_greedy=allow_greedy, progress=progress)
+      mesh=mesh, batch_size=batch_size, seed=seed, allow_greedy=allow_greedy, progress=progress,
+      log=log if jax.process_index() == 0 else None)

@@ -18,8 +18,9 @@ class Grade:
 
 def grade_responses(problems: Sequence[Problem], responses: Sequence[str],
                     workers: int | None = None,
-                    config: sandbox.SandboxConfig = sandbox.SandboxConfig()) -> list[Grade]:
-  """Grades responses[i] against problems[i]: math with `math_grader.grade_math`, code by
+                    config: sandbox.SandboxConfig = sandbox.SandboxConfig(),
+                    math_timeout_s: float = math_grader.DEFAULT_TIMEOUT_S) -> list[Grade]:
+  """Grades responses[i] against problems[i]: math with `math_grader.grade` (time-bounded), code by
   running it with the tests in the sandbox (in parallel)."""
   if len(problems) != len(responses):
     raise ValueError(f"{len(problems)} problems but {len(responses)} responses")
@@ -27,8 +28,8 @@ def grade_responses(problems: Sequence[Problem], responses: Sequence[str],
   code = [i for i, p in enumerate(problems) if p.is_code]
   for i, problem in enumerate(problems):
     if problem.is_math:
-      grades[i] = Grade(math_grader.grade_math(responses[i], problem.answer),
-                        math_grader.extract_boxed(responses[i]))
+      verdict = math_grader.grade(responses[i], problem.answer, math_timeout_s)
+      grades[i] = Grade(verdict.correct, verdict.answer, verdict.detail)
   if code:
     results = code_grader.grade_completions([problems[i] for i in code],
                                             [responses[i] for i in code], workers=workers,

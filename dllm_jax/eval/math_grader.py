@@ -6,14 +6,24 @@ equivalence via sympy). A response without a complete box is wrong: we do not gu
 from free text. Gold answers are LaTeX as in the benchmark files; the known quirks handled here
 are degree marks (AIME 2025's `336^\\circ`) and zero-padded integers (AIME 2024's "025").
 
-`grade_math` is thread-safe: it calls `math_verify` with its signal-based timeouts switched off
-(they only work in the main thread), so a caller that needs a time bound must impose it around
-the call (for example, grade in a worker process).
+Some answers make sympy run for ever (`10^{10^{10^{10}}}`, `(x+1)^{100000}`), and math_verify's
+own timeouts rely on SIGALRM (main thread only), so the symbolic comparison runs in a long-lived
+worker process under a wall-clock bound: `grade` kills and restarts the worker when an answer
+takes longer than `timeout_s`, and the answer is graded wrong with the reason in `MathGrade.detail`.
+The worker starts once (about 1 s) and then answers in about a millisecond; string-equal answers
+never reach it. Everything here is thread-safe (calls to the worker take turns).
 """
 
+import dataclasses
+import json
+import os
 import re
-
-from math_verify import parse, verify
+import resource
+import select
+import subprocess
+import sys
+import threading
+import time
 
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 
@@ -131,8 +141,19 @@ def _base_numeral(normalized: str) -> tuple[str, str] | None:
   return (match.group(1).lower(), match.group(2)) if match else None
 
 
-def answers_equivalent(predicted: str, gold: str) -> bool:
-  """Whether two answer strings (already taken out of their boxes) denote the same answer."""
+# A bound far above any real comparison (milliseconds) and the worker's memory cap.
+DEFAULT_TIMEOUT_S = 10.0
+_WORKER_MEMORY_BYTES = 4 << 30
+_WORKER_START_S = 120.0
+
+
+class GradingTimeout(Exception):
+  """The symbolic comparison ran past its time bound (the worker was killed)."""
+
+
+def _equivalent_here(predicted: str, gold: str) -> bool:
+  """`answers_equivalent` without a time bound: what the worker process runs."""
+  from math_verify import parse, verify  # pylint: disable=import-outside-toplevel
   predicted_norm, gold_norm = normalize_answer(predicted), normalize_answer(gold)
   if predicted_norm == gold_norm:
     return True
@@ -151,9 +172,120 @@ def answers_equivalent(predicted: str, gold: str) -> bool:
   return bool(verify(gold_parsed, predicted_parsed, timeout_seconds=None))
 
 
-def grade_math(response: str, gold: str) -> bool:
-  """Whether the last boxed answer of a model response equals the gold answer."""
+class _Worker:
+  """One child process that answers `_equivalent_here` queries, one JSON line each way."""
+
+  def __init__(self):
+    self._lock = threading.Lock()
+    self._proc: subprocess.Popen | None = None
+
+  def _start(self) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    proc = subprocess.Popen([sys.executable, "-m", "dllm_jax.eval.math_grader"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, env=env,
+                            start_new_session=True)  # Ctrl-C reaches the run, not the worker
+    if self._read_line(proc, _WORKER_START_S) != {"ready": True}:
+      self._stop(proc)
+      raise RuntimeError("the math grading worker did not start (python -m "
+                         "dllm_jax.eval.math_grader failed; is math_verify installed?)")
+    return proc
+
+  @staticmethod
+  def _read_line(proc: subprocess.Popen, timeout_s: float):
+    deadline = time.monotonic() + timeout_s
+    line = b""
+    while not line.endswith(b"\n"):
+      left = deadline - time.monotonic()
+      if left <= 0 or not select.select([proc.stdout], [], [], left)[0]:
+        return None
+      chunk = os.read(proc.stdout.fileno(), 1 << 16)
+      if not chunk:
+        return None
+      line += chunk
+    return json.loads(line)
+
+  @staticmethod
+  def _stop(proc: subprocess.Popen) -> None:
+    proc.kill()
+    proc.wait()
+    proc.stdin.close()
+    proc.stdout.close()
+
+  def equivalent(self, predicted: str, gold: str, timeout_s: float) -> bool:
+    with self._lock:
+      if self._proc is None or self._proc.poll() is not None:
+        self._proc = self._start()
+      self._proc.stdin.write(json.dumps([predicted, gold]).encode() + b"\n")
+      self._proc.stdin.flush()
+      reply = self._read_line(self._proc, timeout_s)
+      if reply is None:  # too slow, or it died (out of memory): start afresh next time
+        self._stop(self._proc)
+        self._proc = None
+        raise GradingTimeout(f"no verdict within {timeout_s:g} s")
+    if "error" in reply:
+      raise ValueError(reply["error"])
+    return reply["equal"]
+
+
+_worker = _Worker()
+
+
+def _exit_with_parent(parent: int) -> None:
+  while os.getppid() == parent:  # an orphan stuck in sympy would otherwise run for ever
+    time.sleep(1.0)
+  os._exit(1)
+
+
+def _serve() -> None:
+  threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+  resource.setrlimit(resource.RLIMIT_AS, (_WORKER_MEMORY_BYTES, _WORKER_MEMORY_BYTES))
+  import math_verify  # pylint: disable=import-outside-toplevel,unused-import  (before "ready")
+  out = sys.stdout.buffer
+  out.write(b'{"ready": true}\n')
+  out.flush()
+  for line in sys.stdin.buffer:
+    predicted, gold = json.loads(line)
+    try:
+      reply = {"equal": _equivalent_here(predicted, gold)}
+    except Exception as error:  # pylint: disable=broad-except  (sympy raises all kinds)
+      reply = {"error": f"{type(error).__name__}: {error}"[:200]}
+    out.write(json.dumps(reply).encode() + b"\n")
+    out.flush()
+
+
+def answers_equivalent(predicted: str, gold: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
+  """Whether two answer strings (already taken out of their boxes) denote the same answer.
+  Raises `GradingTimeout` when the comparison takes longer than `timeout_s`."""
+  if normalize_answer(predicted) == normalize_answer(gold):
+    return True
+  return _worker.equivalent(predicted, gold, timeout_s)
+
+
+@dataclasses.dataclass(frozen=True)
+class MathGrade:
+  correct: bool
+  answer: str | None  # the last \boxed{} content
+  detail: str = ""  # why it is wrong when that is not a plain mismatch (timeout, no box, error)
+
+
+def grade(response: str, gold: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> MathGrade:
+  """The verdict on a model response: its last boxed answer against the gold answer."""
   predicted = extract_boxed(response)
   if predicted is None or not predicted.strip():
-    return False
-  return answers_equivalent(predicted, gold)
+    return MathGrade(False, predicted, "no complete \\boxed{} answer")
+  try:
+    return MathGrade(answers_equivalent(predicted, gold, timeout_s), predicted)
+  except GradingTimeout as error:
+    return MathGrade(False, predicted, f"graded wrong: comparison timed out ({error})")
+  except ValueError as error:
+    return MathGrade(False, predicted, f"graded wrong: comparison failed ({error})")
+
+
+def grade_math(response: str, gold: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
+  """Whether the last boxed answer of a model response equals the gold answer."""
+  return grade(response, gold, timeout_s).correct
+
+
+if __name__ == "__main__":
+  _serve()

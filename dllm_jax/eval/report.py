@@ -1,7 +1,10 @@
 """Aggregating runs of `runner`: pass@k tables per benchmark x sampler, and plots.
 
-A run is an output directory of `runner.run` (its `config.json` and every `results*.jsonl`);
-its label is the directory name.
+A run is an output directory of `runner.run`: its `config.json` and its own results files
+(`runner.read_results`: other files there, such as a backup copy, are ignored, and each
+(problem, sample) counts once). Samples beyond the run's `n_samples` are left out; a run with
+problems missing or short of samples gets a warning. Its label is the directory name, with as
+many parent directories as it takes to tell the runs of one report apart.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class RunSummary:
   seconds_per_sample: float
   distinct_answers: float      # mean distinct final answers per problem
   entropy_estimate: float      # mean negative log-prob of committed tokens (nats per token)
+  warnings: list[str] = dataclasses.field(default_factory=list)  # partial run, and the like
 
 
 def summarize(run_dir: str | pathlib.Path) -> RunSummary:
@@ -37,12 +41,26 @@ def summarize(run_dir: str | pathlib.Path) -> RunSummary:
   if not config_path.is_file():
     raise FileNotFoundError(f"{run_dir} is not a run directory (no {runner.CONFIG_FILE})")
   config = json.loads(config_path.read_text())
-  records = runner.read_results(run_dir)
+  n_config = config.get("n_samples")
+  records = [r for r in runner.read_results(run_dir)
+             if n_config is None or r["sample"] < n_config]
   if not records:
     raise ValueError(f"{run_dir} has no results yet")
   by_problem: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
   for record in records:
     by_problem[record["problem_id"]].append(record)
+  warnings = []
+  expected = config.get("problems")
+  if expected is not None:
+    missing = [p for p in expected if p not in by_problem]
+    if missing:
+      warnings.append(f"partial run: {len(missing)} of {len(expected)} problems have no samples "
+                      f"(first: {missing[0]}); resume it with the same command")
+  if n_config is not None:
+    short = sorted(p for p, rs in by_problem.items() if len(rs) < n_config)
+    if short:
+      warnings.append(f"partial run: {len(short)} problems have fewer than n_samples={n_config} "
+                      f"samples; pass@k uses k <= {min(len(by_problem[p]) for p in short)}")
   n = min(len(rs) for rs in by_problem.values())
   counts = [len(rs) for rs in by_problem.values()]
   correct = [sum(r["correct"] for r in rs) for rs in by_problem.values()]
@@ -54,7 +72,22 @@ def summarize(run_dir: str | pathlib.Path) -> RunSummary:
       seconds_per_sample=float(np.mean([r["seconds"] for r in records])),
       distinct_answers=metrics.mean_distinct_answers(
           [[r["answer"] for r in rs] for rs in by_problem.values()]),
-      entropy_estimate=float(np.mean([r["neg_logprob"] for r in records])))
+      entropy_estimate=float(np.mean([r["neg_logprob"] for r in records])),
+      warnings=warnings)
+
+
+def summarize_runs(run_dirs: Sequence[str | pathlib.Path]) -> list[RunSummary]:
+  """`summarize` of each run, labelled uniquely (as many trailing path parts as that takes)."""
+  paths = [pathlib.Path(d).absolute() for d in run_dirs]
+  if len(set(paths)) < len(paths):
+    raise ValueError("the same run directory is listed twice in --runs")
+  summaries = [summarize(d) for d in run_dirs]
+  depth = 1
+  while len({p.parts[-depth:] for p in paths}) < len(paths):
+    depth += 1
+  for summary, path in zip(summaries, paths):
+    summary.label = "/".join(path.parts[-depth:])
+  return summaries
 
 
 def markdown(summaries: Sequence[RunSummary]) -> str:
@@ -73,7 +106,8 @@ def markdown(summaries: Sequence[RunSummary]) -> str:
                [f"{s.mean_nfe:.0f}", f"{s.seconds_per_sample:.3f}",
                 f"{s.distinct_answers:.2f}", f"{s.entropy_estimate:.3f}"])
       lines.append("| " + " | ".join(cells) + " |")
-    out.append("\n".join(lines))
+    notes = [f"- **{s.label}**: {w}" for s in rows for w in s.warnings]
+    out.append("\n".join(lines + ([""] + notes if notes else [])))
   return "\n\n".join(out) + "\n"
 
 

@@ -4,24 +4,30 @@ JSONL as they are produced, so an interrupted run resumes where it stopped.
 Work units are (problem, sample index) pairs. Each has its own random key,
 fold_in(fold_in(key(seed), crc32(problem id)), sample index), and the sampler draws each row's
 randomness from its own key, so a unit's sample is the same whatever batch, order, process or
-resumption it is decoded in. A rerun reads every `results*.jsonl` in the output directory and
-decodes only the missing units.
+resumption it is decoded in. A rerun reads the run's own results files (`results.jsonl`, or
+`results.process-<i>-of-<n>.jsonl`; other files such as a backup copy are ignored) and decodes
+only the missing units. Raising `n_samples` on an existing run adds the new sample indices only.
 
 Multi-host: every process builds the same global batch and runs the same compiled `generate` on
 a global mesh; each writes the rows it owns (those whose lowest-numbered holder device is one of
 its own) to its own file, `results.process-<i>-of-<n>.jsonl`.
 
-Files beside the results: `config.json` (what defines the run; a rerun with a different one is an
-error) and `versions.json` (software and devices).
+Files beside the results: `config.json` (what defines the run, the weights' fingerprint included;
+a rerun with a different one is an error), `versions.json` (software and devices) and `run.lock`
+(held by the running process, with its pid, host and start time: a second run of the same
+directory is refused). Everything is validated before anything is written.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
 import pathlib
 import platform
+import re
+import socket
 import sys
 import time
 import zlib
@@ -29,6 +35,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import numpy as np
+import tqdm
 
 from dllm_jax import sampling, sharding
 from dllm_jax.data.problems import Problem
@@ -38,7 +45,12 @@ from dllm_jax.sampling.imh import IMH
 from dllm_jax.sampling.remasking import (DreamOrigin, Entropy, LowConfidence, MaskGitPlus,
                                          Threshold, TopKMargin)
 
-CONFIG_FILE, VERSIONS_FILE = "config.json", "versions.json"
+CONFIG_FILE, VERSIONS_FILE, LOCK_FILE = "config.json", "versions.json", "run.lock"
+_RESULTS_NAME = re.compile(r"results(\.process-\d{5}-of-\d{5})?\.jsonl")
+
+
+class RunInUseError(RuntimeError):
+  """Another process holds the output directory's lock."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,37 +78,86 @@ def can_sample(sampler: sampling.Sampler) -> bool:
 
 
 def results_files(output_dir: pathlib.Path) -> list[pathlib.Path]:
-  return sorted(pathlib.Path(output_dir).glob("results*.jsonl"))
+  """The run's own results files (not, say, a backup copy made beside them)."""
+  return sorted(p for p in pathlib.Path(output_dir).iterdir() if _RESULTS_NAME.fullmatch(p.name))
 
 
-def read_results(output_dir: str | os.PathLike) -> list[dict[str, Any]]:
-  """Every record of every results file. A last line cut off by an interruption is skipped; a
-  malformed line elsewhere is an error."""
+def _parse_lines(path: pathlib.Path) -> list[dict[str, Any]]:
+  """The records of one file. A last line cut off by an interruption (not valid JSON) is
+  skipped; a complete last record without its newline is kept; a malformed line elsewhere is an
+  error."""
   records = []
-  for path in results_files(pathlib.Path(output_dir)):
-    lines = path.read_text().splitlines()
-    for number, line in enumerate(lines, 1):
-      try:
-        records.append(json.loads(line))
-      except json.JSONDecodeError as e:
-        if number == len(lines):
-          break
-        raise ValueError(f"{path}:{number}: malformed results line ({e})") from e
+  lines = path.read_text(encoding="utf-8").splitlines()
+  for number, line in enumerate(lines, 1):
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError as e:
+      if number == len(lines):
+        break
+      raise ValueError(f"{path}:{number}: malformed results line ({e}); move the file away or "
+                       "fix that line") from e
   return records
 
 
+def read_results(output_dir: str | os.PathLike) -> list[dict[str, Any]]:
+  """Every record of the run's results files, each (problem, sample) once (the first written)."""
+  records, seen = [], set()
+  for path in results_files(pathlib.Path(output_dir)):
+    for record in _parse_lines(path):
+      unit = (record["problem_id"], record["sample"])
+      if unit not in seen:
+        seen.add(unit)
+        records.append(record)
+  return records
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+  return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
 def _check_config(output_dir: pathlib.Path, run_config: dict[str, Any]) -> None:
+  """Refuses a run whose configuration differs from the one already in `output_dir`, except for a
+  larger `n_samples` (recorded)."""
   path = output_dir / CONFIG_FILE
-  text = json.dumps(run_config, indent=2, sort_keys=True, default=str)
+  new = json.loads(json.dumps(run_config, sort_keys=True, default=str))
   if path.exists():
     old = json.loads(path.read_text())
-    new = json.loads(text)
-    if old != new:
-      changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if "weights" in old and old.get("weights") != new.get("weights"):
+      raise ValueError(
+          f"{output_dir} holds samples of other weights (fingerprint {old['weights']}; the "
+          f"checkpoint now has {new.get('weights')}): resuming would mix two models. Use another "
+          "--output_dir, or convert the new weights to another checkpoint path")
+    changed = _differences({k: v for k, v in old.items() if k != "n_samples"},
+                           {k: v for k, v in new.items() if k != "n_samples"})
+    if changed:
       raise ValueError(f"{output_dir} holds a run with a different configuration (differs in "
                        f"{changed}); use another --output_dir or the same flags")
-  elif jax.process_index() == 0:
-    path.write_text(text)
+    if new.get("n_samples", 0) < old.get("n_samples", 0):
+      raise ValueError(f"{output_dir} holds a run with --n_samples={old['n_samples']}; it can be "
+                       f"raised but not lowered (got {new['n_samples']})")
+    if old == new:
+      return
+  if jax.process_index() == 0:
+    path.write_text(json.dumps(new, indent=2, sort_keys=True))
+
+
+def _lock(output_dir: pathlib.Path):
+  """Takes the directory's lock (released when the process ends); refuses when it is held."""
+  name = LOCK_FILE if jax.process_count() == 1 else f"run.process-{jax.process_index():05d}.lock"
+  f = open(output_dir / name, "a+", encoding="utf-8")  # pylint: disable=consider-using-with
+  try:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    f.seek(0)
+    holder = f.read().strip() or "unknown process"
+    f.close()
+    raise RunInUseError(f"{output_dir} is in use by another run ({holder}); wait for it to end, "
+                        "or stop it, or use another --output_dir") from None
+  f.truncate(0)
+  f.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+          f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n")
+  f.flush()
+  return f
 
 
 def software_versions() -> dict[str, Any]:
@@ -128,33 +189,35 @@ def _owned_rows(array: jax.Array) -> dict[int, np.ndarray]:
   return rows
 
 
-def _drop_partial_line(path: pathlib.Path) -> None:
-  """Cuts a last line that an interruption left without its newline (it is rewritten)."""
+def _repair_last_line(path: pathlib.Path) -> None:
+  """A last line without its newline: a complete record gets its newline, a cut-off one (the
+  interruption came mid-write) is removed, so that every line is a whole record."""
   if not path.exists() or path.stat().st_size == 0:
     return
   data = path.read_bytes()
-  if not data.endswith(b"\n"):
-    with open(path, "r+b") as f:
-      f.truncate(data.rfind(b"\n") + 1)
+  if data.endswith(b"\n"):
+    return
+  start = data.rfind(b"\n") + 1
+  try:
+    json.loads(data[start:])
+    complete = True
+  except ValueError:
+    complete = False
+  with open(path, "r+b") as f:
+    if complete:
+      f.seek(0, os.SEEK_END)
+      f.write(b"\n")
+    else:
+      f.truncate(start)
 
 
-class _Progress:
-  """One stderr line: done/total, rate and ETA."""
-
-  def __init__(self, total: int, already: int, enabled: bool):
-    self.total, self.done, self.start, self.enabled = total, already, time.time(), enabled
-    self.already = already
-
-  def update(self, count: int) -> None:
-    self.done += count
-    if not self.enabled:
-      return
-    rate = (self.done - self.already) / max(time.time() - self.start, 1e-9)
-    eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-    sys.stderr.write(f"\r{self.done}/{self.total} samples  {rate:.2f}/s  ETA {eta:.0f}s   ")
-    if self.done >= self.total:
-      sys.stderr.write("\n")
-    sys.stderr.flush()
+def _progress_bar(total: int, already: int, enabled: bool) -> tqdm.tqdm:
+  """Samples done of `total`; its clock starts after compilation, so the rate and ETA are those of
+  decoding. Outside a terminal (a log file) it writes a line a minute instead of redrawing."""
+  tty = sys.stderr.isatty()
+  return tqdm.tqdm(total=total, initial=already, unit="sample", file=sys.stderr,
+                   disable=not enabled, dynamic_ncols=tty, mininterval=0.5 if tty else 60.0,
+                   smoothing=0.0, ascii=not tty)
 
 
 def _batches(items: list, size: int) -> Iterator[list]:
@@ -169,78 +232,105 @@ def run(*, problems: Sequence[Problem], prompts: Sequence[Sequence[int]],
         run_config: dict[str, Any], mesh: jax.sharding.Mesh | None = None,
         batch_size: int = 8, seed: int = 0, allow_greedy: bool = False,
         progress: bool = True, grade_workers: int | None = None,
-        after_batch: Callable[[int], None] | None = None) -> pathlib.Path:
+        after_batch: Callable[[int], None] | None = None,
+        log: Callable[[str], None] | None = None) -> pathlib.Path:
   """Decodes, grades and records `n_samples` samples of every problem; returns the results dir.
 
   `prompts[i]` are the token ids of problem i's prompt; `decode` turns generated ids (cut at the
   first of `stop_ids`) into the response text; `run_config` is what defines the run (compared
-  on resume). `after_batch(batches_done)` is called after each batch is written.
+  on resume). `after_batch(batches_done)` is called after each batch is written; `log` gets a
+  line for each phase (default: stderr when `progress`). A record's `seconds` is decoding time per
+  row of its batch, without compilation (done once, before the first batch).
   """
+  if log is None:
+    log = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else (lambda _: None)
   if n_samples < 1:
-    raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    raise ValueError(f"n_samples must be >= 1, got {n_samples} (--n_samples)")
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size} (--batch_size)")
+  if not problems:
+    raise ValueError("no problems to run (--limit must be >= 1)")
   if len(prompts) != len(problems):
     raise ValueError(f"{len(problems)} problems but {len(prompts)} prompts")
   if n_samples > 1 and not can_sample(sampler) and not allow_greedy:
     raise ValueError(
         f"{n_samples} samples per problem, but {sampler.remasking!r} at temperature "
-        f"{sampler.token_temperature} is deterministic: every sample would be the same. Set a "
-        "temperature > 0 (or alg_temp), use a sampling rule, or allow it explicitly")
-  mesh = mesh or sharding.make_mesh(data=-1, model=1)
-  output_dir = pathlib.Path(output_dir)
-  output_dir.mkdir(parents=True, exist_ok=True)
-  _check_config(output_dir, run_config)
-  if jax.process_index() == 0:
-    (output_dir / VERSIONS_FILE).write_text(json.dumps(software_versions(), indent=2))
-
+        f"{sampler.token_temperature} is deterministic: every sample would be the same. Set "
+        "--temperature > 0 (or --alg_temp), use a sampling rule, or pass "
+        "--allow_identical_samples")
   prompt_length = max(len(p) for p in prompts)
   if prompt_length + sampler.gen_length > model.max_length:
     longest = problems[int(np.argmax([len(p) for p in prompts]))].id
     raise ValueError(f"the longest prompt ({longest}, {prompt_length} tokens) + gen_length "
-                     f"{sampler.gen_length} exceeds the model's context of {model.max_length}")
-  done = {(r["problem_id"], r["sample"]) for r in read_results(output_dir)}
-  units = [(i, s) for i, problem in enumerate(problems) for s in range(n_samples)
-           if (problem.id, s) not in done]
-  data = mesh.shape[sharding.DATA]
-  batch_size = -(-batch_size // data) * data  # a multiple of the data axis
-  name = ("results.jsonl" if jax.process_count() == 1 else
-          f"results.process-{jax.process_index():05d}-of-{jax.process_count():05d}.jsonl")
-  bar = _Progress(len(problems) * n_samples, len(problems) * n_samples - len(units),
-                  progress and jax.process_index() == 0)
-  stop = np.asarray(list(stop_ids))
-  _drop_partial_line(output_dir / name)
-  with open(output_dir / name, "a", encoding="utf-8") as results:
-    for batch_index, batch in enumerate(_batches(units, batch_size)):
-      rows = batch + [batch[0]] * (batch_size - len(batch))  # padding rows are never written
-      tokens, mask = pad_left([prompts[i] for i, _ in rows], pad_id, prompt_length)
-      keys = jax.random.wrap_key_data(np.stack(
-          [jax.random.key_data(unit_key(seed, problems[i].id, s)) for i, s in rows]))
-      placed = sharding.shard_batch(mesh, tokens, mask, keys)
-      start = time.time()
-      with jax.set_mesh(mesh):
-        out = jax.block_until_ready(sampling.generate(sampler, model.denoise, model.params,
-                                                      *placed))
-      seconds = (time.time() - start) / batch_size
-      generated = _owned_rows(out.generated_BG)
-      nfe, logprob = _owned_rows(out.nfe_B[:, None]), _owned_rows(out.logprob_BG)
-      owned = sorted(r for r in generated if r < len(batch))
-      responses = []
-      for r in owned:
-        ids = generated[r].tolist()
-        cut = next((j for j, t in enumerate(ids) if t in stop), len(ids))
-        responses.append(decode(ids[:cut]))
-      grades = grading.grade_responses([problems[batch[r][0]] for r in owned], responses,
-                                       workers=grade_workers)
-      for r, response, grade in zip(owned, responses, grades):
-        i, s = batch[r]
-        record = {"problem_id": problems[i].id, "sample": s, "response": response,
-                  "answer": grade.answer, "correct": grade.correct,
-                  "nfe": int(nfe[r][0]), "seconds": seconds,
-                  "neg_logprob": float(-np.mean(logprob[r])),
-                  "tokens": generated[r].tolist()}
-        results.write(json.dumps(record) + "\n")
-      results.flush()
-      os.fsync(results.fileno())
-      bar.update(len(batch))
-      if after_batch is not None:
-        after_batch(batch_index + 1)
-  return output_dir
+                     f"{sampler.gen_length} exceeds the model's context of {model.max_length}; "
+                     "lower --gen_length or --limit the problems")
+  mesh = mesh or sharding.make_mesh(data=-1, model=1)
+  output_dir = pathlib.Path(output_dir).absolute()
+  output_dir.mkdir(parents=True, exist_ok=True)
+  lock = _lock(output_dir)
+  try:
+    _check_config(output_dir, run_config)
+    if jax.process_index() == 0:
+      (output_dir / VERSIONS_FILE).write_text(json.dumps(software_versions(), indent=2))
+
+    done = {(r["problem_id"], r["sample"]) for r in read_results(output_dir)}
+    units = [(i, s) for i, problem in enumerate(problems) for s in range(n_samples)
+             if (problem.id, s) not in done]
+    data = mesh.shape[sharding.DATA]
+    batch_size = -(-batch_size // data) * data  # a multiple of the data axis
+    name = ("results.jsonl" if jax.process_count() == 1 else
+            f"results.process-{jax.process_index():05d}-of-{jax.process_count():05d}.jsonl")
+    total = len(problems) * n_samples
+    if jax.process_index() != 0:
+      log = lambda _: None
+    log(f"{output_dir}: {total - len(units)} of {total} samples already done, "
+        f"{len(units)} to decode in batches of {batch_size}")
+    stop = np.asarray(list(stop_ids))
+    _repair_last_line(output_dir / name)
+    compiled, bar = None, None
+    with open(output_dir / name, "a", encoding="utf-8") as results:
+      for batch_index, batch in enumerate(_batches(units, batch_size)):
+        rows = batch + [batch[0]] * (batch_size - len(batch))  # padding rows are never written
+        tokens, mask = pad_left([prompts[i] for i, _ in rows], pad_id, prompt_length)
+        keys = jax.random.wrap_key_data(np.stack(
+            [jax.random.key_data(unit_key(seed, problems[i].id, s)) for i, s in rows]))
+        placed = sharding.shard_batch(mesh, tokens, mask, keys)
+        with jax.set_mesh(mesh):
+          if compiled is None:  # every batch has one shape: one compilation, timed apart
+            log("compiling the sampler (once per run) ...")
+            start = time.time()
+            compiled = sampling.generate.lower(sampler, model.denoise, model.params,
+                                               *placed).compile()
+            log(f"compiled in {time.time() - start:.1f} s")
+            bar = _progress_bar(total, total - len(units), progress and jax.process_index() == 0)
+          start = time.time()
+          out = jax.block_until_ready(compiled(model.params, *placed))
+        seconds = (time.time() - start) / batch_size
+        generated = _owned_rows(out.generated_BG)
+        nfe, logprob = _owned_rows(out.nfe_B[:, None]), _owned_rows(out.logprob_BG)
+        owned = sorted(r for r in generated if r < len(batch))
+        responses = []
+        for r in owned:
+          ids = generated[r].tolist()
+          cut = next((j for j, t in enumerate(ids) if t in stop), len(ids))
+          responses.append(decode(ids[:cut]))
+        grades = grading.grade_responses([problems[batch[r][0]] for r in owned], responses,
+                                         workers=grade_workers)
+        for r, response, grade in zip(owned, responses, grades):
+          i, s = batch[r]
+          record = {"problem_id": problems[i].id, "sample": s, "response": response,
+                    "answer": grade.answer, "correct": grade.correct, "detail": grade.detail,
+                    "nfe": int(nfe[r][0]), "seconds": seconds,
+                    "neg_logprob": float(-np.mean(logprob[r])),
+                    "tokens": generated[r].tolist()}
+          results.write(json.dumps(record) + "\n")
+        results.flush()
+        os.fsync(results.fileno())
+        bar.update(len(batch))
+        if after_batch is not None:
+          after_batch(batch_index + 1)
+    if bar is not None:
+      bar.close()
+    return output_dir
+  finally:
+    lock.close()

@@ -12,12 +12,20 @@ program runs under `unshare --pid --mount --net --ipc --fork --kill-child` (plus
 runs any untrusted code:
 
 * no network: a new network namespace with no interface up (not even loopback), so connections to
-  127.0.0.1 or anywhere else fail; abstract unix sockets are per namespace too, and the
-  directories that hold service sockets (/run, /tmp) are hidden.
-* file system: everything is read-only and nosuid except a fresh tmpfs at /tmp (also seen at
-  /var/tmp and /dev/shm) of `scratch_mb`; the working directory is /tmp/work on it. The tmpfs
-  exists only in the sandbox's mount namespace and vanishes with it, so nothing written survives the
-  run and nothing outside can be changed.
+  127.0.0.1 or anywhere else fail; abstract unix sockets are per namespace too, and no directory
+  holding service sockets (/run, the host's /tmp) is in the sandbox's root.
+* file system: a new root (pivot_root) that holds only what the interpreter needs: /usr and the
+  /lib* and /bin directories, /etc/ld.so.cache, the interpreter's own directories (its prefix and
+  `sys.path`, the caller's site-packages), /dev/null, zero, full, random and urandom, the pid
+  namespace's /proc, and a fresh tmpfs at /tmp (also seen at /var/tmp and /dev/shm) of
+  `scratch_mb`; the working directory is /tmp/work on it. Everything but the tmpfs is read-only and
+  nosuid. The host's other files (the checkout, /etc, home directories) are not there at all; the
+  tmpfs exists only in the sandbox's mount namespace and vanishes with it.
+* no new namespaces: a seccomp filter refuses `unshare`, `setns`, and `clone` with any CLONE_NEW*
+  flag (`clone3` reports ENOSYS, so the C library falls back to `clone`), so the program cannot
+  make a user namespace and hold capabilities there (x86_64 and aarch64; elsewhere the namespace
+  mode reports a setup error and "auto" falls back to plain mode). The filter applies in plain
+  mode too.
 * processes: a new pid namespace. The program cannot see or signal processes outside it (the
   caller included), and when its first process exits or is killed the kernel kills every other
   process in it, however they were started (setsid, double fork).
@@ -49,18 +57,27 @@ are captured to files and truncated.
 
 How a pass is decided
 ---------------------
-A run passes only if the process exits with status 0 *and* the result pipe carries
-`PASS <token>`, where the token is 128 random bits made for this run. The launcher writes that line
-only after the whole program (solution, then tests) returned without an exception. The token is
-never in the program text, its argv, its environment or any file: the caller writes it into a pipe
-whose read end the launcher inherits, and the launcher reads it only after the program returned.
-So `sys.exit(0)` or `os._exit(0)` before the asserts, a redefined `check`, patched `os` functions or
-printing a fake success line all give a failure. Known limits: the tests run in the same interpreter
-as the code under test, so a program written to attack this harness can forge a pass (read the
-inherited pipe itself, then write the line and exit; or skip the asserts with a `sys.settrace`
-function that sets `f_lineno`), and an object whose `__eq__` always returns True defeats
-`assert f(x) == y` under any in-process harness. These are guards against
-accidents and reward hacks of the usual kinds, not against an adversary who has read this file.
+Tests (`run_tests`, what `code_grader` uses): the solution and the tests run in two sandboxes of
+their own (two uids, two sets of namespaces), joined by a pair of pipes. The solution's process
+runs the solution, then serves calls; the tests' process runs the benchmark's tests with a
+stand-in for each function and class the solution defined (and its imported modules, imported
+afresh). Plain data (numbers, strings, bytes, and lists, tuples, sets and dicts of them; subclasses
+arrive as their exact base type) crosses by value; any other object stays with the solution and
+the tests hold a handle that forwards attribute access, calls, iteration and truth tests but
+refuses comparison. A run passes only if the tests' process exits with status 0 *and* its result
+pipe carries `PASS <token>` (128 random bits, handed to that process only; see below). No code of
+the solution ever runs in the tests' process, so it cannot skip or rewrite the asserts (an early
+exit, `sys.settrace`, patched builtins, a redefined `check`), reach that process's pipes, or pass
+with an object whose `__eq__` always returns True: the only thing it controls is what it returns.
+
+One program (`run_program`, `run_many`): it passes only if the process exits with status 0 *and*
+the result pipe carries `PASS <token>`. The launcher writes that line only after the whole program
+returned without an exception, reading the token from an inherited pipe only then: `sys.exit(0)`
+or `os._exit(0)` half-way, or printing a fake success line, fail. But the program runs in the
+same interpreter as the launcher, so a program written to attack this can read the token's pipe
+itself (its fd number is in /proc/self/cmdline) and forge a pass: this mode says whether an
+honest program ran to the end, not whether an adversary's did. Grade untrusted code with
+`run_tests`.
 """
 
 import concurrent.futures
@@ -341,13 +358,18 @@ def _classify(returncode: int, timed_out: bool, result: bytes, nonce: str, stder
 
 
 def _launcher_config(mode: str, workdir: str, program_path: str, nonce_fd: int, result_fd: int,
-                     uid: int | None, config: SandboxConfig) -> dict:
+                     uid: int | None, config: SandboxConfig, role: str,
+                     peer_fds: tuple[int, int], entry_point: str) -> dict:
   return {
       "mode": mode,
+      "role": role,
+      "entry_point": entry_point,
       "workdir": workdir,
       "program_path": program_path,
       "nonce_fd": nonce_fd,
       "result_fd": result_fd,
+      "peer_in_fd": peer_fds[0],
+      "peer_out_fd": peer_fds[1],
       "uid": uid,
       "memory_bytes": config.memory_mb << 20,
       "cpu_seconds": config.cpu_s if config.cpu_s is not None else math.ceil(config.timeout_s),
@@ -360,55 +382,123 @@ def _launcher_config(mode: str, workdir: str, program_path: str, nonce_fd: int, 
   }
 
 
-def _run_in_mode(source: str, mode: str, config: SandboxConfig) -> RunResult:
-  nonce = secrets.token_hex(16)
-  uid = _get_uid_pool().acquire() if mode.endswith("root") else None
-  workdir = tempfile.mkdtemp(prefix="dllm_sandbox_")
-  program_path = os.path.join(workdir, "program.py")
-  fds: list[int] = []
-  try:
+class _Launch:
+  """One launcher process: its working directory, uid, pipes and captured output."""
+
+  def __init__(self, source: str, mode: str, config: SandboxConfig, role: str = "program",
+               peer_fds: tuple[int, int] = (-1, -1), entry_point: str = ""):
+    self.mode, self.config, self.role = mode, config, role
+    self.nonce = secrets.token_hex(16)
+    self.uid = _get_uid_pool().acquire() if mode.endswith("root") else None
+    self.workdir = tempfile.mkdtemp(prefix="dllm_sandbox_")
+    self.fds: list[int] = []
+    self.out, self.err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    self.proc: subprocess.Popen | None = None
+    program_path = os.path.join(self.workdir, "program.py")
     with open(program_path, "w", encoding="utf-8") as f:
       f.write(source)
     if mode == "plain-root":  # the working directory belongs to the sandbox uid
-      os.chown(workdir, uid, uid)
-      os.chown(program_path, uid, uid)
-    nonce_read, nonce_write = os.pipe()
-    fds += [nonce_read, nonce_write]
-    os.write(nonce_write, nonce.encode())
-    os.close(nonce_write)
-    fds.remove(nonce_write)
-    result_read, result_write = os.pipe()
-    fds += [result_read, result_write]
-    fcntl.fcntl(result_read, fcntl.F_SETFL, fcntl.fcntl(result_read, fcntl.F_GETFL) | os.O_NONBLOCK)
-    cfg = _launcher_config(mode, workdir, program_path, nonce_read, result_write, uid, config)
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-      start = time.monotonic()
-      proc = subprocess.Popen(_command(mode, config.python, cfg), stdin=subprocess.DEVNULL,
-                              stdout=out, stderr=err, pass_fds=(nonce_read, result_write),
-                              start_new_session=True, env=_ENV, cwd=workdir)
-      for fd in (nonce_read, result_write):
+      os.chown(self.workdir, self.uid, self.uid)
+      os.chown(program_path, self.uid, self.uid)
+    inherited = [fd for fd in peer_fds if fd >= 0]
+    nonce_read = -1
+    if role != "solution":  # the solution's verdict is never asked for: it gets no token
+      nonce_read, nonce_write = os.pipe()
+      self.fds.append(nonce_read)
+      os.write(nonce_write, self.nonce.encode())
+      os.close(nonce_write)
+      inherited.append(nonce_read)
+    self.result_read, result_write = os.pipe()
+    self.fds += [self.result_read, result_write]
+    fcntl.fcntl(self.result_read, fcntl.F_SETFL,
+                fcntl.fcntl(self.result_read, fcntl.F_GETFL) | os.O_NONBLOCK)
+    inherited.append(result_write)
+    cfg = _launcher_config(mode, self.workdir, program_path, nonce_read, result_write, self.uid,
+                           config, role, peer_fds, entry_point)
+    self.start = time.monotonic()
+    self.proc = subprocess.Popen(_command(mode, config.python, cfg), stdin=subprocess.DEVNULL,
+                                 stdout=self.out, stderr=self.err, pass_fds=inherited,
+                                 start_new_session=True, env=_ENV, cwd=self.workdir)
+    for fd in (nonce_read, result_write):
+      if fd >= 0:
         os.close(fd)
-        fds.remove(fd)
-      grace = _PLAIN_MODE_GRACE_S if mode.startswith("plain") else 0.0
-      timed_out = not _wait_without_reaping(proc, config.timeout_s + grace)
-      wall_s = time.monotonic() - start
-      # Not reaped yet, so its pid and process group id cannot have been reused by another run.
-      _kill_run(proc)
-      returncode = proc.wait()
-      if mode == "plain-root":
-        _kill_uid(uid)
-      result = _read_nonblocking(result_read)
-      stdout = _read_head(out, config.max_output_bytes)
-      stderr = _read_tail(err, config.max_output_bytes)
-    status, message = _classify(returncode, timed_out, result, nonce, stderr, config)
+        self.fds.remove(fd)
+
+  def wait(self, timeout_s: float) -> bool:
+    """Waits for the exit (True) or the timeout (False); the process stays unreaped."""
+    grace = _PLAIN_MODE_GRACE_S if self.mode.startswith("plain") else 0.0
+    return _wait_without_reaping(self.proc, timeout_s + grace)
+
+  def finish(self, timed_out: bool, wall_s: float) -> RunResult:
+    """Kills what is left of the run and classifies how it ended."""
+    # Not reaped yet, so its pid and process group id cannot have been reused by another run.
+    _kill_run(self.proc)
+    returncode = self.proc.wait()
+    if self.mode == "plain-root":
+      _kill_uid(self.uid)
+    result = _read_nonblocking(self.result_read)
+    stdout = _read_head(self.out, self.config.max_output_bytes)
+    stderr = _read_tail(self.err, self.config.max_output_bytes)
+    status, message = _classify(returncode, timed_out, result, self.nonce, stderr, self.config)
     return RunResult(passed=status is Status.PASSED, status=status, message=message,
                      returncode=returncode, wall_s=wall_s, stdout=stdout, stderr=stderr)
-  finally:
-    for fd in fds:
+
+  def close(self) -> None:
+    if self.proc is not None and self.proc.returncode is None:
+      _kill_run(self.proc)
+      self.proc.wait()
+    for fd in self.fds:
       os.close(fd)
-    shutil.rmtree(workdir, ignore_errors=True)
-    if uid is not None:
-      _uid_pool.release(uid)
+    self.out.close()
+    self.err.close()
+    shutil.rmtree(self.workdir, ignore_errors=True)
+    if self.uid is not None:
+      _uid_pool.release(self.uid)
+
+
+def _run_in_mode(source: str, mode: str, config: SandboxConfig) -> RunResult:
+  launch = _Launch(source, mode, config)
+  try:
+    timed_out = not launch.wait(config.timeout_s)
+    return launch.finish(timed_out, time.monotonic() - launch.start)
+  finally:
+    launch.close()
+
+
+def _run_tests_in_mode(solution: str, tests: str, mode: str, config: SandboxConfig,
+                       entry_point: str | None = None) -> RunResult:
+  """The solution in one sandbox, the tests in another (see `run_tests`)."""
+  to_solution_r, to_solution_w = os.pipe()
+  to_tests_r, to_tests_w = os.pipe()
+  pipes = [to_solution_r, to_solution_w, to_tests_r, to_tests_w]
+  launches = []
+  try:
+    launches.append(_Launch(solution, mode, config, "solution", (to_solution_r, to_tests_w)))
+    launches.append(_Launch(tests, mode, config, "tests", (to_tests_r, to_solution_w),
+                            entry_point or ""))
+    for fd in pipes:  # each end now lives only in the process that uses it
+      os.close(fd)
+    pipes = []
+    solution_run, tests_run = launches
+    timed_out = not tests_run.wait(config.timeout_s)
+    wall_s = time.monotonic() - tests_run.start
+    verdict = tests_run.finish(timed_out, wall_s)
+    solution_side = solution_run.finish(False, wall_s)
+    if Status.ERROR in (verdict.status, solution_side.status) and not verdict.passed:
+      broken = verdict if verdict.status is Status.ERROR else solution_side
+      return dataclasses.replace(broken, wall_s=wall_s)  # the sandbox's failure, not the code's
+    if not verdict.passed and "the solution's process ended" in verdict.message + verdict.stderr:
+      verdict = dataclasses.replace(
+          verdict, message=f"{verdict.message} (the solution's process: {solution_side.message})")
+    stderr = verdict.stderr
+    if solution_side.stderr.strip():
+      stderr += "\n--- the solution's process ---\n" + solution_side.stderr
+    return dataclasses.replace(verdict, stdout=solution_side.stdout, stderr=stderr)
+  finally:
+    for fd in pipes:
+      os.close(fd)
+    for launch in launches:
+      launch.close()
 
 
 def resolve_isolation(config: SandboxConfig = SandboxConfig()) -> str:
@@ -445,6 +535,25 @@ def resolve_isolation(config: SandboxConfig = SandboxConfig()) -> str:
 def run_program(source: str, config: SandboxConfig = SandboxConfig()) -> RunResult:
   """Runs one Python program in a fresh confined process and reports whether it ran to the end."""
   return _run_in_mode(source, resolve_isolation(config), config)
+
+
+def run_tests(solution: str, tests: str, config: SandboxConfig = SandboxConfig(),
+              entry_point: str | None = None) -> RunResult:
+  """Runs `tests` against `solution` with each in its own confined process (see "How a pass is
+  decided"). The tests see the solution's functions, classes and imported modules, except that
+  it may replace a builtin only with `entry_point`, the function under test."""
+  return _run_tests_in_mode(solution, tests, resolve_isolation(config), config, entry_point)
+
+
+def run_many_tests(cases: Sequence[tuple[str, str, str | None]], workers: int | None = None,
+                   config: SandboxConfig = SandboxConfig()) -> list[RunResult]:
+  """`run_tests` of many (solution, tests, entry_point) cases, `workers` at a time, in order."""
+  if workers is not None and workers < 1:
+    raise ValueError(f"workers must be >= 1, got {workers}")
+  mode = resolve_isolation(config)
+  with concurrent.futures.ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
+    return list(pool.map(lambda case: _run_tests_in_mode(case[0], case[1], mode, config, case[2]),
+                         cases))
 
 
 def default_workers() -> int:

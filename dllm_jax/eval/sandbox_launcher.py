@@ -9,22 +9,24 @@ or root inside a fresh user namespace) to set up the confinement, and then gives
 
 1. Reads the program (before the file system is rearranged).
 2. In the namespace modes (the caller started us with `unshare` in new mount, pid, network and ipc
-   namespaces): hides /tmp, /var/tmp, /dev/shm and /run behind a fresh size-limited tmpfs (the
-   scratch space, shared by the three writable ones) or an empty one (/run: it holds the sockets of
-   system and session services), puts back read-only the directories the interpreter needs that
-   were hidden or unreachable for the sandbox uid, then makes every mount read-only and nosuid
-   except the scratch tmpfs. The working directory is /tmp/work on the scratch tmpfs; all of it
-   disappears with the mount namespace.
+   namespaces): assembles a new root on a small tmpfs holding only bind mounts of the system
+   library directories, the interpreter's directories, a few devices and /proc, plus the
+   size-limited scratch tmpfs at /tmp (also at /var/tmp and /dev/shm), pivots into it, detaches
+   the old root, and makes every mount read-only and nosuid except the scratch tmpfs. The working
+   directory is /tmp/work; all of it disappears with the mount namespace.
 3. Sets the resource limits (address space, CPU time, file size, processes, open files, no core).
 4. Drops privileges: `no_new_privs`, an empty capability bounding set, and either a switch to the
    unique unprivileged uid chosen by the caller (when started as real root) or an empty capability
-   set (when started as root of a user namespace, which maps to the caller's own uid).
+   set (when started as root of a user namespace, which maps to the caller's own uid); then a
+   seccomp filter that refuses new namespaces (`unshare`, `setns`, `clone` with CLONE_NEW*).
 5. In the plain modes (no namespaces): only the limits and the uid switch apply, plus a Python-level
    guard that disables sockets and signal sending. The guard is a speed bump, not a wall.
 6. Executes the program in a fresh `__main__` module. Only if it returns normally (no exception, no
    `SystemExit`, no `os._exit`) does the launcher read the completion token from an inherited pipe
    (it is not in the process's memory while the program runs) and write `PASS <token>` to the
-   result pipe. See `dllm_jax.eval.sandbox` for what this does and does not prove.
+   result pipe. With role "solution" it then serves the calls of a second launcher, role "tests",
+   which runs the tests against stand-ins of the solution's functions (see "tests in their own
+   process" below). See `dllm_jax.eval.sandbox` for what each proves.
 """
 
 import builtins
@@ -57,12 +59,23 @@ _PR_CAP_AMBIENT = 47
 _PR_CAP_AMBIENT_CLEAR_ALL = 4
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
+_MNT_DETACH = 2
+_PR_SET_SECCOMP = 22
+_SECCOMP_MODE_FILTER = 2
+# CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET | NEWTIME
+_CLONE_NEW_FLAGS = 0x7E020080
+
 _SCRATCH = "/tmp"
 _WORKDIR = "/tmp/work"
-# Mount points that are world-writable (get the scratch tmpfs) or hold service sockets (get an
-# empty read-only tmpfs).
+# The scratch tmpfs is also seen at these (world-writable in a usual root).
 _WRITABLE_SHARED = ("/var/tmp", "/dev/shm")
-_HIDDEN_EMPTY = ("/run",)
+# Where the new root is assembled (any existing directory of the old root).
+_NEW_ROOT = "/tmp"
+# What the new root holds besides the interpreter's directories: system libraries and programs
+# (symbolic links such as /lib -> usr/lib are recreated), the dynamic linker's cache, and devices.
+_SYSTEM_DIRS = ("/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin")
+_SYSTEM_FILES = ("/etc/ld.so.cache",)
+_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -112,17 +125,6 @@ def _is_inside(path: str, root: str) -> bool:
   return path == root or path.startswith(root.rstrip("/") + "/")
 
 
-def _first_unsearchable_ancestor(path: str) -> str | None:
-  """The top-most proper ancestor of `path` that "other" users cannot traverse, if any."""
-  parts = path.strip("/").split("/")[:-1]
-  current = ""
-  for part in parts:
-    current += "/" + part
-    if not os.stat(current).st_mode & 0o001:
-      return current
-  return None
-
-
 def _interpreter_paths() -> list[str]:
   """Directories the program's interpreter may still need to read: imports and the executable."""
   candidates = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *sys.path,
@@ -134,49 +136,129 @@ def _interpreter_paths() -> list[str]:
     for p in (os.path.abspath(candidate), os.path.realpath(candidate)):
       if p not in paths:
         paths.append(p)
-  # Keep only outermost directories: a bind mount of a parent already carries its children.
+  return paths
+
+
+def _outermost(paths: list[str]) -> list[str]:
+  """A bind mount of a parent already carries its children."""
   return [p for p in paths if not any(q != p and _is_inside(p, q) for q in paths)]
 
 
-def _bind_back(path_fds: dict[str, int], hidden_roots: list[str]) -> None:
-  """Re-expose (read-only later) needed directories that lie under a freshly mounted tmpfs."""
-  for path, fd in sorted(path_fds.items()):
-    # Strictly inside: re-exposing a hidden root itself (say "/tmp" on sys.path) would undo it.
-    if any(_is_inside(path, root) and path != root for root in hidden_roots):
-      os.makedirs(path, mode=0o755, exist_ok=True)
-      _mount(f"/proc/self/fd/{fd}", path, None, _MS_BIND | _MS_REC)
+def _system_paths() -> list[str]:
+  """What the interpreter and the libraries it loads read outside its own prefix."""
+  paths = [p for p in _SYSTEM_DIRS if os.path.isdir(p) and not os.path.islink(p)]
+  return paths + [p for p in _SYSTEM_FILES if os.path.isfile(p)]
 
 
 def _set_up_mounts(run_as_uid: int | None, scratch_bytes: int) -> None:
+  """Builds a new root holding only the system library directories, the interpreter's own
+  directories, a minimal /dev, the namespace's /proc and the scratch tmpfs, and moves into it."""
   os.umask(0o022)
-  needed = _interpreter_paths()
-  hidden_roots = []
-  if run_as_uid is not None:  # the sandbox uid can only use "other" permissions
-    for path in needed:
-      blocked = _first_unsearchable_ancestor(path)
-      if blocked and blocked not in hidden_roots:
-        hidden_roots.append(blocked)
-  real_dir = lambda p: os.path.isdir(p) and not os.path.islink(p)
-  writable = [_SCRATCH] + [p for p in _WRITABLE_SHARED if real_dir(p)]
-  empty = [p for p in _HIDDEN_EMPTY if real_dir(p)]
-  path_fds = {p: os.open(p, os.O_PATH | os.O_DIRECTORY) for p in needed}
+  binds = _outermost(_system_paths() + _interpreter_paths())
+  sources = {p: os.open(p, os.O_PATH | (os.O_DIRECTORY if os.path.isdir(p) else 0)) for p in binds}
+  devices = {d: os.open(d, os.O_PATH) for d in _DEVICES if os.path.exists(d)}
+  links = {p: os.readlink(p) for p in _SYSTEM_DIRS if os.path.islink(p)}  # /lib -> usr/lib, ...
+  proc = os.open("/proc", os.O_PATH | os.O_DIRECTORY)
 
-  # Unreachable ancestors and service-socket directories: an empty tmpfs, then the needed paths.
-  for root in hidden_roots + empty:
-    _mount("tmpfs", root, "tmpfs", _MS_NOSUID | _MS_NODEV, "mode=0755,size=1m,nr_inodes=4096")
-  _mount("tmpfs", _SCRATCH, "tmpfs", _MS_NOSUID | _MS_NODEV, f"mode=1777,size={scratch_bytes}")
-  for path in writable[1:]:
-    _mount(_SCRATCH, path, None, _MS_BIND)
-  _bind_back(path_fds, hidden_roots + empty + writable)
-  for fd in path_fds.values():
+  root = _NEW_ROOT  # any existing directory: the new root's tmpfs is mounted over it
+  _mount("tmpfs", root, "tmpfs", _MS_NOSUID, "mode=0755,size=1m,nr_inodes=8192")
+  for path, fd in sorted(sources.items()):
+    target = root + path
+    if os.path.isdir(f"/proc/self/fd/{fd}"):
+      os.makedirs(target, mode=0o755, exist_ok=True)
+    else:
+      os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
+      open(target, "w").close()  # pylint: disable=consider-using-with
+    _mount(f"/proc/self/fd/{fd}", target, None, _MS_BIND | _MS_REC)
+  for path, link in links.items():
+    if not os.path.lexists(root + path):
+      os.symlink(link, root + path)
+  os.makedirs(root + "/dev", mode=0o755, exist_ok=True)
+  for path, fd in devices.items():
+    open(root + path, "w").close()  # pylint: disable=consider-using-with
+    _mount(f"/proc/self/fd/{fd}", root + path, None, _MS_BIND)
+  for name, link in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                     ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+    os.symlink(link, f"{root}/dev/{name}")
+  os.makedirs(root + "/proc", mode=0o555, exist_ok=True)
+  _mount(f"/proc/self/fd/{proc}", root + "/proc", None, _MS_BIND | _MS_REC)
+  for fd in [*sources.values(), *devices.values(), proc]:
     os.close(fd)
+  for path in (_SCRATCH, *_WRITABLE_SHARED):
+    os.makedirs(root + path, mode=0o755, exist_ok=True)
+  _mount("tmpfs", root + _SCRATCH, "tmpfs", _MS_NOSUID | _MS_NODEV,
+         f"mode=1777,size={scratch_bytes}")
+  for path in _WRITABLE_SHARED:
+    _mount(root + _SCRATCH, root + path, None, _MS_BIND)
 
+  os.chdir(root)  # pivot_root(".", ".") stacks the old root under the new one; then detach it
+  _check(_libc.syscall(ctypes.c_long(_arch().pivot_root), b".", b"."), "pivot_root")
+  _check(_libc.umount2(b".", ctypes.c_int(_MNT_DETACH)), "umount old root")
+  os.chdir("/")
   _mount_setattr("/", _MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID, 0, recursive=True)
-  for path in writable:
+  for path in (_SCRATCH, *_WRITABLE_SHARED):
     _mount_setattr(path, 0, _MOUNT_ATTR_RDONLY, recursive=False)
   os.mkdir(_WORKDIR, 0o700)
   if run_as_uid is not None:
     os.chown(_WORKDIR, run_as_uid, run_as_uid)
+
+
+class _Arch:
+  def __init__(self, audit: int, unshare: int, setns: int, clone: int, clone3: int,
+               pivot_root: int, x32_bit: int = 0):
+    self.audit, self.unshare, self.setns, self.clone, self.clone3 = (audit, unshare, setns, clone,
+                                                                     clone3)
+    self.pivot_root, self.x32_bit = pivot_root, x32_bit
+
+
+_ARCHES = {
+    "x86_64": _Arch(0xC000003E, unshare=272, setns=308, clone=56, clone3=435, pivot_root=155,
+                    x32_bit=0x40000000),
+    "aarch64": _Arch(0xC00000B7, unshare=97, setns=268, clone=220, clone3=435, pivot_root=41),
+}
+
+
+def _arch() -> _Arch:
+  machine = os.uname().machine
+  if machine not in _ARCHES:
+    raise OSError(f"no system call table for {machine} (seccomp filter, pivot_root)")
+  return _ARCHES[machine]
+
+
+class _SockFilter(ctypes.Structure):
+  _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
+              ("k", ctypes.c_uint32)]
+
+
+class _SockFprog(ctypes.Structure):
+  _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+def _install_seccomp() -> None:
+  """A seccomp filter that refuses new namespaces: `unshare` and `setns` (EPERM), `clone` with any
+  CLONE_NEW* flag (EPERM), and `clone3` (ENOSYS: its flags sit in memory a filter cannot read,
+  and the C library then falls back to `clone`). Other ABIs (x32, i386) get EPERM for everything.
+  Without it, a program could create a user namespace and hold a full capability set there."""
+  arch = _arch()
+  ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
+  allow, eperm, enosys = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38
+  code = [(ld, 0, 0, 4),  # seccomp_data.arch
+          (jeq, 1, 0, arch.audit),
+          (ret, 0, 0, eperm),
+          (ld, 0, 0, 0)]  # seccomp_data.nr
+  if arch.x32_bit:
+    code += [(jge, 0, 1, arch.x32_bit), (ret, 0, 0, eperm)]
+  code += [(jeq, 0, 1, arch.unshare), (ret, 0, 0, eperm),
+           (jeq, 0, 1, arch.setns), (ret, 0, 0, eperm),
+           (jeq, 0, 1, arch.clone3), (ret, 0, 0, enosys),
+           (jeq, 0, 3, arch.clone),
+           (ld, 0, 0, 16),  # the low half of args[0], clone's flags
+           (jset, 0, 1, _CLONE_NEW_FLAGS), (ret, 0, 0, eperm),
+           (ret, 0, 0, allow)]
+  program = (_SockFilter * len(code))(*[_SockFilter(*c) for c in code])
+  fprog = _SockFprog(len(code), program)
+  _check(_libc.prctl(_PR_SET_SECCOMP, ctypes.c_ulong(_SECCOMP_MODE_FILTER), ctypes.byref(fprog),
+                     ctypes.c_ulong(0), ctypes.c_ulong(0)), "prctl(SET_SECCOMP)")
 
 
 def _count_own_tasks() -> int:
@@ -215,6 +297,8 @@ def _drop_privileges(cfg: dict) -> None:
   _check(_prctl(_PR_SET_NO_NEW_PRIVS, 1), "prctl(NO_NEW_PRIVS)")
   mode = cfg["mode"]
   if mode == "plain-user":
+    if os.uname().machine in _ARCHES:
+      _install_seccomp()
     return
   with open("/proc/sys/kernel/cap_last_cap") as f:
     last_cap = int(f.read())
@@ -236,6 +320,8 @@ def _drop_privileges(cfg: dict) -> None:
     cap_eff = [line for line in f if line.startswith("CapEff:")][0].split()[1]
   if int(cap_eff, 16) != 0:
     raise OSError(f"capabilities remain after dropping them: {cap_eff}")
+  if mode.startswith("ns") or os.uname().machine in _ARCHES:
+    _install_seccomp()
 
 
 def _install_guard() -> None:
@@ -344,8 +430,286 @@ def _print_traceback(error: BaseException, skip_frames: int) -> None:
   traceback.print_exception(type(error), error, tb)
 
 
-_INT_KEYS = ("nonce_fd", "result_fd", "memory_bytes", "cpu_seconds", "max_processes",
-             "max_file_bytes", "max_open_files", "scratch_bytes")
+# --- tests in their own process ------------------------------------------------------------------
+# Role "solution" runs the solution and then serves calls from role "tests", which runs the tests
+# with a stand-in for each function or class the solution defined. Plain data (None, bool, int,
+# float, complex, str, bytes, and lists, tuples, sets, frozensets and dicts of them; exact types
+# only, so no subclass with a rigged __eq__) crosses by value; any other object stays in the
+# solution's process and the tests get a handle that forwards attribute access, calls and
+# iteration, and refuses comparison and truth tests. The tests never run the solution's code, so
+# the verdict (the tests' process ran to the end) cannot be forged from the solution's side.
+
+_MAX_DEPTH = 64
+
+
+class _ProtocolError(Exception):
+  pass
+
+
+class SolutionError(Exception):
+  """The solution raised (or could not be loaded); raised in the tests' process."""
+
+
+_TYPE_NAMES = ("bool", "int", "float", "complex", "str", "bytes", "list", "tuple", "set",
+               "frozenset", "dict", "object", "type")
+
+
+def _encode(value, ref, depth: int = 0):
+  """Plain data as tagged JSON lists; anything else through `ref` (which may refuse). Subclasses
+  of the plain types (Counter, OrderedDict, ...) become their plain base type: the receiver only
+  ever sees exact types."""
+  if depth > _MAX_DEPTH:
+    raise ValueError("data nested too deeply")
+  if value is None:
+    return ["n"]
+  if type(value) is bool:  # (bool cannot be subclassed)
+    return ["b", value]
+  if isinstance(value, int):
+    return ["i", int.__repr__(value)]
+  if isinstance(value, float):
+    return ["f", float.__repr__(value)]
+  if isinstance(value, complex):
+    return ["c", float.__repr__(value.real), float.__repr__(value.imag)]
+  if isinstance(value, str):
+    return ["s", str.__str__(value)]
+  if isinstance(value, bytes):
+    return ["y", bytes.hex(value)]
+  for base, tag in ((list, "l"), (tuple, "t"), (set, "S"), (frozenset, "F")):
+    if isinstance(value, base):
+      return [tag, [_encode(v, ref, depth + 1) for v in base.__iter__(value)]]
+  if isinstance(value, dict):
+    return ["d", [[_encode(k, ref, depth + 1), _encode(v, ref, depth + 1)]
+                  for k, v in dict.items(value)]]
+  if isinstance(value, type) and value.__name__ in _TYPE_NAMES and \
+      getattr(builtins, value.__name__) is value:
+    return ["T", value.__name__]
+  return ["r", ref(value)]
+
+
+def _decode(data, deref, depth: int = 0):
+  if depth > _MAX_DEPTH or type(data) is not list or not data or type(data[0]) is not str:
+    raise _ProtocolError("malformed value")
+  tag, rest = data[0], data[1:]
+  if tag == "n" and not rest:
+    return None
+  if tag == "b" and len(rest) == 1 and type(rest[0]) is bool:
+    return rest[0]
+  if tag == "i" and len(rest) == 1 and type(rest[0]) is str:
+    return int(rest[0])
+  if tag == "f" and len(rest) == 1 and type(rest[0]) is str:
+    return float(rest[0])
+  if tag == "c" and len(rest) == 2:
+    return complex(float(rest[0]), float(rest[1]))
+  if tag == "s" and len(rest) == 1 and type(rest[0]) is str:
+    return rest[0]
+  if tag == "y" and len(rest) == 1 and type(rest[0]) is str:
+    return bytes.fromhex(rest[0])
+  builders = {"l": list, "t": tuple, "S": set, "F": frozenset}
+  if tag in builders and len(rest) == 1 and type(rest[0]) is list:
+    return builders[tag](_decode(v, deref, depth + 1) for v in rest[0])
+  if tag == "d" and len(rest) == 1 and type(rest[0]) is list:
+    pairs = [(_decode(k, deref, depth + 1), _decode(v, deref, depth + 1)) for k, v in rest[0]]
+    return dict(pairs)
+  if tag == "T" and len(rest) == 1 and rest[0] in _TYPE_NAMES:
+    return getattr(builtins, rest[0])
+  if tag == "r" and len(rest) == 1 and type(rest[0]) is int:
+    return deref(rest[0])
+  raise _ProtocolError(f"malformed value (tag {tag!r})")
+
+
+class _Channel:
+  """Length-prefixed JSON messages over a pair of pipes."""
+
+  def __init__(self, in_fd: int, out_fd: int, read, write):
+    import json  # pylint: disable=import-outside-toplevel
+    self._json, self._in, self._out, self._read, self._write = json, in_fd, out_fd, read, write
+
+  def send(self, message) -> None:
+    data = self._json.dumps(message).encode()
+    data = len(data).to_bytes(4, "big") + data
+    while data:
+      data = data[self._write(self._out, data):]
+
+  def _exactly(self, n: int) -> bytes | None:
+    data = b""
+    while len(data) < n:
+      chunk = self._read(self._in, min(n - len(data), 1 << 20))
+      if not chunk:
+        return None
+      data += chunk
+    return data
+
+  def receive(self):
+    """The next message, or None when the other side has closed its end."""
+    header = self._exactly(4)
+    if header is None:
+      return None
+    body = self._exactly(int.from_bytes(header, "big"))
+    if body is None:
+      return None
+    return self._json.loads(body)
+
+
+def _exports(namespace: dict) -> list:
+  """What the solution defined for the tests to use: its top-level functions and classes, and
+  the modules it imported (by module name; the tests' process imports them itself)."""
+  callables = sorted(name for name, value in namespace.items()
+                     if not name.startswith("__") and callable(value) and
+                     not isinstance(value, type(sys)))
+  modules = {name: value.__name__ for name, value in namespace.items()
+             if not name.startswith("__") and isinstance(value, type(sys))}
+  return [callables, modules]
+
+
+def _usable_exports(hello: list, entry_point: str) -> tuple[list[str], dict[str, str]] | None:
+  """The names the tests' namespace takes from the solution's `ready` message, or None when it
+  is malformed. A builtin's name is taken only for the function under test (MBPP 126 tests its
+  own `sum`): the solution cannot replace the `len` or `abs` the tests use."""
+  if not (type(hello) is list and len(hello) == 3 and hello[0] == "ready"):
+    return None
+  callables, modules = hello[1], hello[2]
+  if type(callables) is not list or type(modules) is not dict:
+    return None
+  ok = lambda name: (type(name) is str and name.isidentifier() and not name.startswith("__") and
+                     (not hasattr(builtins, name) or name == entry_point))
+  dotted = lambda module: type(module) is str and all(p.isidentifier() for p in module.split("."))
+  return ([name for name in callables if ok(name)],
+          {name: module for name, module in modules.items() if ok(name) and dotted(module)})
+
+
+def _serve(channel: _Channel, namespace: dict) -> None:
+  """Answers the tests' requests until they close the channel."""
+  objects: list = []
+
+  def ref(value) -> int:
+    objects.append(value)
+    return len(objects) - 1
+
+  def deref(index: int):
+    if not 0 <= index < len(objects):
+      raise _ProtocolError("unknown handle")
+    return objects[index]
+
+  while (request := channel.receive()) is not None:
+    try:
+      op, args = request[0], request[1:]
+      if op == "call":
+        (kind, target), call_args, call_kwargs = args
+        function = namespace[target] if kind == "g" else deref(target)
+        result = function(*_decode(call_args, deref), **_decode(call_kwargs, deref))
+      elif op == "getattr":
+        result = getattr(deref(args[0]), args[1])
+      elif op == "setattr":
+        setattr(deref(args[0]), args[1], _decode(args[2], deref))
+        result = None
+      elif op == "iter":
+        result = iter(deref(args[0]))
+      elif op == "bool":
+        result = bool(deref(args[0]))
+      elif op == "next":
+        try:
+          result = next(deref(args[0]))
+        except StopIteration:
+          channel.send(["stop"])
+          continue
+      else:
+        raise _ProtocolError(f"unknown request {op!r}")
+      reply = ["ok", _encode(result, ref)]
+    except BaseException as error:  # pylint: disable=broad-except  (the solution's, reported)
+      reply = ["raise", type(error).__name__, str(error)[:500]]
+    channel.send(reply)
+
+
+def _client(channel: _Channel, names: list[str], modules: dict[str, str]) -> dict:
+  """Stand-ins for the solution's callables, and its modules, to put in the tests' namespace."""
+
+  def request(message):
+    channel.send(message)
+    reply = channel.receive()
+    if reply is None:
+      raise SolutionError("the solution's process ended while the tests were calling it")
+    if type(reply) is not list or not reply:
+      raise _ProtocolError("malformed reply")
+    if reply[0] == "ok" and len(reply) == 2:
+      return _decode(reply[1], Remote)
+    if reply[0] == "raise" and len(reply) == 3:
+      raise SolutionError(f"{reply[1]}: {reply[2]}")
+    if reply[0] == "stop" and message[0] == "next":
+      raise StopIteration
+    raise _ProtocolError("malformed reply")
+
+  def encode(value):
+    def ref(obj):
+      if isinstance(obj, Remote):
+        return object.__getattribute__(obj, "_index")
+      raise TypeError(f"the tests cannot pass a {type(obj).__name__} to the solution's process")
+    return _encode(value, ref)
+
+  def call(target, args, kwargs):
+    return request(["call", target, encode(args), encode(kwargs)])
+
+  def refuse(self, *args):
+    raise TypeError(f"the solution returned an object that is not plain data ({self!r}); it "
+                    "cannot be compared")
+
+  class Remote:
+    """An object of the solution's process."""
+    __slots__ = ("_index",)
+
+    def __init__(self, index: int):
+      object.__setattr__(self, "_index", index)
+
+    def __getattr__(self, name):
+      return request(["getattr", object.__getattribute__(self, "_index"), name])
+
+    def __setattr__(self, name, value):
+      request(["setattr", object.__getattribute__(self, "_index"), name, encode(value)])
+
+    def __call__(self, *args, **kwargs):
+      return call(["r", object.__getattribute__(self, "_index")], args, kwargs)
+
+    def __iter__(self):
+      return request(["iter", object.__getattribute__(self, "_index")])
+
+    def __next__(self):
+      return request(["next", object.__getattribute__(self, "_index")])
+
+    def __bool__(self):  # a re.Match says whether there was a match
+      value = request(["bool", object.__getattribute__(self, "_index")])
+      if type(value) is not bool:
+        raise _ProtocolError("malformed reply")
+      return value
+
+    def __repr__(self):
+      return f"<object #{object.__getattribute__(self, '_index')} of the solution>"
+
+    __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = __len__ = refuse
+    __hash__ = object.__hash__
+
+  class Function:
+    """The solution's top-level function or class `name`."""
+
+    def __init__(self, name: str):
+      self.__name__ = self.__qualname__ = name
+
+    def __call__(self, *args, **kwargs):
+      return call(["g", self.__name__], args, kwargs)
+
+    def __repr__(self):
+      return f"<{self.__name__} of the solution>"
+
+  import importlib  # pylint: disable=import-outside-toplevel
+  namespace = {}
+  for name, module in modules.items():
+    try:
+      namespace[name] = importlib.import_module(module)
+    except Exception:  # pylint: disable=broad-except  (say, a module the solution made up)
+      pass
+  return namespace | {name: Function(name) for name in names}
+
+
+_INT_KEYS = ("nonce_fd", "result_fd", "peer_in_fd", "peer_out_fd", "memory_bytes", "cpu_seconds",
+             "max_processes", "max_file_bytes", "max_open_files", "scratch_bytes")
 
 
 def _parse_config(argv: list[str]) -> dict:
@@ -353,6 +717,7 @@ def _parse_config(argv: list[str]) -> dict:
   for key in _INT_KEYS:
     cfg[key] = int(cfg[key])
   cfg["uid"] = int(cfg["uid"]) if cfg["uid"] else None
+  cfg.setdefault("role", "program")
   cfg["timeout_s"] = float(cfg["timeout_s"])
   cfg["site_dirs"] = [p for p in cfg["site_dirs"].split(os.pathsep) if p]
   return cfg
@@ -395,6 +760,9 @@ def main() -> None:
     code = compile(source, program_path, "exec", dont_inherit=True)
   except (SyntaxError, ValueError) as error:
     _print_traceback(error, skip_frames=1)
+    if cfg["role"] == "solution":
+      _Channel(cfg["peer_in_fd"], cfg["peer_out_fd"], read, write).send(
+          ["failed", f"{type(error).__name__}: {error}"[:500]])
     exit_now(FAILED_EXIT)
 
   module = type(sys)("__main__")
@@ -402,18 +770,45 @@ def main() -> None:
   module.__builtins__ = builtins
   sys.modules["__main__"] = module
   sys.argv = [program_path]
+  role = cfg["role"]
+  if role != "program":
+    channel = _Channel(cfg["peer_in_fd"], cfg["peer_out_fd"], read, write)
+  if role == "tests":  # the solution says what it defines, or why it could not
+    try:
+      hello = channel.receive()
+    except ValueError:
+      hello = ["failed", "it wrote something else into the tests' channel"]
+    exports = _usable_exports(hello, cfg["entry_point"])
+    if exports is None:
+      reason = (str(hello[1])[:500] if type(hello) is list and len(hello) == 2 else
+                "the solution's process ended before it was ready")
+      print(f"SolutionError: the solution failed before the tests ran: {reason}", file=sys.stderr)
+      exit_now(FAILED_EXIT)
+    module.__dict__.update(_client(channel, *exports))
   try:
     exec(code, module.__dict__)  # pylint: disable=exec-used
   except SystemExit as stop:
     try:
       print(f"SystemExit({stop.code!r}) raised before the tests finished", file=sys.stderr)
+      if role == "solution":
+        channel.send(["failed", f"SystemExit({stop.code!r})"])
     finally:
       exit_now(FAILED_EXIT)
   except BaseException as error:  # pylint: disable=broad-except
     try:
-      _print_traceback(error, skip_frames=1)  # leave out the launcher's own frame
+      if isinstance(error, MemoryError):  # no memory left to import `traceback` with
+        error.__traceback__ = None
+        write(2, b"MemoryError: the memory limit was reached\n")
+      else:
+        _print_traceback(error, skip_frames=1)  # leave out the launcher's own frame
+      if role == "solution":
+        channel.send(["failed", f"{type(error).__name__}: {error}"[:500]])
     finally:
       exit_now(FAILED_EXIT)
+  if role == "solution":
+    channel.send(["ready", *_exports(module.__dict__)])
+    _serve(channel, module.__dict__)
+    exit_now(0)
   try:
     sys.stdout.flush()
     sys.stderr.flush()

@@ -13,8 +13,11 @@ One step, given the canvas x with revealed set O and its logits from the previou
      the compute per step is K forward passes.
 Why it targets pi_alpha: under the mean-field approximation the alpha-tempered mass of v is
 q(v) * w(v) (up to a constant), so w is the importance weight of the proposal q. K = 1 is
-plain locally tempered decoding; with exact suffix mass and K -> infinity it samples pi_alpha.
-With several positions per step, v is the joint value at all of them (drawn independently).
+plain locally tempered decoding. With one position per step, exact suffix mass and K -> infinity
+it samples pi_alpha; with the mean-field weight the distance to pi_alpha stops falling near K = 4
+(measured: README, "IMH and its target"). With several positions per step, v is the joint value at
+all of them, drawn from the product of their marginals, and w does not correct for the
+dependence between them: the claim above does not hold then, even with exact suffix mass.
 """
 
 from __future__ import annotations

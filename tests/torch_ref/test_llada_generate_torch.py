@@ -58,3 +58,24 @@ def test_transfer_schedule_and_sampling_modes():
   assert got.shape == (2, prompt.shape[1] + 8)
   assert not (got[:, prompt.shape[1]:] == CONFIG.mask_token_id).any()
   np.testing.assert_array_equal(got[:, :prompt.shape[1]].numpy(), prompt)
+
+
+def test_without_mask_suppression_the_official_loop_commits_mask_tokens():
+  """LLaDA's own loop leaves the mask token's logit in; on this random model, sampling at
+  temperature 1, it then commits [MASK] tokens, which the library never does (README,
+  "Experiments"). With the mask suppressed on both sides the tokens agree exactly (above)."""
+  rng = np.random.default_rng(0)
+  prompt = torch.from_numpy(rng.integers(0, 200, (4, 6))).long()
+  model = llada_torch.from_jax_params(CONFIG, PARAMS)
+  torch.manual_seed(0)
+  got = llada_generate_torch.generate(
+      model, prompt, torch.ones(4, 6, dtype=torch.bool), steps=24, gen_length=24, block_length=8,
+      temperature=1.0, remasking="random", mask_id=CONFIG.mask_token_id, forbid_mask=False)
+  committed = (got[:, 6:] == CONFIG.mask_token_id).sum().item()
+  print(f"[MASK] tokens committed without suppression: {committed} of {got[:, 6:].numel()}")
+  assert committed > 0
+  sampler = S.Sampler.for_model(CONFIG, gen_length=24, block_length=8, steps=24,
+                                remasking=S.Random(), temperature=1.0)
+  ours = S.generate(sampler, models.make_denoise(CONFIG), PARAMS, prompt.numpy(),
+                    np.ones((4, 6), bool), jax.random.key(0))
+  assert not (np.asarray(ours.generated_BG) == CONFIG.mask_token_id).any()

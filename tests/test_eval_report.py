@@ -1,0 +1,68 @@
+"""The pass@k report reads only a run's own results, each sample once, and says when a run is
+partial."""
+
+import json
+
+import pytest
+
+from dllm_jax.eval import pass_at_k, report
+
+
+def _record(problem, sample, correct):
+  return {"problem_id": problem, "sample": sample, "response": "r", "answer": str(correct),
+          "correct": correct, "detail": "", "nfe": 8, "seconds": 0.1, "neg_logprob": 1.0,
+          "tokens": [1, 2]}
+
+
+def _write_run(directory, correct_by_problem, n, problems=None):
+  directory.mkdir(parents=True)
+  problems = problems or sorted(correct_by_problem)
+  (directory / "config.json").write_text(json.dumps(
+      {"benchmark": "math500", "problems": problems, "n_samples": n}))
+  lines = [json.dumps(_record(p, s, c)) for p, cs in correct_by_problem.items()
+           for s, c in enumerate(cs)]
+  (directory / "results.jsonl").write_text("\n".join(lines) + "\n")
+  return directory
+
+
+RUN = {"math500/a": [True, False, False, False], "math500/b": [False, False, True, True]}
+
+
+def _expected_pass_at_2():
+  return pass_at_k.mean_pass_at_k_from_counts([4, 4], [1, 2], [2])[2]
+
+
+def test_a_backup_copy_and_duplicate_lines_change_nothing(tmp_path):
+  run = _write_run(tmp_path / "run", RUN, n=4)
+  clean = report.summarize(run)
+  assert clean.samples == 4 and sorted(clean.pass_at) == [1, 2, 4] and not clean.warnings
+  assert clean.pass_at[2] == pytest.approx(_expected_pass_at_2())
+  # A backup of other results beside them, with more samples, and a line written twice.
+  backup = [json.dumps(_record(p, s, True)) for p in RUN for s in range(8)]
+  (run / "results.backup.jsonl").write_text("\n".join(backup) + "\n")
+  (run / "results.jsonl.bak").write_text("\n".join(backup) + "\n")
+  with open(run / "results.jsonl", "a") as f:
+    f.write(json.dumps(_record("math500/a", 0, False)) + "\n")  # a duplicate, disagreeing
+  again = report.summarize(run)
+  assert again.pass_at == clean.pass_at and again.samples == 4
+
+
+def test_partial_runs_are_flagged(tmp_path):
+  run = _write_run(tmp_path / "run", {"math500/a": [True, False, True, False],
+                                      "math500/b": [False, True]}, n=4,
+                   problems=["math500/a", "math500/b", "math500/c"])
+  summary = report.summarize(run)
+  assert summary.samples == 2 and sorted(summary.pass_at) == [1, 2]
+  assert any("1 of 3 problems have no samples (first: math500/c)" in w for w in summary.warnings)
+  assert any("1 problems have fewer than n_samples=4" in w for w in summary.warnings)
+  assert "partial run" in report.markdown([summary])
+
+
+def test_labels_are_unique(tmp_path):
+  first = _write_run(tmp_path / "a" / "lowconf", RUN, n=4)
+  second = _write_run(tmp_path / "b" / "lowconf", RUN, n=4)
+  other = _write_run(tmp_path / "b" / "imh", RUN, n=4)
+  labels = [s.label for s in report.summarize_runs([first, second, other])]
+  assert labels == ["a/lowconf", "b/lowconf", "b/imh"]
+  with pytest.raises(ValueError, match="listed twice"):
+    report.summarize_runs([first, first])
