@@ -35,6 +35,7 @@ from dllm_jax.data.problems import Problem
 from dllm_jax.data.tokenize import pad_left
 from dllm_jax.eval import grading
 from dllm_jax.sampling.imh import IMH
+from dllm_jax.sampling.position_first import EGI, RankThenSample
 from dllm_jax.sampling.remasking import (DreamOrigin, Entropy, LowConfidence, MaskGitPlus,
                                          Threshold, TopKMargin)
 
@@ -60,8 +61,10 @@ def can_sample(sampler: sampling.Sampler) -> bool:
     return True
   if isinstance(rule, (LowConfidence, Threshold)):
     return False  # argmax tokens in a fixed order
-  if isinstance(rule, (MaskGitPlus, TopKMargin, Entropy)):
+  if isinstance(rule, (MaskGitPlus, TopKMargin, Entropy, RankThenSample)):
     return rule.alg_temp > 0
+  if isinstance(rule, EGI):
+    return rule.alg_temp > 0 or rule.first_temperature > 0
   return True  # Random and DreamOrigin draw the order
 
 
