@@ -16,6 +16,7 @@ CORE = [
     "tokenizers",
     "jinja2",
     "matplotlib",
+    "tqdm",
 ]
 TEST = [
     "pytest",

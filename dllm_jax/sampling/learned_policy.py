@@ -103,12 +103,19 @@ class LearnedPolicy:
                        put(trace.active_BS, active_B), put(trace.logprob_BS, logprob_B * active_B))
 
 
-def trace_log_probs(rule: LearnedPolicy, params: PolicyParams, trace: PolicyTrace) -> jax.Array:
-  """The log-probability [B, S] of every recorded action under `params` (0 on inactive steps)."""
-  B, S, W = trace.confidence_BSW.shape
-  flat = lambda x: x.reshape(B * S, *x.shape[2:])
-  logits = policy_logits(rule.network, params, flat(trace.confidence_BSW),
-                         flat(trace.masked_BSW), flat(trace.t_BS))
-  logprob = bernoulli_log_prob(logits, flat(trace.action_BSW), flat(trace.masked_BSW),
-                               rule.temperature)
-  return logprob.reshape(B, S) * trace.active_BS
+def trace_log_probs(rule: LearnedPolicy, params: PolicyParams, trace: PolicyTrace,
+                    steps_per_chunk: int = 16) -> jax.Array:
+  """The log-probability [B, S] of every recorded action under `params` (0 on inactive steps).
+  Steps are evaluated `steps_per_chunk` at a time and rematerialised in the backward pass, so
+  memory stays that of a few steps when gen_length is long."""
+
+  def one_step(xs):
+    confidence_BW, masked_BW, t_B, action_BW = xs
+    logits_BW = policy_logits(rule.network, params, confidence_BW, masked_BW, t_B)
+    return bernoulli_log_prob(logits_BW, action_BW, masked_BW, rule.temperature)
+
+  swap = lambda x: jnp.swapaxes(x, 0, 1)
+  xs = (trace.confidence_BSW, trace.masked_BSW, trace.t_BS, trace.action_BSW)
+  logprob_SB = jax.lax.map(jax.checkpoint(one_step), tuple(map(swap, xs)),
+                           batch_size=steps_per_chunk)
+  return swap(logprob_SB) * trace.active_BS
