@@ -33,8 +33,13 @@ import orbax.checkpoint as ocp
 import tqdm
 from jax.sharding import NamedSharding, PartitionSpec
 
-from dllm_jax import sampling, sharding
+from dllm_jax import checkpoint, models, sampling, sharding
+from dllm_jax.data import jsonl, tokenize
+from dllm_jax.data import prompts as prompts_lib
+from dllm_jax.data.problems import Problem
 from dllm_jax.data.tokenize import pad_left
+from dllm_jax.eval import experiment
+from dllm_jax.eval import math_grader as math_grader_lib
 from dllm_jax.sampling.learned_policy import LearnedPolicy, PolicyTrace, trace_log_probs
 from dllm_jax.sampling.policy import PolicyParams, init_policy
 
@@ -255,3 +260,62 @@ def load_policy(directory: str | pathlib.Path, rule: LearnedPolicy, step: int | 
                        "experiments/train_policy.py")
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
     return manager.restore(step, args=ocp.args.StandardRestore(abstract))["params"]
+
+
+def read_problems(path: str | pathlib.Path, limit: int | None = None) -> list[Problem]:
+  """Training problems from a JSONL/JSON file: each record has `question` (or `problem`) and
+  `answer` (GSM8K's "... #### 42" keeps the part after ####). They are prompted and graded as
+  math problems (final answer in \\boxed{})."""
+  problems = []
+  for index, record in enumerate(jsonl.read_records(path)[:limit]):
+    field = "question" if "question" in record.fields else "problem"
+    answer = record.answer().rsplit("####", 1)[-1].strip()
+    if not answer:
+      raise record.fail("the answer after '####' is empty")
+    problems.append(Problem(id=f"math500/train-{index}", benchmark="math500",
+                            question=record.text(field), answer=answer))
+  if not problems:
+    raise ValueError(f"{path} holds no problems")
+  return problems
+
+
+def math_grader(problems: Sequence[Problem], decode: Callable[[Sequence[int]], str],
+                stop_ids: Sequence[int]) -> GradeFn:
+  """Grades generations of `problems` with the math grader (text up to the first stop id)."""
+  stop = set(stop_ids)
+
+  def grade(problem_N: np.ndarray, generated_NG: np.ndarray) -> np.ndarray:
+    correct = []
+    for index, ids in zip(problem_N, generated_NG.tolist()):
+      cut = next((j for j, t in enumerate(ids) if t in stop), len(ids))
+      correct.append(math_grader_lib.grade_math(decode(ids[:cut]), problems[index].answer))
+    return np.array(correct, bool)
+
+  return grade
+
+
+def train_from_checkpoint(*, checkpoint_dir: str | pathlib.Path, tokenizer_dir: str | None,
+                          data_path: str, limit: int | None, chat_template: str, mesh_spec: str,
+                          output_dir: str, sampler_fields: dict[str, Any],
+                          policy_temperature: float, config: GRPOConfig,
+                          progress: bool = True) -> pathlib.Path:
+  """GRPO on a converted dLLM checkpoint with the user's problems: what
+  `experiments/train_policy.py` calls. The dLLM is sharded over the mesh as in `experiments/run`."""
+  mesh = experiment.parse_mesh(mesh_spec)
+  checkpoint_dir = pathlib.Path(checkpoint_dir)
+  tokenizer_dir = pathlib.Path(tokenizer_dir or checkpoint_dir / "tokenizer")
+  problems = read_problems(data_path, limit)
+  dllm_params, model_config = checkpoint.load(checkpoint_dir, mesh=mesh)
+  tokenizer = tokenize.CheckpointTokenizer.from_checkpoint(tokenizer_dir)
+  template = (None if chat_template == "none"
+              else prompts_lib.load_chat_template(tokenizer_dir, family=model_config.family))
+  prompt_ids = [tokenizer.encode(text) for text in prompts_lib.build_prompts(problems, template)]
+  sampler = sampling.Sampler.for_model(
+      model_config, remasking=LearnedPolicy(temperature=policy_temperature), **sampler_fields)
+  stop_ids = [t for t in (model_config.eos_token_id, model_config.eot_token_id) if t is not None]
+  train(sampler, models.make_denoise(model_config), dllm_params, prompt_ids,
+        math_grader(problems, tokenizer.decode, stop_ids), config, output_dir,
+        pad_id=model_config.pad_token_id, mesh=mesh, progress=progress,
+        run_config={"checkpoint": str(checkpoint_dir), "data": str(data_path),
+                    "problems": len(problems), "chat_template": chat_template})
+  return pathlib.Path(output_dir)
