@@ -75,9 +75,6 @@ class LearnedPolicy:
             inputs.steps_taken_B.astype(jnp.float32) / gen_length)
 
   def confidence(self, inputs: StepInputs, keys_B: jax.Array) -> jax.Array:
-    if inputs.policy_params is None:
-      raise ValueError("LearnedPolicy needs its network's weights: "
-                       "generate(..., policy_params=init_policy(...) or trained params)")
     return policy_logits(self.network, inputs.policy_params, *self.inputs(inputs))
 
   def action(self, score_BW: jax.Array, inputs: StepInputs, keys_B: jax.Array) -> jax.Array:
