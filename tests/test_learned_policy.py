@@ -13,6 +13,8 @@ CONFIG = models.llada_tiny()
 PARAMS = models.init_params(CONFIG, seed=7)
 DENOISE = models.make_denoise(CONFIG)
 NET = policy.PolicyConfig()
+# The network under jit (a pure function of its params), so the plain loop below stays quick.
+POLICY_LOGITS = jax.jit(policy.policy_logits, static_argnums=0)
 
 
 def SHARP_DENOISE(params, tokens, mask):
@@ -34,19 +36,20 @@ def test_network_size_and_smart_init():
   assert policy.param_count(params) == 330_753  # "about 300K"
   c = jax.random.uniform(jax.random.key(0), (2, 8))
   m = jnp.array([[1, 1, 0, 1, 0, 1, 1, 0], [0] * 8], bool)
-  logits = policy.policy_logits(NET, params, c, m, jnp.array([0.0, 0.5]))
+  logits = POLICY_LOGITS(NET, params, c, m, jnp.array([0.0, 0.5]))
   # Zero adaLN: the block is the identity, so the mask bit and the step count do not matter yet.
-  same = policy.policy_logits(NET, params, c, ~m, jnp.array([0.9, 0.1]))
+  same = POLICY_LOGITS(NET, params, c, ~m, jnp.array([0.9, 0.1]))
   np.testing.assert_allclose(logits, same, atol=1e-6)
   assert np.all(np.asarray(jax.nn.sigmoid(logits)) < 0.3)  # negative output bias
   trained = _trained_like_policy()
-  a = policy.policy_logits(NET, trained, c, m, jnp.array([0.0, 0.5]))
-  b = policy.policy_logits(NET, trained, c, ~m, jnp.array([0.9, 0.1]))
+  a = POLICY_LOGITS(NET, trained, c, m, jnp.array([0.0, 0.5]))
+  b = POLICY_LOGITS(NET, trained, c, ~m, jnp.array([0.9, 0.1]))
   assert np.abs(np.asarray(a - b)).max() > 1e-2
 
 
 def _python_loop(rule, sampler, denoise, params, policy_params, prompt, rng):
   """The LearnedPolicy decode as a plain loop, one row at a time where rows differ."""
+  denoise = jax.jit(denoise)
   B, P = prompt.shape
   G, W, mask_id = sampler.gen_length, sampler.block_len, sampler.mask_token_id
   x = np.concatenate([prompt, np.full((B, G), mask_id)], 1).astype(np.int32)
@@ -76,7 +79,7 @@ def _python_loop(rule, sampler, denoise, params, policy_params, prompt, rng):
                        + gumbel[block * W:(block + 1) * W], -1)
       else:
         x0 = np.argmax(logits[b], -1)
-      z = np.asarray(policy.policy_logits(NET, policy_params, probs[b].max(-1)[None],
+      z = np.asarray(POLICY_LOGITS(NET, policy_params, probs[b].max(-1)[None],
                                           eligible[None], jnp.array([row_steps[b] / G])))[0]
       u = np.asarray(jax.random.uniform(key_select, (G,), jnp.float32))[block * W:
                                                                         (block + 1) * W]
