@@ -131,8 +131,8 @@ def step_prompts(config: GRPOConfig, step: int, num_prompts: int) -> np.ndarray:
   per_epoch = max(num_prompts // config.prompts_per_step, 1)
   epoch, offset = divmod(step, per_epoch)
   order = np.random.default_rng([config.seed, epoch]).permutation(num_prompts)
-  order = np.concatenate([order, order])  # fewer prompts than one step needs: wrap around
-  return order[offset * config.prompts_per_step:(offset + 1) * config.prompts_per_step]
+  end = (offset + 1) * config.prompts_per_step
+  return np.resize(order, end)[end - config.prompts_per_step:]  # few prompts: cycle through
 
 
 def rollout(sampler: sampling.Sampler, denoise_fn, dllm_params, policy_params, prompt_NP,

@@ -126,3 +126,12 @@ def test_a_resumed_run_repeats_an_uninterrupted_one(tmp_path):
   assert [h["step"] for h in history] == [3, 4]
   jax.tree.map(np.testing.assert_array_equal, whole, resumed)
   assert len((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()) == 4
+
+
+def test_prompt_order_is_seeded_epochs():
+  config = pt.GRPOConfig(prompts_per_step=4)
+  epoch = np.concatenate([pt.step_prompts(config, s, 8) for s in range(2)])
+  assert sorted(epoch) == list(range(8))  # each prompt once per epoch
+  assert not np.array_equal(pt.step_prompts(config, 0, 8), pt.step_prompts(config, 2, 8))
+  np.testing.assert_array_equal(pt.step_prompts(config, 5, 8), pt.step_prompts(config, 5, 8))
+  assert sorted(pt.step_prompts(config, 0, 3)[:3]) == [0, 1, 2]  # fewer prompts than a step

@@ -10,6 +10,7 @@ import pytest
 
 from dllm_jax import models
 from dllm_jax import sampling as S
+from dllm_jax.eval import runner
 from dllm_jax.sampling import oracle
 from dllm_jax.sampling.by_name import rule_from_name
 from dllm_jax.sampling.oracle_exact import (exact_distributions, position_first_distribution,
@@ -113,3 +114,11 @@ def test_rules_by_name():
     rule_from_name("rank_then_sample", first_temperature=0.7)
   with pytest.raises(ValueError, match="first_temperature must be >= 0"):
     S.EGI(first_temperature=-1.0)
+
+
+def test_runner_knows_when_position_first_rules_sample():
+  greedy = S.Sampler(gen_length=L, mask_token_id=V)
+  assert not runner.can_sample(greedy.replace(remasking=S.RankThenSample()))
+  assert runner.can_sample(greedy.replace(remasking=S.RankThenSample(alg_temp=0.5)))
+  assert runner.can_sample(greedy.replace(remasking=S.EGI()))  # its first step is at 0.9
+  assert not runner.can_sample(greedy.replace(remasking=S.EGI(first_temperature=0.0)))
