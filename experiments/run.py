@@ -31,8 +31,8 @@ _DATA = flags.DEFINE_string("data_path", None, "Benchmark file or directory (Hum
 _LIMIT = flags.DEFINE_integer("limit", None, "Only the first N problems.")
 _REMASKING = flags.DEFINE_enum("remasking", "low_confidence",
                                ["random", "low_confidence", "maskgit_plus", "topk_margin",
-                                "entropy", "wedlm_entropy", "origin", "threshold", "imh"],
-                               "Remasking rule.")
+                                "entropy", "wedlm_entropy", "origin", "threshold", "imh",
+                                "rank_then_sample", "egi"], "Remasking rule.")
 _TEMPERATURE = flags.DEFINE_float("temperature", None, "Token temperature (not with imh).")
 _TOP_P = flags.DEFINE_float("top_p", None, "Nucleus filtering.")
 _TOP_K = flags.DEFINE_integer("top_k", None, "Top-k filtering.")
@@ -49,6 +49,8 @@ _ALPHA = flags.DEFINE_float("alpha", 2.0, "IMH: target exponent (candidates at 1
 _CANDIDATES = flags.DEFINE_integer("num_candidates", 4, "IMH: candidates per step (K).")
 _IMH_POSITIONS = flags.DEFINE_enum("imh_positions", "random", ["random", "confidence"],
                                    "IMH: position rule.")
+_FIRST_TEMPERATURE = flags.DEFINE_float("first_temperature", 0.9,
+                                        "EGI: token temperature of the first step.")
 _CACHE = flags.DEFINE_bool("cache", False, "Block key/value cache (Fast-dLLM).")
 _FORBID_EOS = flags.DEFINE_bool("forbid_eos", False, "Never generate EOS.")
 _EOS_LAST = flags.DEFINE_bool("eos_confidence_inf", False, "Commit EOS/EOT positions last.")
@@ -87,7 +89,8 @@ def _run():
       allow_greedy=_ALLOW_GREEDY.value,
       rule={"name": _REMASKING.value, "alg_temp": _ALG_TEMP.value, "threshold": _THRESHOLD.value,
             "alpha": _ALPHA.value, "num_candidates": _CANDIDATES.value,
-            "imh_positions": _IMH_POSITIONS.value, "position_penalty": _POSITION_PENALTY.value},
+            "imh_positions": _IMH_POSITIONS.value, "position_penalty": _POSITION_PENALTY.value,
+            "first_temperature": _FIRST_TEMPERATURE.value},
       sampler_fields={"gen_length": _GEN.value, "block_length": _BLOCK.value,
                       "steps": _STEPS.value, "temperature": _TEMPERATURE.value,
                       "top_p": _TOP_P.value, "top_k": _TOP_K.value, "cfg_scale": _CFG.value,

@@ -39,3 +39,17 @@ def test_demo_at_reduced_size(tmp_path):
     assert all(0 <= v <= 1 for v in values) and values == sorted(values)
   assert (tmp_path / "table.md").read_text() in out
   assert (tmp_path / "countdown_held-out_pass_at_k.png").stat().st_size > 10_000
+
+
+def test_demo_with_position_first_rules(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.demo", "--problems=4", "--samples=2",
+       "--batch_rows=8", "--num_candidates=2", "--position_first", f"--out={tmp_path}"],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  for label in ("TPP T=1", "EGI T=1.5 then 1"):
+    assert f"| {label} | 4 x 2 |" in result.stdout
+  assert result.stdout.count("[holds]") + result.stdout.count("[does NOT hold]") == 5
+  results = json.loads((tmp_path / "results.json").read_text())
+  gen = countdown_demo.countdown_data.gen_length(countdown_demo.load_builtin().task)
+  assert [run["mean_nfe"] for run in results["runs"][3:]] == [gen, gen]

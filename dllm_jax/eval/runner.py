@@ -42,8 +42,9 @@ from dllm_jax.data.problems import Problem
 from dllm_jax.data.tokenize import pad_left
 from dllm_jax.eval import grading
 from dllm_jax.sampling.imh import IMH
+from dllm_jax.sampling.position_first import EGI, RankThenSample
 from dllm_jax.sampling.remasking import (DreamOrigin, Entropy, LowConfidence, MaskGitPlus,
-                                         Threshold, TopKMargin)
+                                         Threshold, TopKMargin, WeDLMEntropy)
 
 CONFIG_FILE, VERSIONS_FILE, LOCK_FILE = "config.json", "versions.json", "run.lock"
 _RESULTS_NAME = re.compile(r"results(\.process-\d{5}-of-\d{5})?\.jsonl")
@@ -72,8 +73,10 @@ def can_sample(sampler: sampling.Sampler) -> bool:
     return True
   if isinstance(rule, (LowConfidence, Threshold)):
     return False  # argmax tokens in a fixed order
-  if isinstance(rule, (MaskGitPlus, TopKMargin, Entropy)):
+  if isinstance(rule, (MaskGitPlus, TopKMargin, Entropy, WeDLMEntropy, RankThenSample)):
     return rule.alg_temp > 0
+  if isinstance(rule, EGI):
+    return rule.alg_temp > 0 or rule.first_temperature > 0
   return True  # Random and DreamOrigin draw the order
 
 

@@ -3,6 +3,9 @@
 from dllm_jax.sampling.block_cache import BlockCache
 from dllm_jax.sampling.decode import DecodeOutput, generate
 from dllm_jax.sampling.imh import IMH
+from dllm_jax.sampling.learned_policy import LearnedPolicy, PolicyTrace
+from dllm_jax.sampling.policy import PolicyConfig, init_policy
+from dllm_jax.sampling.position_first import EGI, RankThenSample
 from dllm_jax.sampling.remasking import (DreamOrigin, Entropy, LowConfidence, MaskGitPlus, Random,
                                          Threshold, TopKMargin, WeDLMEntropy)
 from dllm_jax.sampling.sampler import Sampler

@@ -28,6 +28,7 @@ from flax import struct
 from dllm_jax.sampling import block_cache, row_random, token_sampling
 from dllm_jax.sampling import imh as imh_lib
 from dllm_jax.sampling.imh import IMH
+from dllm_jax.sampling.learned_policy import LearnedPolicy, PolicyTrace
 from dllm_jax.sampling.remasking import StepInputs
 from dllm_jax.sampling.sampler import Sampler
 
@@ -43,6 +44,7 @@ class DecodeOutput:
   confidence_BG: jax.Array      # the rule's score of the position when committed
   commit_step_BG: jax.Array     # iteration at which each position was committed
   imh_accepts_B: jax.Array      # IMH: accepted moves of the chains (0 for other rules)
+  policy_trace: Any = None      # LearnedPolicy: its inputs, actions and their log-probs per step
 
   @property
   def generated_BG(self) -> jax.Array:
@@ -63,6 +65,7 @@ class _State:
   cache: Any = None             # block cache: every layer's keys and values
   cache_block: Any = None       # block cache: the block it was built in, and its age
   cache_age: Any = None
+  policy_trace: Any = None      # LearnedPolicy: a PolicyTrace
 
 
 @struct.dataclass
@@ -72,6 +75,7 @@ class _Inputs:
   attn_mask_BL: jax.Array
   prompt_mask_BL: jax.Array
   keys_B: jax.Array
+  policy_params: Any = None
 
 
 def _model_batch(sampler: Sampler, canvas_BL: jax.Array, inputs: _Inputs):
@@ -216,10 +220,17 @@ def _baseline_step(sampler: Sampler, denoise_fn: DenoiseFn, inputs: _Inputs,
   eligible_BW = in_window(eligible_BG)
   step_in_block, count_B = _schedule_inputs(sampler, state, eligible_BG)
   step_inputs = StepInputs(logits_BWV, sample_logits_BWV, x0_BW, eligible_BW, count_B,
-                           step_in_block, sampler.steps_per_block, start, G)
+                           step_in_block, sampler.steps_per_block, start, G,
+                           state.row_steps_B, inputs.policy_params)
   rule = sampler.remasking
+  if hasattr(rule, "redraw"):  # a rule with its own token temperature (EGI's first step)
+    x0_BW = rule.redraw(step_inputs, key_token, sampler.top_p, sampler.top_k)
+    step_inputs = step_inputs._replace(x0_BG=x0_BW)
   score_BW = _eos_last(sampler, rule.confidence(step_inputs, key_score), x0_BW)
   commit_BW = rule.select(score_BW, step_inputs, key_select) & eligible_BW
+  if isinstance(rule, LearnedPolicy):
+    changes["policy_trace"] = rule.record(state.policy_trace, state.step, score_BW, step_inputs,
+                                          key_select)
   to_region = lambda x_BW, fill_BG: jax.lax.dynamic_update_slice_in_dim(fill_BG, x_BW, start,
                                                                         axis=1)
   return _commit(state, sampler, to_region(commit_BW, jnp.zeros_like(eligible_BG)),
@@ -287,6 +298,9 @@ def _initial_state(sampler: Sampler, denoise_fn: DenoiseFn, canvas_BL: jax.Array
                  confidence_BG=jnp.zeros((B, G), jnp.float32),
                  commit_step_BG=jnp.full((B, G), -1, jnp.int32),
                  imh_accepts_B=jnp.zeros((B,), jnp.int32))
+  if isinstance(sampler.remasking, LearnedPolicy):
+    state = state.replace(policy_trace=PolicyTrace.empty(B, sampler.total_steps,
+                                                         sampler.block_len))
   if isinstance(sampler.remasking, IMH):  # the first candidates need the canvas's logits
     return state.replace(logits_BGV=_forward(sampler, denoise_fn, canvas_BL, inputs),
                          nfe_B=state.nfe_B + _evaluations(sampler))
@@ -301,7 +315,7 @@ def _initial_state(sampler: Sampler, denoise_fn: DenoiseFn, canvas_BL: jax.Array
 
 @functools.partial(jax.jit, static_argnames=("sampler", "denoise_fn"))
 def generate(sampler: Sampler, denoise_fn: DenoiseFn, params, prompt_BP: jax.Array,
-             prompt_mask_BP: jax.Array, rng: jax.Array) -> DecodeOutput:
+             prompt_mask_BP: jax.Array, rng: jax.Array, policy_params=None) -> DecodeOutput:
   """Decodes `sampler.gen_length` tokens after each left-padded prompt, in one compiled call.
 
   `denoise_fn(params, tokens_BL, attention_mask_BL) -> logits_BLV` is any pure, hashable
@@ -310,12 +324,17 @@ def generate(sampler: Sampler, denoise_fn: DenoiseFn, params, prompt_BP: jax.Arr
   (positions [start, start + width) only): the loop then asks only for the current block's
   logits, as `dllm_jax.models.make_denoise` does to skip most of the LM head. `prompt_mask_BP`
   marks real prompt tokens (False = left padding). `rng` is one key, or one key per row ([B]).
-  Recompiles only when a shape or the sampler changes.
+  Recompiles only when a shape or the sampler changes. `policy_params` are the weights of a
+  `LearnedPolicy` rule's network (jit arguments too: new weights never recompile).
   """
   B, P = prompt_BP.shape
   if prompt_mask_BP.shape != (B, P):
     raise ValueError(f"prompt_mask shape {prompt_mask_BP.shape} != prompt shape {(B, P)}")
   check_lengths(sampler, P, getattr(denoise_fn, "max_length", None))
+  if isinstance(sampler.remasking, LearnedPolicy) != (policy_params is not None):
+    raise ValueError("policy_params go with remasking=LearnedPolicy(...) and only with it; got "
+                     f"{'none' if policy_params is None else 'policy_params'} for "
+                     f"{type(sampler.remasking).__name__}")
   if sampler.cache is not None:
     block_cache.check_denoiser(denoise_fn)
     if P == 0 and getattr(getattr(denoise_fn, "config", None), "shift_logits", False):
@@ -327,7 +346,7 @@ def generate(sampler: Sampler, denoise_fn: DenoiseFn, params, prompt_BP: jax.Arr
       params=params,
       attn_mask_BL=jnp.concatenate([prompt_mask_BP.astype(bool), jnp.ones((B, G), bool)], 1),
       prompt_mask_BL=jnp.concatenate([prompt_mask_BP.astype(bool), jnp.zeros((B, G), bool)], 1),
-      keys_B=row_random.row_keys(rng, B))
+      keys_B=row_random.row_keys(rng, B), policy_params=policy_params)
   state = _initial_state(sampler, denoise_fn, canvas_BL, inputs)
   step = _imh_step if isinstance(sampler.remasking, IMH) else _baseline_step
 
@@ -339,4 +358,5 @@ def generate(sampler: Sampler, denoise_fn: DenoiseFn, params, prompt_BP: jax.Arr
                              state)
   return DecodeOutput(tokens_BL=state.canvas_BL, nfe_B=state.nfe_B, steps=state.step,
                       logprob_BG=state.logprob_BG, confidence_BG=state.confidence_BG,
-                      commit_step_BG=state.commit_step_BG, imh_accepts_B=state.imh_accepts_B)
+                      commit_step_BG=state.commit_step_BG, imh_accepts_B=state.imh_accepts_B,
+                      policy_trace=state.policy_trace)

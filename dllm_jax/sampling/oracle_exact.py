@@ -8,6 +8,8 @@ temperature 1 / alpha; alpha = 1, K = 1 is random-order remasking, whose output 
 
 Given q and the weights w, the K - 1 MH moves form a Markov chain with kernel
 T(a -> c) = q(c) min(1, w(c) / w(a)) for c != a, so the committed value has law q T^(K-1).
+Position-first rules (rank-then-sample, EGI) choose their positions deterministically from the
+marginals: `position_first_distribution`.
 """
 
 from __future__ import annotations
@@ -92,3 +94,49 @@ def tv_sampling_bound(p: np.ndarray, n: int, delta: float = 1e-6) -> float:
   """A bound that TV(empirical of n iid draws from p, p) exceeds with probability < delta:
   E[TV] <= 1/2 sum_x sqrt(p_x / n), plus McDiarmid's deviation sqrt(log(1/delta) / (2 n))."""
   return 0.5 * float(np.sqrt(np.asarray(p) / n).sum()) + float(np.sqrt(np.log(1 / delta) / (2 * n)))
+
+
+def _entropy_rows(m_LV: np.ndarray) -> np.ndarray:
+  logs = np.log(np.where(m_LV > 0, m_LV, 1.0))
+  return -(m_LV * logs).sum(-1)
+
+
+def position_first_distribution(p_N: np.ndarray, vocab: int, length: int, temperature: float,
+                                block_length: int | None = None,
+                                first_temperature: float | None = None
+                                ) -> tuple[np.ndarray, float]:
+  """Exact output law of rank-then-sample with one token per step (`first_temperature` set:
+  EGI, whose first step takes the highest-entropy position at that temperature), and the
+  smallest margin between the chosen position's score and the runner-up's over all visited
+  canvases (a small margin means float rounding could flip the compiled loop's choice).
+
+  The position is the eligible argmax of c_i = max_v p_i(v) (ties: lowest index), the value
+  is drawn from p_i^(1 / T) (argmax at T = 0)."""
+  sequences_NL = all_sequences(vocab, length)
+  block = block_length or length
+  dist = {(None,) * length: 1.0}
+  margin = np.inf
+  for step in range(length):
+    new: dict[tuple, float] = {}
+    for state, mass in dist.items():
+      eligible = [i for i in range(length) if state[i] is None and i // block == step // block]
+      m = _marginals(p_N, sequences_NL, vocab, state)
+      first = step == 0 and first_temperature is not None
+      score = _entropy_rows(m) if first else m.max(-1)
+      ranked = sorted(eligible, key=lambda i: (-score[i], i))
+      if len(ranked) > 1:
+        margin = min(margin, score[ranked[0]] - score[ranked[1]])
+      i, t = ranked[0], first_temperature if first else temperature
+      if t > 0:
+        law = m[i] ** (1.0 / t)
+      else:
+        law = np.eye(vocab)[np.argmax(m[i])]
+      law = law / law.sum()
+      for v in np.flatnonzero(law > 0):
+        after = _with(state, i, int(v))
+        new[after] = new.get(after, 0.0) + mass * law[v]
+    dist = new
+  out = np.zeros(vocab ** length)
+  for state, mass in dist.items():
+    out[int(sum(t * vocab ** (length - 1 - k) for k, t in enumerate(state)))] += mass
+  return out, float(margin)

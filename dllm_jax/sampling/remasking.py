@@ -20,7 +20,7 @@ Threshold                softmax(logits)[x0]; commits all >= threshold, at least
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +45,8 @@ class StepInputs(NamedTuple):
   steps_per_block: int
   start: jax.Array | int = 0    # first position of the window in the generated region
   gen_length: int | None = None  # the whole region's length (None: the window is the region)
+  steps_taken_B: jax.Array | None = None  # iterations in which each row committed so far
+  policy_params: Any = None     # LearnedPolicy: the network's weights
 
   def draws(self, draw, keys_B: jax.Array) -> jax.Array:
     """`draw(keys_B, (gen_length,))` [B, gen_length] sliced to the window: a position's random

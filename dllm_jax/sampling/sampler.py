@@ -7,12 +7,14 @@ from typing import Any
 
 from dllm_jax.sampling.block_cache import BlockCache
 from dllm_jax.sampling.imh import IMH
+from dllm_jax.sampling.learned_policy import LearnedPolicy
+from dllm_jax.sampling.position_first import EGI, RankThenSample
 from dllm_jax.sampling.remasking import (DreamOrigin, Entropy, LowConfidence, MaskGitPlus, Random,
                                          Threshold, TopKMargin, WeDLMEntropy)
 from dllm_jax.sampling.schedule import DreamSchedule, LinearSchedule
 
 RULES = (Random, LowConfidence, MaskGitPlus, TopKMargin, Entropy, WeDLMEntropy, DreamOrigin,
-         Threshold, IMH)
+         Threshold, IMH, RankThenSample, EGI, LearnedPolicy)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,8 +72,8 @@ class Sampler:
         raise ValueError(f"steps ({steps}) must be divisible by the number of blocks "
                          f"({self.num_blocks} = gen_length {g} / block_length {b})")
     elif self.steps is not None:
-      raise ValueError("Threshold decoding runs each block until it is complete; leave steps "
-                       "unset")
+      raise ValueError(f"{type(self.remasking).__name__} runs each block until it is complete; "
+                       "leave steps unset")
     if isinstance(self.remasking, IMH):
       if self.temperature is not None:
         raise ValueError("IMH draws candidates from p**alpha (temperature 1/alpha); set "
@@ -119,7 +121,8 @@ class Sampler:
 
   @property
   def total_steps(self) -> int:
-    """Iterations of the decode loop: `steps`, or at most `gen_length` for Threshold."""
+    """Iterations of the decode loop: `steps`, or at most `gen_length` for Threshold and
+    LearnedPolicy."""
     if not self.remasking.uses_schedule:
       return self.gen_length
     return self.steps if self.steps is not None else self.gen_length

@@ -1,5 +1,6 @@
 """The main demo: the shipped Countdown model decoded by random, low-confidence and IMH sampling
-on held-out problems, n samples each, reported as Pass@k with NFE and wall time.
+on held-out problems, n samples each, reported as Pass@k with NFE and wall time; optionally also
+the position-first rules TPP (RankThenSample) and EGI.
 
 Every (problem, sample) row has its own key, all rows of a sampler run in a few large batches of
 one compiled `generate`, and answers are checked by the exact verifier of `countdown`.
@@ -55,6 +56,30 @@ def default_samplers(model: BuiltinModel, temperature: float = 1.0, alpha: float
       f"IMH alpha={alpha:g} K={num_candidates}": base.replace(
           remasking=sampling.IMH(alpha=alpha, num_candidates=num_candidates)),
   }
+
+
+def position_first_samplers(model: BuiltinModel, temperature: float = 1.0,
+                            egi_first_temperature: float | None = None
+                            ) -> dict[str, sampling.Sampler]:
+  """TPP and EGI at the baselines' temperature. EGI's first step is 1.5x hotter by default (the
+  ratio of Jeon et al.'s 0.9 first step to their 0.6 afterwards)."""
+  first = 1.5 * temperature if egi_first_temperature is None else egi_first_temperature
+  base = sampling.Sampler.for_model(model.config, gen_length=countdown_data.gen_length(model.task),
+                                    temperature=temperature)
+  return {f"TPP T={temperature:g}": base.replace(remasking=sampling.RankThenSample()),
+          f"EGI T={first:g} then {temperature:g}": base.replace(
+              remasking=sampling.EGI(first_temperature=first))}
+
+
+def position_first_checks(summaries: Sequence[report.RunSummary]) -> list[tuple[str, bool]]:
+  """Jeon et al.'s claims on (random, low-confidence, IMH..., TPP, EGI): TPP explores more than
+  low-confidence (higher Pass@k at the largest k) and EGI at least as much as TPP."""
+  lowc, tpp, egi = summaries[1], summaries[-2], summaries[-1]
+  k = max(tpp.pass_at)
+  return [(f"TPP Pass@{k} {tpp.pass_at[k]:.3f} > low-confidence's {lowc.pass_at[k]:.3f}",
+           tpp.pass_at[k] > lowc.pass_at[k]),
+          (f"EGI Pass@{k} {egi.pass_at[k]:.3f} >= TPP's {tpp.pass_at[k]:.3f}",
+           egi.pass_at[k] >= tpp.pass_at[k])]
 
 
 class _Progress:
@@ -134,13 +159,16 @@ def dilemma_checks(summaries: Sequence[report.RunSummary]) -> list[tuple[str, bo
 
 def run_demo(out_dir: str | pathlib.Path, num_problems: int = 200, samples: int = 16,
              batch_rows: int = 800, seed: int = 0, temperature: float = 1.0, alpha: float = 2.0,
-             num_candidates: int = 8, model_path: str | pathlib.Path = BUILTIN
+             num_candidates: int = 8, model_path: str | pathlib.Path = BUILTIN,
+             position_first: bool = False, egi_first_temperature: float | None = None
              ) -> dict[str, Any]:
   """Runs the demo, prints the table and the claim checks, writes results.json and a plot."""
   start = time.time()
   model = load_builtin(model_path)
   problems = model.task.sample_problems("heldout", num_problems, seed=seed)
   samplers = default_samplers(model, temperature, alpha, num_candidates)
+  if position_first:
+    samplers.update(position_first_samplers(model, temperature, egi_first_temperature))
   progress = _Progress(len(samplers) * num_problems * samples)
   summaries, wall = [], {}
   for index, (label, sampler) in enumerate(samplers.items()):
@@ -149,7 +177,9 @@ def run_demo(out_dir: str | pathlib.Path, num_problems: int = 200, samples: int 
     wall[label] = result["seconds"]
     summaries.append(summary(label, result))
   table = report.markdown(summaries)
-  checks = dilemma_checks(summaries)
+  checks = dilemma_checks(summaries[:3])
+  if position_first:
+    checks += position_first_checks(summaries)
   print(f"\n{num_problems} held-out Countdown problems ({model.task.num_numbers} numbers), "
         f"{samples} samples each, {models.param_count(model.params):,}-parameter model\n")
   print(table)

@@ -1,0 +1,321 @@
+"""Training a learned unmasking policy with GRPO, the dLLM frozen as the environment.
+
+Per training step: `prompts_per_step` prompts, each decoded `group_size` times by the compiled
+loop with the `LearnedPolicy` rule (one batch of P * G rows); each rollout is graded and rewarded
+
+  reward = correct * ((L - NFE + 1) / L) ** alpha          (L = gen_length, NFE = its steps)
+
+and its advantage is its reward minus its group's mean (no division by the std). Then
+`iterations` optimiser steps on the clipped-ratio objective over the per-step Bernoulli
+log-likelihoods the rollout recorded (`PolicyTrace`), averaged over each rollout's active steps:
+
+  J = mean_rollouts [ sum_s active_s * min(r_s A, clip(r_s, 1 - eps, 1 + eps) A) / sum_s active_s ]
+  r_s = exp(log pi_new(a_s | s_s) - log pi_rollout(a_s | s_s)),  loss = -J   (no KL term)
+
+`train` saves {params, opt_state, step} with Orbax every `checkpoint_every` steps and resumes from
+the latest; prompts and keys of step n depend on (seed, n) only, so a resumed run repeats an
+uninterrupted one. Metrics (reward, accuracy, NFE, loss, ...) go to `metrics.jsonl`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import pathlib
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import tqdm
+from jax.sharding import NamedSharding, PartitionSpec
+
+from dllm_jax import checkpoint, models, sampling, sharding
+from dllm_jax.data import jsonl, tokenize
+from dllm_jax.data import prompts as prompts_lib
+from dllm_jax.data.problems import Problem
+from dllm_jax.data.tokenize import pad_left
+from dllm_jax.eval import experiment
+from dllm_jax.eval import math_grader as math_grader_lib
+from dllm_jax.sampling.learned_policy import LearnedPolicy, PolicyTrace, trace_log_probs
+from dllm_jax.sampling.policy import PolicyParams, init_policy
+
+# grade(problem_indices [N], generated_NG) -> correct [N] (bool)
+GradeFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+  seed: int = 0
+  num_steps: int = 1000
+  prompts_per_step: int = 4
+  group_size: int = 8
+  alpha: float = 1.0           # reward exponent of the NFE factor
+  clip_eps: float = 0.5
+  iterations: int = 2          # optimiser steps per batch of rollouts
+  learning_rate: float = 3e-5
+  warmup_steps: int = 100
+  weight_decay: float = 0.1
+  grad_clip: float = 0.2
+  checkpoint_every: int = 50
+  keep_checkpoints: int = 2
+
+  def __post_init__(self):
+    for name in ("num_steps", "prompts_per_step", "group_size", "iterations",
+                 "checkpoint_every", "keep_checkpoints"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"GRPOConfig.{name} must be >= 1, got {getattr(self, name)}")
+    if self.group_size < 2:
+      raise ValueError("GRPOConfig.group_size must be >= 2: advantages are relative to the group")
+    if self.alpha < 0 or not 0 < self.clip_eps < 1:
+      raise ValueError(f"need alpha >= 0 and 0 < clip_eps < 1, got alpha={self.alpha}, "
+                       f"clip_eps={self.clip_eps}")
+
+
+def rewards(correct_N: jax.Array, nfe_N: jax.Array, gen_length: int, alpha: float) -> jax.Array:
+  return correct_N * ((gen_length - nfe_N + 1) / gen_length) ** alpha
+
+
+def group_advantages(reward_N: jax.Array, group_size: int) -> jax.Array:
+  """Rows are grouped consecutively (prompt p's rollouts are rows p*G .. p*G + G - 1)."""
+  reward_PG = reward_N.reshape(-1, group_size)
+  return (reward_PG - reward_PG.mean(axis=1, keepdims=True)).reshape(-1)
+
+
+def grpo_loss(params: PolicyParams, rule: LearnedPolicy, trace: PolicyTrace,
+              old_logprob_NS: jax.Array, advantage_N: jax.Array, clip_eps: float
+              ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Minus the clipped-ratio objective (module docstring), and diagnostics."""
+  active_NS = trace.active_BS.astype(jnp.float32)
+  ratio_NS = jnp.exp(trace_log_probs(rule, params, trace) - old_logprob_NS)
+  a_N1 = advantage_N[:, None]
+  objective_NS = jnp.minimum(ratio_NS * a_N1, jnp.clip(ratio_NS, 1 - clip_eps, 1 + clip_eps) * a_N1)
+  per_rollout_N = (jnp.sum(objective_NS * active_NS, axis=1)
+                   / jnp.maximum(jnp.sum(active_NS, axis=1), 1.0))
+  clipped = jnp.abs(ratio_NS - 1) > clip_eps
+  return -jnp.mean(per_rollout_N), {
+      "clip_fraction": jnp.sum(clipped * active_NS) / jnp.maximum(jnp.sum(active_NS), 1.0)}
+
+
+def make_optimizer(config: GRPOConfig) -> optax.GradientTransformation:
+  total = max(config.num_steps * config.iterations, config.warmup_steps + 1)
+  schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, config.warmup_steps,
+                                                total, end_value=0.0)
+  return optax.chain(optax.clip_by_global_norm(config.grad_clip),
+                     optax.adamw(schedule, weight_decay=config.weight_decay))
+
+
+@functools.partial(jax.jit, static_argnames=("rule", "config"))
+def update(state: dict[str, Any], rule: LearnedPolicy, config: GRPOConfig, trace: PolicyTrace,
+           old_logprob_NS: jax.Array, advantage_N: jax.Array):
+  """`config.iterations` optimiser steps on one batch of rollouts."""
+
+  def one(state, _):
+    (loss, metrics), grads = jax.value_and_grad(grpo_loss, has_aux=True)(
+        state["params"], rule, trace, old_logprob_NS, advantage_N, config.clip_eps)
+    updates, opt_state = make_optimizer(config).update(grads, state["opt_state"],
+                                                       state["params"])
+    metrics.update(loss=loss, grad_norm=optax.tree.norm(grads))
+    return {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state,
+            "step": state["step"]}, metrics
+
+  state, metrics = jax.lax.scan(one, state, None, length=config.iterations)
+  return {**state, "step": state["step"] + 1}, jax.tree.map(jnp.mean, metrics)
+
+
+def step_prompts(config: GRPOConfig, step: int, num_prompts: int) -> np.ndarray:
+  """The prompt indices of training step `step`: epochs of seeded permutations."""
+  per_epoch = max(num_prompts // config.prompts_per_step, 1)
+  epoch, offset = divmod(step, per_epoch)
+  order = np.random.default_rng([config.seed, epoch]).permutation(num_prompts)
+  end = (offset + 1) * config.prompts_per_step
+  return np.resize(order, end)[end - config.prompts_per_step:]  # few prompts: cycle through
+
+
+def rollout(sampler: sampling.Sampler, denoise_fn, dllm_params, policy_params, prompt_NP,
+            mask_NP, keys_N, mesh: jax.sharding.Mesh | None = None) -> sampling.DecodeOutput:
+  """One batch of rollouts through the compiled loop, rows sharded over the mesh's data axis."""
+  if mesh is None:
+    return sampling.generate(sampler, denoise_fn, dllm_params, prompt_NP, mask_NP, keys_N,
+                             policy_params=policy_params)
+  placed = sharding.shard_batch(mesh, prompt_NP, mask_NP, keys_N)
+  policy_params = jax.device_put(policy_params, NamedSharding(mesh, PartitionSpec()))
+  with jax.set_mesh(mesh):
+    return sampling.generate(sampler, denoise_fn, dllm_params, *placed,
+                             policy_params=policy_params)
+
+
+def _gather(x: jax.Array) -> np.ndarray:
+  if jax.process_count() == 1:
+    return np.asarray(jax.device_get(x))
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _check_run_config(directory: pathlib.Path, run_config: dict[str, Any]) -> None:
+  path = directory / "run_config.json"
+  text = json.dumps(run_config, indent=2, sort_keys=True, default=str)
+  if path.exists():
+    if json.loads(path.read_text()) != json.loads(text):
+      raise ValueError(f"{directory} holds checkpoints of a different run (see {path}); use "
+                       "another directory or the same configuration")
+  elif jax.process_index() == 0:
+    path.write_text(text)
+
+
+def _metric_lines(path: pathlib.Path, upto: int) -> None:
+  """Drops metric lines past step `upto` (written after the last checkpoint of a killed run)."""
+  if not path.exists():
+    return
+  keep = [line for line in path.read_text().splitlines()
+          if line.strip() and json.loads(line)["step"] <= upto]
+  path.write_text("".join(line + "\n" for line in keep))
+
+
+def train(sampler: sampling.Sampler, denoise_fn, dllm_params, prompts: Sequence[Sequence[int]],
+          grade: GradeFn, config: GRPOConfig, directory: str | pathlib.Path, *, pad_id: int,
+          mesh: jax.sharding.Mesh | None = None, initial_params: PolicyParams | None = None,
+          stop_after: int | None = None, progress: bool = True,
+          run_config: dict[str, Any] | None = None) -> tuple[PolicyParams, list[dict[str, float]]]:
+  """Trains (or resumes) a policy for `sampler.remasking` (a LearnedPolicy) in `directory`;
+  returns the policy params and this call's metrics. `stop_after` ends the run at that step
+  (with a checkpoint), as an interruption would."""
+  rule = sampler.remasking
+  if not isinstance(rule, LearnedPolicy):
+    raise ValueError(f"GRPO trains a LearnedPolicy rule; the sampler has {rule!r}")
+  directory = pathlib.Path(directory).absolute()
+  directory.mkdir(parents=True, exist_ok=True)
+  _check_run_config(directory, {"sampler": repr(sampler), "grpo": dataclasses.asdict(config),
+                                **(run_config or {})})
+  rows = config.prompts_per_step * config.group_size
+  if mesh is not None and rows % mesh.shape[sharding.DATA]:
+    raise ValueError(f"prompts_per_step * group_size = {rows} rows must divide over the data "
+                     f"axis ({mesh.shape[sharding.DATA]})")
+  prompt_length = max(len(p) for p in prompts)
+  params = initial_params if initial_params is not None else init_policy(rule.network,
+                                                                         config.seed)
+  state = {"params": params, "opt_state": make_optimizer(config).init(params),
+           "step": jnp.zeros((), jnp.int32)}
+  metrics_path = directory / "metrics.jsonl"
+  options = ocp.CheckpointManagerOptions(save_interval_steps=config.checkpoint_every,
+                                         max_to_keep=config.keep_checkpoints, create=True)
+  history: list[dict[str, float]] = []
+  with ocp.CheckpointManager(directory / "state", options=options) as manager:
+    start = manager.latest_step()
+    if start is not None:
+      abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+      state = manager.restore(start, args=ocp.args.StandardRestore(abstract))
+    start = start or 0
+    if jax.process_index() == 0:
+      _metric_lines(metrics_path, start)
+    end = config.num_steps if stop_after is None else min(stop_after, config.num_steps)
+    bar = tqdm.tqdm(total=config.num_steps, initial=start, disable=not progress,
+                    desc="GRPO", unit="step")
+    for step in range(start, end):
+      chosen = step_prompts(config, step, len(prompts))
+      problem_N = np.repeat(chosen, config.group_size)
+      prompt_NP, mask_NP = pad_left([prompts[i] for i in problem_N], pad_id, prompt_length)
+      keys_N = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), step), rows)
+      out = rollout(sampler, denoise_fn, dllm_params, state["params"], prompt_NP, mask_NP,
+                    keys_N, mesh)
+      # The update runs on every process's default device, on the whole (gathered) batch.
+      trace = jax.tree.map(lambda x: jnp.asarray(_gather(x)), out.policy_trace)
+      nfe_N = np.asarray(trace.active_BS).sum(1)
+      correct_N = np.asarray(grade(problem_N, _gather(out.generated_BG)), np.float32)
+      reward_N = rewards(correct_N, nfe_N, sampler.gen_length, config.alpha)
+      advantage_N = group_advantages(jnp.asarray(reward_N), config.group_size)
+      state, metrics = update(state, rule, config, trace, trace.logprob_BS, advantage_N)
+      manager.save(step + 1, args=ocp.args.StandardSave(state))
+      record = {"step": step + 1, "reward": float(reward_N.mean()),
+                "accuracy": float(correct_N.mean()), "nfe": float(nfe_N.mean()),
+                **{k: float(v) for k, v in jax.device_get(metrics).items()}}
+      history.append(record)
+      if jax.process_index() == 0:
+        with open(metrics_path, "a", encoding="utf-8") as f:
+          f.write(json.dumps(record) + "\n")
+      bar.set_postfix(reward=f"{record['reward']:.3f}", acc=f"{record['accuracy']:.2f}",
+                      nfe=f"{record['nfe']:.1f}")
+      bar.update(1)
+    bar.close()
+    if end > start and manager.latest_step() != end:
+      manager.save(end, args=ocp.args.StandardSave(state), force=True)
+    manager.wait_until_finished()
+  return state["params"], history
+
+
+def load_policy(directory: str | pathlib.Path, rule: LearnedPolicy, step: int | None = None
+                ) -> PolicyParams:
+  """The policy params of a `train` directory (its latest checkpoint by default)."""
+  directory = pathlib.Path(directory).absolute()
+  params = init_policy(rule.network)
+  state = {"params": params, "opt_state": make_optimizer(GRPOConfig()).init(params),
+           "step": jnp.zeros((), jnp.int32)}  # the optimiser's structure, whatever its settings
+  with ocp.CheckpointManager(directory / "state") as manager:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise ValueError(f"no policy checkpoint in {directory / 'state'}; train one with "
+                       "experiments/train_policy.py")
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+    return manager.restore(step, args=ocp.args.StandardRestore(abstract))["params"]
+
+
+def read_problems(path: str | pathlib.Path, limit: int | None = None) -> list[Problem]:
+  """Training problems from a JSONL/JSON file: each record has `question` (or `problem`) and
+  `answer` (GSM8K's "... #### 42" keeps the part after ####). They are prompted and graded as
+  math problems (final answer in \\boxed{})."""
+  problems = []
+  for index, record in enumerate(jsonl.read_records(path)[:limit]):
+    field = "question" if "question" in record.fields else "problem"
+    answer = record.answer().rsplit("####", 1)[-1].strip()
+    if not answer:
+      raise record.fail("the answer after '####' is empty")
+    problems.append(Problem(id=f"math500/train-{index}", benchmark="math500",
+                            question=record.text(field), answer=answer))
+  if not problems:
+    raise ValueError(f"{path} holds no problems")
+  return problems
+
+
+def math_grader(problems: Sequence[Problem], decode: Callable[[Sequence[int]], str],
+                stop_ids: Sequence[int]) -> GradeFn:
+  """Grades generations of `problems` with the math grader (text up to the first stop id)."""
+  stop = set(stop_ids)
+
+  def grade(problem_N: np.ndarray, generated_NG: np.ndarray) -> np.ndarray:
+    correct = []
+    for index, ids in zip(problem_N, generated_NG.tolist()):
+      cut = next((j for j, t in enumerate(ids) if t in stop), len(ids))
+      correct.append(math_grader_lib.grade_math(decode(ids[:cut]), problems[index].answer))
+    return np.array(correct, bool)
+
+  return grade
+
+
+def train_from_checkpoint(*, checkpoint_dir: str | pathlib.Path, tokenizer_dir: str | None,
+                          data_path: str, limit: int | None, chat_template: str, mesh_spec: str,
+                          output_dir: str, sampler_fields: dict[str, Any],
+                          policy_temperature: float, config: GRPOConfig,
+                          progress: bool = True) -> pathlib.Path:
+  """GRPO on a converted dLLM checkpoint with the user's problems: what
+  `experiments/train_policy.py` calls. The dLLM is sharded over the mesh as in `experiments/run`."""
+  mesh = experiment.parse_mesh(mesh_spec)
+  checkpoint_dir = pathlib.Path(checkpoint_dir)
+  tokenizer_dir = pathlib.Path(tokenizer_dir or checkpoint_dir / "tokenizer")
+  problems = read_problems(data_path, limit)
+  dllm_params, model_config = checkpoint.load(checkpoint_dir, mesh=mesh)
+  tokenizer = tokenize.CheckpointTokenizer.from_checkpoint(tokenizer_dir)
+  template = (None if chat_template == "none"
+              else prompts_lib.load_chat_template(tokenizer_dir, family=model_config.family))
+  prompt_ids = [tokenizer.encode(text) for text in prompts_lib.build_prompts(problems, template)]
+  sampler = sampling.Sampler.for_model(
+      model_config, remasking=LearnedPolicy(temperature=policy_temperature), **sampler_fields)
+  stop_ids = [t for t in (model_config.eos_token_id, model_config.eot_token_id) if t is not None]
+  train(sampler, models.make_denoise(model_config), dllm_params, prompt_ids,
+        math_grader(problems, tokenizer.decode, stop_ids), config, output_dir,
+        pad_id=model_config.pad_token_id, mesh=mesh, progress=progress,
+        run_config={"checkpoint": str(checkpoint_dir), "data": str(data_path),
+                    "problems": len(problems), "chat_template": chat_template})
+  return pathlib.Path(output_dir)
