@@ -93,6 +93,7 @@ def test_greedy_collapse_is_refused(setup, tmp_path):
     _run(setup, tmp_path / "out", greedy)
   assert not runner.can_sample(greedy.replace(remasking=sampling.Threshold(0.9)))
   assert not runner.can_sample(greedy.replace(remasking=sampling.TopKMargin()))
+  assert not runner.can_sample(greedy.replace(remasking=sampling.WeDLMEntropy()))
   assert runner.can_sample(greedy.replace(remasking=sampling.TopKMargin(alg_temp=0.5)))
   assert runner.can_sample(greedy.replace(remasking=sampling.Random()))
   assert runner.can_sample(greedy.replace(temperature=0.3))
