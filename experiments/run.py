@@ -44,7 +44,8 @@ _ALPHA = flags.DEFINE_float("alpha", 2.0, "IMH: target exponent (candidates at 1
 _CANDIDATES = flags.DEFINE_integer("num_candidates", 4, "IMH: candidates per step (K).")
 _IMH_POSITIONS = flags.DEFINE_enum("imh_positions", "random", ["random", "confidence"],
                                    "IMH: position rule.")
-_CACHE = flags.DEFINE_bool("cache", False, "Block key/value cache (Fast-dLLM).")
+_CACHE = flags.DEFINE_enum("cache", "none", ["none", "prefix", "dual"],
+                           "Block key/value cache (Fast-dLLM's prefix or dual cache).")
 _FORBID_EOS = flags.DEFINE_bool("forbid_eos", False, "Never generate EOS.")
 _EOS_LAST = flags.DEFINE_bool("eos_confidence_inf", False, "Commit EOS/EOT positions last.")
 _CHAT = flags.DEFINE_enum("chat_template", "auto", ["auto", "none"],

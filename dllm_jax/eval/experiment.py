@@ -44,7 +44,7 @@ def run_benchmark(*, checkpoint_dir: pathlib.Path, tokenizer_dir: str | None, be
                   data_path: str | None, limit: int | None, chat_template: str, mesh_spec: str,
                   output_dir: str, n_samples: int, batch_size: int, seed: int,
                   allow_greedy: bool, rule: dict[str, Any], sampler_fields: dict[str, Any],
-                  schedule: str = "linear", cache: bool = False,
+                  schedule: str = "linear", cache: str = "none",
                   progress: bool = True) -> pathlib.Path:
   """Runs (or resumes) one benchmark x sampler into `output_dir`."""
   mesh = parse_mesh(mesh_spec)
@@ -60,7 +60,7 @@ def run_benchmark(*, checkpoint_dir: pathlib.Path, tokenizer_dir: str | None, be
   sampler = sampling.Sampler.for_model(
       config, remasking=rule_from_name(rule.pop("name"), **rule),
       schedule=sampling.DreamSchedule() if schedule == "dream" else sampling.LinearSchedule(),
-      cache=sampling.BlockCache() if cache else None, **sampler_fields)
+      cache=None if cache == "none" else sampling.BlockCache(cache), **sampler_fields)
   stop_ids = [t for t in (config.eos_token_id, config.eot_token_id) if t is not None]
   run_config = {"checkpoint": str(checkpoint_dir), "model": dataclasses.asdict(config),
                 "benchmark": benchmark, "problems": [p.id for p in problems],
