@@ -51,7 +51,8 @@ _PREFIX_VARIANTS = flags.DEFINE_bool(
 _COUNTDOWN = flags.DEFINE_string(
     "countdown", "6x3,6x2,256x32", "GxBLOCK settings for the caches' token agreement on the "
     "trained Countdown model (empty: skip; its canvas is 13 tokens, longer ones extend it).")
-_COUNTDOWN_PROBLEMS = flags.DEFINE_integer("countdown_problems", 256, "Held-out problems.")
+_COUNTDOWN_PROBLEMS = flags.DEFINE_integer(
+    "countdown_problems", 200, "Held-out problems (of 221).")
 _OUT_JSON = flags.DEFINE_string("out_json", "/tmp/dllm_jax_bench/bench_sampling.json",
                                 "Where to write the JSON report.")
 

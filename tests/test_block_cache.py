@@ -184,11 +184,11 @@ def test_prefix_window_widths_do_not_change_the_samples(family):
   """The window that ends at L only wastes positions: one window per block (exact suffix),
   the default powers of two, and one window of the whole region decode alike."""
   config, params, denoise = CASES[family]
-  sampler = _sampler(config, S.LowConfidence(), 0.7, 0.0, gen_length=24, block_length=4)
+  sampler = _sampler(config, S.LowConfidence(), 0.7, 0.0)
   prompt, mask = _prompts(config)
   outs = [S.generate(sampler.replace(cache=S.BlockCache("prefix", suffix_blocks=widths)),
                      denoise, params, prompt, mask, jax.random.key(2))
-          for widths in (tuple(range(1, 7)), None, (6,))]
+          for widths in ((1, 2, 3, 4), None, (4,))]
   for out in outs[1:]:
     np.testing.assert_array_equal(out.tokens_BL, outs[0].tokens_BL)
     np.testing.assert_allclose(out.logprob_BG, outs[0].logprob_BG, atol=1e-5)
