@@ -11,6 +11,15 @@ per step over the full grid (about an hour here):
 100m:8x128,100m:8x256
 Goals: >= 1.0x the PyTorch loop everywhere, >= 2x at ~20M params, JAX loop overhead <= 10%;
 the block cache >= 3x at gen 512 (block 32).
+
+The cache comparison decodes each `--cache_grid` setting without a cache and with the prefix
+and dual caches (and the prefix cache's other window choices, `--prefix_variants`), and
+reports tokens/s, CPU time and token agreement with the uncached run; `--countdown` adds the
+agreement on the shipped, trained Countdown model. Only the cache tables (about 35 minutes on 2
+CPU cores shared with other jobs):
+  --grid= --cache_grid=20m:1x256,20m:1x512 --cache_repeats=2 --prefix_variants
+and the Countdown model stretched past its trained canvas (a few minutes):
+  --grid= --cache_grid= --countdown=256x32 --countdown_problems=32
 """
 
 from __future__ import annotations
@@ -39,6 +48,14 @@ _CACHE_REPEATS = flags.DEFINE_integer("cache_repeats", 3, "Timed loops per cache
 _CACHE_TOKENS_PER_STEP = flags.DEFINE_integer(
     "cache_tokens_per_step", 2, "Tokens per step in the cache comparison (LLaDA's usual 2: a "
     "block of 32 takes 16 steps, one full pass and 15 over the block's window).")
+_PREFIX_VARIANTS = flags.DEFINE_bool(
+    "prefix_variants", False, "Also time the prefix cache with a window per block and with one "
+    "window of the whole generated region (the cost of the default powers of two).")
+_COUNTDOWN = flags.DEFINE_string(
+    "countdown", "7x7,6x3,6x2", "GxBLOCK settings for the caches' token agreement on the "
+    "trained Countdown model (empty: skip; its canvas is 13 tokens, longer ones extend it).")
+_COUNTDOWN_PROBLEMS = flags.DEFINE_integer(
+    "countdown_problems", 200, "Held-out problems (of 221).")
 _OUT_JSON = flags.DEFINE_string("out_json", "/tmp/dllm_jax_bench/bench_sampling.json",
                                 "Where to write the JSON report.")
 
@@ -50,32 +67,45 @@ def main(argv):
   peak = benchlib.matmul_peak(_PEAK_N.value)
   print(f"float32 matmul peak: {peak['peak_gflops']:.0f} GFLOP/s (jax {peak['jax_gflops']:.0f}, "
         f"numpy {peak['numpy_gflops']:.0f}, torch {peak['torch_gflops']:.0f})", flush=True)
-  rows = sampling_benchmark.run(
+  rows = [] if not _GRID.value else sampling_benchmark.run(
       sampling_benchmark.parse_grid(_GRID.value), _VOCAB.value, prompt_length=_PROMPT.value,
       tokens_per_step=_TOKENS_PER_STEP.value, block_length=_BLOCK.value,
       temperature=_TEMPERATURE.value, loop_repeats=_LOOP_REPEATS.value,
       forward_repeats=_FORWARD_REPEATS.value, peak_gflops=peak["peak_gflops"])
-  print(f"\nDecoding loop, low_confidence, T={_TEMPERATURE.value}, prompt {_PROMPT.value}, "
-        f"block {_BLOCK.value}, {_TOKENS_PER_STEP.value} tokens/step; tok/s, ms/step, overhead "
-        "and % peak from the best of the repeats; speed = torch time / JAX time\n")
-  print(sampling_benchmark.table(rows))
+  if rows:
+    print(f"\nDecoding loop, low_confidence, T={_TEMPERATURE.value}, prompt {_PROMPT.value}, "
+          f"block {_BLOCK.value}, {_TOKENS_PER_STEP.value} tokens/step; tok/s, ms/step, overhead "
+          "and % peak from the best of the repeats; speed = torch time / JAX time\n")
+    print(sampling_benchmark.table(rows))
   cache_rows = []
   if _CACHE_GRID.value:
     cache_rows = sampling_benchmark.run_cache(
         sampling_benchmark.parse_grid(_CACHE_GRID.value), _VOCAB.value, _PROMPT.value,
-        _CACHE_TOKENS_PER_STEP.value, _BLOCK.value, _CACHE_REPEATS.value)
-    print(f"\nBlock cache (Fast-dLLM dual cache; refreshed at each block), low_confidence, "
-          f"block {_BLOCK.value}, {_CACHE_TOKENS_PER_STEP.value} tokens/step; agreement = generated "
-          "tokens equal to the uncached run's\n")
+        _CACHE_TOKENS_PER_STEP.value, _BLOCK.value, _CACHE_REPEATS.value,
+        _PREFIX_VARIANTS.value)
+    print(f"\nBlock caches (Fast-dLLM prefix and dual caches; refreshed at each block), random "
+          f"model, greedy low_confidence, block {_BLOCK.value}, {_CACHE_TOKENS_PER_STEP.value} "
+          "tokens/step; speed-up over no cache; agreement = generated tokens equal to the "
+          "uncached run's\n")
     print(sampling_benchmark.cache_table(cache_rows))
+  countdown_rows = []
+  if _COUNTDOWN.value:
+    countdown_rows = sampling_benchmark.countdown_agreement(
+        benchlib.parse_settings(_COUNTDOWN.value), _COUNTDOWN_PROBLEMS.value)
+    print(f"\nToken agreement with uncached decoding, trained Countdown model, "
+          f"{_COUNTDOWN_PROBLEMS.value} held-out problems, greedy low_confidence, one token per "
+          "step; canvases past the trained length are out of its training range\n")
+    print(sampling_benchmark.countdown_table(countdown_rows))
   info["load_avg_end"] = os.getloadavg()
   benchlib.write_json(_OUT_JSON.value, {"machine": info, "matmul_peak": peak, "flags": {
       "grid": _GRID.value, "vocab_size": _VOCAB.value, "prompt_length": _PROMPT.value,
       "tokens_per_step": _TOKENS_PER_STEP.value, "block_length": _BLOCK.value,
       "temperature": _TEMPERATURE.value, "loop_repeats": _LOOP_REPEATS.value,
       "forward_repeats": _FORWARD_REPEATS.value, "cache_grid": _CACHE_GRID.value,
-      "cache_tokens_per_step": _CACHE_TOKENS_PER_STEP.value},
-      "sampling": rows, "cache": cache_rows})
+      "cache_tokens_per_step": _CACHE_TOKENS_PER_STEP.value,
+      "prefix_variants": _PREFIX_VARIANTS.value, "countdown": _COUNTDOWN.value,
+      "countdown_problems": _COUNTDOWN_PROBLEMS.value},
+      "sampling": rows, "cache": cache_rows, "countdown": countdown_rows})
 
 
 if __name__ == "__main__":

@@ -51,7 +51,8 @@ _IMH_POSITIONS = flags.DEFINE_enum("imh_positions", "random", ["random", "confid
                                    "IMH: position rule.")
 _FIRST_TEMPERATURE = flags.DEFINE_float("first_temperature", 0.9,
                                         "EGI: token temperature of the first step.")
-_CACHE = flags.DEFINE_bool("cache", False, "Block key/value cache (Fast-dLLM).")
+_CACHE = flags.DEFINE_enum("cache", "none", ["none", "prefix", "dual"],
+                           "Block key/value cache (Fast-dLLM's prefix or dual cache).")
 _FORBID_EOS = flags.DEFINE_bool("forbid_eos", False, "Never generate EOS.")
 _EOS_LAST = flags.DEFINE_bool("eos_confidence_inf", False, "Commit EOS/EOT positions last.")
 _CHAT = flags.DEFINE_enum("chat_template", "auto", ["auto", "none"],

@@ -14,6 +14,7 @@ from tests.conftest import REPO_ROOT
 from tests.experiment_fixtures import write_tiny_checkpoint
 
 BENCHMARKS = ["math500", "aime24", "aime25", "humaneval", "mbpp", "mbpp_sanitized"]
+CACHES = {"aime24": "prefix", "aime25": "dual"}  # --cache for some runs (default none)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def test_every_benchmark_runs_resumes_and_reports(ckpt, shared_data, tmp_path):
     flags = [f"--checkpoint={ckpt}", f"--benchmark={benchmark}", f"--data_path={shared_data}",
              "--limit=2", "--remasking=random", "--temperature=1.0", "--gen_length=16",
              "--block_length=8", "--n_samples=2", "--batch_size=4", "--mesh=data=2,model=4",
-             f"--output_dir={out}"]
+             f"--cache={CACHES.get(benchmark, 'none')}", f"--output_dir={out}"]
     _run_script("experiments.run", *flags)
     records = runner.read_results(out)
     assert len(records) == 4 and {r["sample"] for r in records} == {0, 1}
@@ -47,6 +48,8 @@ def test_every_benchmark_runs_resumes_and_reports(ckpt, shared_data, tmp_path):
       assert record["correct"] is False  # a random model solves nothing
     config = json.loads((out / "config.json").read_text())
     assert config["benchmark"] == benchmark and "Random" in config["sampler"]
+    assert ("BlockCache(mode='" + CACHES[benchmark] if benchmark in CACHES
+            else "cache=None") in config["sampler"]
     # Resuming a finished run adds nothing.
     _run_script("experiments.run", *flags)
     assert len(runner.read_results(out)) == 4

@@ -73,6 +73,30 @@ def test_sharded_equals_single_device(rule, temperature):
       assert out.tokens_BL.sharding.spec[0] == sharding.DATA
 
 
+# The model itself with 8x logits (the LM head scaled by 8: exactly 8x, as above), so that the
+# block caches' `with_cache` / `window` / `suffix_window` methods are the model's own.
+SHARP_PARAMS = {**PARAMS, "lm_head": {"kernel": 8.0 * PARAMS["lm_head"]["kernel"]}}
+
+
+@pytest.mark.parametrize("mode", ["dual", "prefix"])
+@pytest.mark.parametrize("rule,temperature", [RULES[1], RULES[7]], ids=["lowconf", "threshold"])
+def test_sharded_block_cache_equals_single_device(mode, rule, temperature):
+  sampler = _sampler(rule, temperature).replace(cache=S.BlockCache(mode))
+  prompt, mask = _prompts()
+  keys = jax.random.split(jax.random.key(0), 8)
+  single = S.generate(sampler, _MODEL, SHARP_PARAMS, prompt, mask, keys)
+  plain = S.generate(sampler.replace(cache=None), _MODEL, SHARP_PARAMS, prompt, mask, keys)
+  assert not np.array_equal(single.logprob_BG, plain.logprob_BG)  # the cache was used
+  for shape in MESHES:
+    mesh = sharding.make_mesh(*shape)
+    params = sharding.shard_params(SHARP_PARAMS, CONFIG, mesh)
+    placed = sharding.shard_batch(mesh, prompt, mask, keys)
+    with jax.set_mesh(mesh):
+      out = S.generate(sampler, _MODEL, params, *placed)
+    np.testing.assert_array_equal(out.tokens_BL, single.tokens_BL, err_msg=f"mesh {shape}")
+    np.testing.assert_array_equal(out.nfe_B, single.nfe_B)
+
+
 def test_parameter_shardings():
   mesh = sharding.make_mesh(2, 4)
   params = sharding.shard_params(PARAMS, CONFIG, mesh)

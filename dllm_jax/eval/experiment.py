@@ -46,7 +46,7 @@ def run_benchmark(*, checkpoint_dir: pathlib.Path, tokenizer_dir: str | None, be
                   data_path: str | None, limit: int | None, chat_template: str, mesh_spec: str,
                   output_dir: str, n_samples: int, batch_size: int, seed: int,
                   allow_greedy: bool, rule: dict[str, Any], sampler_fields: dict[str, Any],
-                  schedule: str = "linear", cache: bool = False, progress: bool = True,
+                  schedule: str = "linear", cache: str = "none", progress: bool = True,
                   verify_checkpoint: bool = True) -> pathlib.Path:
   """Runs (or resumes) one benchmark x sampler into `output_dir`."""
   if limit is not None and limit < 1:
@@ -76,7 +76,7 @@ def run_benchmark(*, checkpoint_dir: pathlib.Path, tokenizer_dir: str | None, be
   sampler = sampling.Sampler.for_model(
       config, remasking=rule_from_name(rule.pop("name"), **rule),
       schedule=sampling.DreamSchedule() if schedule == "dream" else sampling.LinearSchedule(),
-      cache=sampling.BlockCache() if cache else None, **sampler_fields)
+      cache=None if cache == "none" else sampling.BlockCache(cache), **sampler_fields)
   stop_ids = [t for t in (config.eos_token_id, config.eot_token_id) if t is not None]
   run_config = {"checkpoint": str(checkpoint_dir),
                 "weights": checkpoint.fingerprint(checkpoint_dir),

@@ -51,7 +51,8 @@ class Denoiser:
 
   Calling it is the sampler contract `denoise(params, tokens_BL, mask_BL) -> logits_BLV`;
   `logits_window` lets the decoding loop skip the LM head outside the block it decodes;
-  `with_cache` and `window` serve the sampler's block cache. Equal configs give equal (hashable)
+  `with_cache`, `window` and `suffix_window` serve the sampler's block cache (dual and prefix
+  modes). Equal configs give equal (hashable)
   denoisers, so jitted samplers taking one as a static argument compile once per config.
   """
 
@@ -83,6 +84,13 @@ class Denoiser:
              start: jax.Array, width: int) -> jax.Array:
     """Logits [B, width, V] of positions [start, start + width) against `cache`."""
     return self._model(params).window(tokens_BL, mask_BL, cache, start, width)
+
+  def suffix_window(self, params: Params, cache, tokens_BL: jax.Array, mask_BL: jax.Array,
+                    start: jax.Array, width: int, suffix_length: int) -> jax.Array:
+    """Logits [B, width, V] of positions [start, start + width), recomputing the canvas's last
+    `suffix_length` positions against `cache`, whose keys and values stay in use only before
+    `start` (the prefix cache; see `Transformer.window`)."""
+    return self._model(params).window(tokens_BL, mask_BL, cache, start, width, suffix_length)
 
 
 def make_denoise(config: ModelConfig) -> Denoiser:

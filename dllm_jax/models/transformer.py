@@ -20,7 +20,8 @@ slot thus sees every observed token and the masks before it; an observed token s
 tokens before it. Its optional per-head q/k RMSNorm (`qk_norm`, Qwen3) precedes RoPE.
 
 `forward_with_cache` also returns every layer's keys and values; `window` then recomputes only a
-window of W tokens against them (the block cache of `dllm_jax.sampling`). Both can apply the LM
+window of W tokens against them, or the canvas's last tokens (the dual and prefix modes of the
+block cache of `dllm_jax.sampling`). Both can apply the LM
 head to a window of positions only, which is all a block-decoding step reads.
 """
 
@@ -154,13 +155,21 @@ class Block(nnx.Module):
     return h_BLD + self.mlp(self.mlp_norm(h_BLD)), (k_BLKH, v_BLKH)
 
   def window(self, x_BWD: jax.Array, positions_BW: jax.Array, mask: jax.Array,
-             cache: KV, start: jax.Array) -> jax.Array:
+             cache: KV, start: jax.Array, fresh_W: jax.Array | None = None) -> jax.Array:
     """The block for the W tokens at [start, start + W): their fresh keys and values replace
-    the cached ones there, and the rest of the canvas is read from the cache. `mask` is [B, L]
-    or the window's rows [B, W, L]."""
+    the cached ones there (only where `fresh_W`, if given), and the rest of the canvas is read
+    from the cache. `mask` is [B, L] or the window's rows [B, W, L]."""
     q_BWNH, k_BWKH, v_BWKH = self.attn.project(self.attn_norm(x_BWD), positions_BW)
-    k_BLKH = jax.lax.dynamic_update_slice_in_dim(cache[0], k_BWKH.astype(cache[0].dtype), start, 1)
-    v_BLKH = jax.lax.dynamic_update_slice_in_dim(cache[1], v_BWKH.astype(cache[1].dtype), start, 1)
+
+    def keep(fresh_BWKH, cached_BLKH):
+      fresh_BWKH = fresh_BWKH.astype(cached_BLKH.dtype)
+      if fresh_W is not None:
+        W = fresh_BWKH.shape[1]
+        cached_BWKH = jax.lax.dynamic_slice_in_dim(cached_BLKH, start, W, 1)
+        fresh_BWKH = jnp.where(fresh_W[None, :, None, None], fresh_BWKH, cached_BWKH)
+      return jax.lax.dynamic_update_slice_in_dim(cached_BLKH, fresh_BWKH, start, 1)
+
+    k_BLKH, v_BLKH = keep(k_BWKH, cache[0]), keep(v_BWKH, cache[1])
     h_BWD = x_BWD + self.attn.attend(q_BWNH, k_BLKH, v_BLKH, mask)
     return h_BWD + self.mlp(self.mlp_norm(h_BWD))
 
@@ -223,11 +232,23 @@ class Transformer(nnx.Module):
     return self._logits_at(x_BLD, start, width), cache
 
   def window(self, tokens_BL: jax.Array, mask_BL: jax.Array, cache: list[KV],
-             start: jax.Array, width: int) -> jax.Array:
+             start: jax.Array, width: int, suffix_length: int | None = None) -> jax.Array:
     """Logits [B, width, V] of positions [start, start + width), recomputing only those tokens
-    (and, for shifted logits, the one before them) against the cached keys and values."""
+    (and, for shifted logits, the one before them) against the cached keys and values.
+
+    With `suffix_length` (the prefix cache) the canvas's last `suffix_length` positions (plus
+    one for shifted logits) are recomputed instead; among them, those before the window (before
+    the one before it for shifted logits) keep their cached keys and values.
+    """
     shift = int(self.config.shift_logits)
-    first, count = start - shift, width + shift
+    fresh_from = start - shift
+    fresh_W = None
+    if suffix_length is None:
+      first, count = fresh_from, width + shift
+    else:
+      count = suffix_length + shift
+      first = tokens_BL.shape[1] - count
+      fresh_W = first + jnp.arange(count) >= fresh_from
     mask_BL = mask_BL.astype(bool)
     positions_BW = jax.lax.dynamic_slice_in_dim(self.positions(mask_BL), first, count, 1)
     attn_mask = self.attention_mask(tokens_BL, mask_BL)
@@ -235,6 +256,6 @@ class Transformer(nnx.Module):
       attn_mask = jax.lax.dynamic_slice_in_dim(attn_mask, first, count, 1)
     x_BWD = self.embed(jax.lax.dynamic_slice_in_dim(tokens_BL, first, count, 1))
     for layer, kv in zip(self.layers, cache):
-      x_BWD = layer.window(x_BWD, positions_BW, attn_mask, kv, first)
-    # The states start at `first`, so position `start` is at `shift` among them.
-    return self._logits_at(x_BWD, shift, width)
+      x_BWD = layer.window(x_BWD, positions_BW, attn_mask, kv, first, fresh_W)
+    # The states start at `first`, so position `start` is at `start - first` among them.
+    return self._logits_at(x_BWD, start - first, width)

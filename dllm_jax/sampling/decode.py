@@ -122,8 +122,9 @@ def _window_forward(sampler: Sampler, denoise_fn: DenoiseFn, canvas_BL: jax.Arra
 def _cached_forward(sampler: Sampler, denoise_fn: DenoiseFn, state: _State, block: jax.Array,
                     inputs: _Inputs) -> tuple[jax.Array, dict[str, Any]]:
   """Logits [B, W, V] of the current block through the block cache: a full pass (refreshing
-  the cache) at a new block or when the cache is due, else only the block's tokens. Returns
-  them with the state fields to update."""
+  the cache) at a new block or when the cache is due, else only the block's tokens (dual) or
+  the block and every later position in the narrowest window that holds them (prefix).
+  Returns them with the state fields to update."""
   W = sampler.block_len
   P = state.canvas_BL.shape[1] - sampler.gen_length
   start = P + block * W
@@ -135,10 +136,22 @@ def _cached_forward(sampler: Sampler, denoise_fn: DenoiseFn, state: _State, bloc
   def full(_):
     return denoise_fn.with_cache(inputs.params, tokens, mask, start, W)
 
-  def window(_):
-    return denoise_fn.window(inputs.params, state.cache, tokens, mask, start, W), state.cache
+  if sampler.cache.mode == "dual":
+    def window(_):
+      return denoise_fn.window(inputs.params, state.cache, tokens, mask, start, W), state.cache
 
-  logits, cache = jax.lax.cond(refresh, full, window, None)
+    logits, cache = jax.lax.cond(refresh, full, window, None)
+  else:
+    widths = sampler.cache.suffix_widths(sampler.num_blocks)
+
+    def suffix(n):
+      return lambda _: (denoise_fn.suffix_window(inputs.params, state.cache, tokens, mask, start,
+                                                 W, n * W), state.cache)
+
+    # Branch 0 is the full pass; branch i the i-th narrowest window holding the blocks left.
+    blocks_left = sampler.num_blocks - block
+    branch = jnp.where(refresh, 0, 1 + jnp.sum(jnp.array(widths) < blocks_left))
+    logits, cache = jax.lax.switch(branch, [full] + [suffix(n) for n in widths], None)
   return _finish_logits(sampler, logits), dict(
       cache=cache, cache_block=block, cache_age=jnp.where(refresh, 1, state.cache_age + 1))
 
@@ -336,7 +349,7 @@ def generate(sampler: Sampler, denoise_fn: DenoiseFn, params, prompt_BP: jax.Arr
                      f"{'none' if policy_params is None else 'policy_params'} for "
                      f"{type(sampler.remasking).__name__}")
   if sampler.cache is not None:
-    block_cache.check_denoiser(denoise_fn)
+    block_cache.check_denoiser(denoise_fn, sampler.cache)
     if P == 0 and getattr(getattr(denoise_fn, "config", None), "shift_logits", False):
       raise ValueError("a block cache with shifted logits (Dream) needs a prompt of >= 1 token")
   G = sampler.gen_length

@@ -31,7 +31,7 @@ class Sampler:
   `cfg_scale` > 0 adds classifier-free guidance (the unconditional canvas masks the prompt):
   logits = uncond + (cfg_scale + 1) * (cond - uncond). `forbid_eos` sets the EOS logit to -inf;
   `eos_confidence_inf` gives positions whose draw is EOS or EOT the lowest priority.
-  `cache=BlockCache()` reuses keys and values within a block (see `block_cache`).
+  `cache=BlockCache("dual" | "prefix")` reuses keys and values within a block (see `block_cache`).
   """
 
   gen_length: int
