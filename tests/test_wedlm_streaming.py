@@ -86,9 +86,7 @@ def test_cached_decoding_equals_recomputing_when_sampling():
   plain = ST.stream_generate(sampler.replace(prefix_cache=False), denoise, params, prompt, mask,
                              jax.random.key(5))
   np.testing.assert_array_equal(cached.tokens_BL, plain.tokens_BL)
-  greedy = ST.stream_generate(sampler.replace(temperature=0.0, top_k=None, top_p=None), denoise,
-                              params, prompt, mask, jax.random.key(5))
-  assert not np.array_equal(greedy.tokens_BL, cached.tokens_BL)
+  np.testing.assert_allclose(cached.logprob_BG, plain.logprob_BG, atol=1e-4)
 
 
 @pytest.mark.parametrize("family", sorted(CONFIGS))
@@ -117,7 +115,7 @@ def test_rows_do_not_depend_on_the_batch():
   prompt, mask = _prompts(config, (7, 3, 5), seed=4)
   keys = jax.random.split(jax.random.key(9), 3)
   batch = ST.stream_generate(sampler, denoise, params, prompt, mask, keys)
-  for row in (0, 1):
+  for row in (1,):  # the shortest prompt: the most padding in the batch
     n = int(mask[row].sum())
     alone = ST.stream_generate(sampler, denoise, params, prompt[row:row + 1, -n:],
                                mask[row:row + 1, -n:], keys[row:row + 1])
@@ -148,17 +146,19 @@ def _python_loop(sampler, denoise, params, prompt_tokens):
         break
     if stop:
       return committed, nfe, fills
+    # the masks this forward scored (none when the whole window was just committed)
     masks = [i for i in range(run, W) if window[i] == M and len(committed) - run + i < G]
-    log_p = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
-    entropy = -np.sum(np.where(np.isfinite(log_p), np.exp(log_p) * log_p, 0.0), axis=-1)
-    adjusted = {i: entropy[i] + sampler.position_penalty * (i - masks[0]) for i in masks}
-    best = min(masks, key=lambda i: (adjusted[i], i))
-    chosen = [best]
-    if sampler.entropy_threshold is not None:
-      chosen = sorted({best} | {i for i in masks if adjusted[i] < sampler.entropy_threshold})
-    for i in chosen:
-      window[i] = int(np.argmax(logits[i]))
-    fills.append(len(chosen))
+    if masks:
+      p = np.exp(logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True))
+      entropy = -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=-1)
+      adjusted = {i: entropy[i] + sampler.position_penalty * (i - masks[0]) for i in masks}
+      best = min(masks, key=lambda i: (adjusted[i], i))
+      chosen = [best]
+      if sampler.entropy_threshold is not None:
+        chosen = sorted({best} | {i for i in masks if adjusted[i] < sampler.entropy_threshold})
+      for i in chosen:
+        window[i] = int(np.argmax(logits[i]))
+      fills.append(len(chosen))
     window = window[run:] + [M] * run
 
 
