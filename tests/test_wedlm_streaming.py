@@ -240,7 +240,7 @@ def test_imh_one_slot_samples_the_tempered_model():
   params, denoise = _params(config, 30.0), models.make_denoise(config)
   sampler = ST.StreamingSampler.for_model(config, gen_length=1, window=1,
                                           imh=IMH(alpha=1.5, num_candidates=4))
-  prompt = np.tile(np.array([[17, 4, 99]], np.int32), (4000, 1))
+  prompt = np.tile(np.array([[17, 4, 99]], np.int32), (2500, 1))
   out = ST.stream_generate(sampler, denoise, params, prompt, np.ones_like(prompt, bool),
                            jax.random.key(0))
   canvas = np.concatenate([prompt[:1], [[config.mask_token_id]]], 1)

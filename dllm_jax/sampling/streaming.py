@@ -76,6 +76,7 @@ class StreamingSampler:
   eot_token_id: int | None = None
   imh: IMH | None = None
   prefix_cache: bool = True
+  max_steps: int | None = None  # stop every row after this many iterations (None: when done)
 
   def __post_init__(self):
     if self.gen_length < 1:
@@ -95,6 +96,8 @@ class StreamingSampler:
       raise ValueError(f"top_k must be >= 1, got {self.top_k}")
     if self.mask_token_id < 0:
       raise ValueError(f"mask_token_id must be >= 0, got {self.mask_token_id}")
+    if self.max_steps is not None and self.max_steps < 1:
+      raise ValueError(f"max_steps must be >= 1 or None, got {self.max_steps}")
     if self.imh is not None:
       if not isinstance(self.imh, IMH):
         raise ValueError(f"imh must be IMH(...) or None, got {self.imh!r}")
@@ -124,9 +127,9 @@ class StreamingSampler:
     return tuple(t for t in (self.eos_token_id, self.eot_token_id) if t is not None)
 
   @property
-  def max_steps(self) -> int:
-    # Each active iteration fills a token or commits one; this bound only guards the loop.
-    return 2 * self.gen_length + 2
+  def step_limit(self) -> int:
+    # Each active iteration fills or commits a token, so 2G + 2 only guards the loop.
+    return self.max_steps or 2 * self.gen_length + 2
 
 
 @struct.dataclass
@@ -392,7 +395,7 @@ def run(sampler: StreamingSampler, denoise_fn, params, prompt_BP: jax.Array,
   inputs = _Inputs(params=params, prompt_BP=prompt_BP.astype(jnp.int32),
                    prompt_mask_BP=prompt_mask_BP.astype(bool), keys_B=row_random.row_keys(rng, B))
   state = _initial_state(sampler, denoise_fn, inputs)
-  not_done = lambda s: jnp.any(~s.done_B) & (s.step < sampler.max_steps)
+  not_done = lambda s: jnp.any(~s.done_B) & (s.step < sampler.step_limit)
   return jax.lax.while_loop(not_done, functools.partial(_step, sampler, denoise_fn, inputs),
                             state)
 
