@@ -29,7 +29,10 @@ _DATA = flags.DEFINE_string("data_path", None, "Benchmark file or directory (Hum
 _LIMIT = flags.DEFINE_integer("limit", None, "Only the first N problems.")
 _REMASKING = flags.DEFINE_enum("remasking", "low_confidence",
                                ["random", "low_confidence", "maskgit_plus", "topk_margin",
-                                "entropy", "origin", "threshold", "imh"], "Remasking rule.")
+                                "entropy", "origin", "threshold", "imh", "wedlm_streaming",
+                                "wedlm_streaming_imh"],
+                               "Remasking rule; wedlm_streaming(_imh): WeDLM's streaming "
+                               "decoder with its exact prefix cache (+ IMH).")
 _TEMPERATURE = flags.DEFINE_float("temperature", None, "Token temperature (not with imh).")
 _TOP_P = flags.DEFINE_float("top_p", None, "Nucleus filtering.")
 _TOP_K = flags.DEFINE_integer("top_k", None, "Top-k filtering.")
@@ -44,6 +47,12 @@ _ALPHA = flags.DEFINE_float("alpha", 2.0, "IMH: target exponent (candidates at 1
 _CANDIDATES = flags.DEFINE_integer("num_candidates", 4, "IMH: candidates per step (K).")
 _IMH_POSITIONS = flags.DEFINE_enum("imh_positions", "random", ["random", "confidence"],
                                    "IMH: position rule.")
+_ENTROPY_THRESHOLD = flags.DEFINE_float(
+    "entropy_threshold", None, "wedlm_streaming: fill every mask with entropy + penalty below "
+    "this (default 0.4; 0: one token per step, the paper's setting).")
+_POSITION_PENALTY = flags.DEFINE_float("position_penalty", None,
+                                       "wedlm_streaming: lambda per slot (default 0.02).")
+_WINDOW = flags.DEFINE_integer("window", None, "wedlm_streaming: window W (default 16).")
 _CACHE = flags.DEFINE_bool("cache", False, "Block key/value cache (Fast-dLLM).")
 _FORBID_EOS = flags.DEFINE_bool("forbid_eos", False, "Never generate EOS.")
 _EOS_LAST = flags.DEFINE_bool("eos_confidence_inf", False, "Commit EOS/EOT positions last.")
@@ -83,7 +92,9 @@ def main(argv):
                       "top_p": _TOP_P.value, "top_k": _TOP_K.value, "cfg_scale": _CFG.value,
                       "forbid_eos": _FORBID_EOS.value,
                       "eos_confidence_inf": _EOS_LAST.value},
-      schedule=_SCHEDULE.value, cache=_CACHE.value)
+      schedule=_SCHEDULE.value, cache=_CACHE.value,
+      streaming={"window": _WINDOW.value, "entropy_threshold": _ENTROPY_THRESHOLD.value,
+                 "position_penalty": _POSITION_PENALTY.value})
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from dllm_jax.data.problems import Problem
 from dllm_jax.data.tokenize import pad_left
 from dllm_jax.eval import grading
 from dllm_jax.sampling.imh import IMH
+from dllm_jax.sampling.streaming import StreamingSampler, stream_generate
 from dllm_jax.sampling.remasking import (DreamOrigin, Entropy, LowConfidence, MaskGitPlus,
                                          Threshold, TopKMargin)
 
@@ -55,6 +56,8 @@ def unit_key(seed: int, problem_id: str, sample: int) -> jax.Array:
 
 def can_sample(sampler: sampling.Sampler) -> bool:
   """Whether two runs of `sampler` with different keys can give different tokens."""
+  if isinstance(sampler, StreamingSampler):
+    return sampler.imh is not None or sampler.temperature > 0
   rule = sampler.remasking
   if isinstance(rule, IMH) or sampler.token_temperature > 0:
     return True
@@ -182,8 +185,8 @@ def run(*, problems: Sequence[Problem], prompts: Sequence[Sequence[int]],
     raise ValueError(f"{len(problems)} problems but {len(prompts)} prompts")
   if n_samples > 1 and not can_sample(sampler) and not allow_greedy:
     raise ValueError(
-        f"{n_samples} samples per problem, but {sampler.remasking!r} at temperature "
-        f"{sampler.token_temperature} is deterministic: every sample would be the same. Set a "
+        f"{n_samples} samples per problem, but {getattr(sampler, 'remasking', sampler)!r} at "
+        f"temperature {sampler.token_temperature} is deterministic: every sample would be the same. Set a "
         "temperature > 0 (or alg_temp), use a sampling rule, or allow it explicitly")
   mesh = mesh or sharding.make_mesh(data=-1, model=1)
   output_dir = pathlib.Path(output_dir)
@@ -217,8 +220,9 @@ def run(*, problems: Sequence[Problem], prompts: Sequence[Sequence[int]],
       placed = sharding.shard_batch(mesh, tokens, mask, keys)
       start = time.time()
       with jax.set_mesh(mesh):
-        out = jax.block_until_ready(sampling.generate(sampler, model.denoise, model.params,
-                                                      *placed))
+        decode_fn = (stream_generate if isinstance(sampler, StreamingSampler)
+                     else sampling.generate)
+        out = jax.block_until_ready(decode_fn(sampler, model.denoise, model.params, *placed))
       seconds = (time.time() - start) / batch_size
       generated = _owned_rows(out.generated_BG)
       nfe, logprob = _owned_rows(out.nfe_B[:, None]), _owned_rows(out.logprob_BG)

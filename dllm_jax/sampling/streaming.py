@@ -119,6 +119,10 @@ class StreamingSampler:
     return dataclasses.replace(self, **changes)
 
   @property
+  def token_temperature(self) -> float:
+    return self.temperature if self.imh is None else self.imh.temperature
+
+  @property
   def num_candidates(self) -> int:
     return 1 if self.imh is None else self.imh.num_candidates
 
