@@ -300,3 +300,36 @@ def test_experiment_settings_build_the_streaming_sampler():
     experiment.streaming_sampler(config, rule, {**fields, "block_length": 8}, "linear", True, {})
   with pytest.raises(ValueError, match="needs a WeDLM checkpoint"):
     experiment.streaming_sampler(models.llada_tiny(), rule, fields, "linear", False, {})
+
+
+def test_benchmark_run_with_streaming_decoding(shared_data, tmp_path):
+  """experiments/run.py's path: a tiny WeDLM checkpoint, two problems, wedlm_streaming."""
+  import json
+  from dllm_jax import checkpoint
+  from dllm_jax.eval import experiment, runner
+  from tests.experiment_fixtures import SPECIAL, build_tokenizer
+  tokenizer = build_tokenizer(shared_data)
+  ids = {token: tokenizer.token_to_id(token) for token in SPECIAL}
+  config = models.wedlm_tiny(vocab_size=tokenizer.get_vocab_size(), max_length=512,
+                             pad_token_id=ids["<pad>"], eos_token_id=ids["<|endoftext|>"],
+                             mask_token_id=ids["<|mdm_mask|>"], eot_token_id=ids["<|eot_id|>"])
+  ckpt = tmp_path / "ckpt"
+  checkpoint.save(ckpt, models.init_params(config, seed=0), config, overwrite=True)
+  (ckpt / "tokenizer").mkdir()
+  tokenizer.save(str(ckpt / "tokenizer" / "tokenizer.json"))
+  (ckpt / "tokenizer" / "tokenizer_config.json").write_text(json.dumps(
+      {"pad_token": "<pad>", "eos_token": "<|endoftext|>", "mask_token": "<|mdm_mask|>"}))
+  fields = dict(gen_length=16, block_length=None, steps=None, temperature=None, top_p=None,
+                top_k=None, cfg_scale=0.0, forbid_eos=False, eos_confidence_inf=False)
+  experiment.run_benchmark(
+      checkpoint_dir=ckpt, tokenizer_dir=None, benchmark="math500", data_path=str(shared_data),
+      limit=2, chat_template="none", mesh_spec="data=-1,model=1",
+      output_dir=str(tmp_path / "out"), n_samples=1, batch_size=8, seed=0, allow_greedy=False,
+      rule=dict(name="wedlm_streaming", alg_temp=0.0, threshold=0.9, alpha=2.0,
+                num_candidates=4, imh_positions="random"),
+      sampler_fields=fields, streaming={"window": 4, "entropy_threshold": 0.0,
+                                        "position_penalty": None}, progress=False)
+  records = runner.read_results(tmp_path / "out")
+  assert len(records) == 2
+  # one token per step: a forward per token (and one first), fewer if EOS came early
+  assert all(2 <= r["nfe"] <= 2 * 16 + 1 for r in records), [r["nfe"] for r in records]
