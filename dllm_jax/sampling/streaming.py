@@ -37,7 +37,8 @@ tempered ones (`token_sampling`).
 
 Statistics: `nfe_B` counts window forwards (K per IMH step), not the prompt's prefill; the
 per-token `commit_step_BG` is the iteration that filled the token (its value is final then; it
-enters the cache one iteration later). Generated slots after a stop token hold `eos_token_id`.
+enters the cache one iteration later). Generated slots after a stop token hold `eos_token_id`
+(the mask id without one). `max_steps` caps the loop's iterations (benchmarks time a few).
 """
 
 from __future__ import annotations
