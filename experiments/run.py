@@ -32,7 +32,10 @@ _LIMIT = flags.DEFINE_integer("limit", None, "Only the first N problems.")
 _REMASKING = flags.DEFINE_enum("remasking", "low_confidence",
                                ["random", "low_confidence", "maskgit_plus", "topk_margin",
                                 "entropy", "wedlm_entropy", "origin", "threshold", "imh",
-                                "rank_then_sample", "egi"], "Remasking rule.")
+                                "rank_then_sample", "egi", "wedlm_streaming",
+                                "wedlm_streaming_imh"],
+                               "Remasking rule; wedlm_streaming(_imh): WeDLM's streaming "
+                               "decoder with its exact prefix cache (+ IMH).")
 _TEMPERATURE = flags.DEFINE_float("temperature", None, "Token temperature (not with imh).")
 _TOP_P = flags.DEFINE_float("top_p", None, "Nucleus filtering.")
 _TOP_K = flags.DEFINE_integer("top_k", None, "Top-k filtering.")
@@ -43,8 +46,13 @@ _SCHEDULE = flags.DEFINE_enum("schedule", "linear", ["linear", "dream"], "Tokens
 _CFG = flags.DEFINE_float("cfg_scale", 0.0, "Classifier-free guidance scale.")
 _ALG_TEMP = flags.DEFINE_float("alg_temp", 0.0, "Dream rules: sample positions at this temp.")
 _THRESHOLD = flags.DEFINE_float("threshold", 0.9, "Threshold rule: confidence to commit.")
-_POSITION_PENALTY = flags.DEFINE_float("position_penalty", 0.1, "wedlm_entropy: lambda of "
-                                       "entropy + lambda x (distance to the first mask).")
+_POSITION_PENALTY = flags.DEFINE_float(
+    "position_penalty", None, "wedlm_entropy / wedlm_streaming: lambda of entropy + lambda x "
+    "(distance to the first mask) (default 0.1 for wedlm_entropy, 0.02 for wedlm_streaming).")
+_ENTROPY_THRESHOLD = flags.DEFINE_float(
+    "entropy_threshold", None, "wedlm_streaming: fill every mask with entropy + penalty below "
+    "this (default 0.4; 0: one token per step, the paper's setting).")
+_WINDOW = flags.DEFINE_integer("window", None, "wedlm_streaming: window W (default 16).")
 _ALPHA = flags.DEFINE_float("alpha", 2.0, "IMH: target exponent (candidates at 1/alpha).")
 _CANDIDATES = flags.DEFINE_integer("num_candidates", 4, "IMH: candidates per step (K).")
 _IMH_POSITIONS = flags.DEFINE_enum("imh_positions", "random", ["random", "confidence"],
@@ -80,6 +88,10 @@ _USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryErr
 
 
 def _run():
+  streaming = {"window": _WINDOW.value, "entropy_threshold": _ENTROPY_THRESHOLD.value}
+  penalty = _POSITION_PENALTY.value
+  if _REMASKING.value in experiment.STREAMING_RULES:
+    streaming["position_penalty"], penalty = penalty, None
   experiment.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                                     _DISTRIBUTED.value)
   return experiment.run_benchmark(
@@ -90,15 +102,16 @@ def _run():
       allow_greedy=_ALLOW_GREEDY.value,
       rule={"name": _REMASKING.value, "alg_temp": _ALG_TEMP.value, "threshold": _THRESHOLD.value,
             "alpha": _ALPHA.value, "num_candidates": _CANDIDATES.value,
-            "imh_positions": _IMH_POSITIONS.value, "position_penalty": _POSITION_PENALTY.value,
+            "imh_positions": _IMH_POSITIONS.value,
+            "position_penalty": 0.1 if penalty is None else penalty,
             "first_temperature": _FIRST_TEMPERATURE.value},
       sampler_fields={"gen_length": _GEN.value, "block_length": _BLOCK.value,
                       "steps": _STEPS.value, "temperature": _TEMPERATURE.value,
                       "top_p": _TOP_P.value, "top_k": _TOP_K.value, "cfg_scale": _CFG.value,
                       "forbid_eos": _FORBID_EOS.value,
                       "eos_confidence_inf": _EOS_LAST.value},
-      schedule=_SCHEDULE.value, cache=_CACHE.value, progress=_PROGRESS.value,
-      verify_checkpoint=_VERIFY.value)
+      schedule=_SCHEDULE.value, cache=_CACHE.value, streaming=streaming,
+      progress=_PROGRESS.value, verify_checkpoint=_VERIFY.value)
 
 
 def main(argv):

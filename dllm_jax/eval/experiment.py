@@ -15,6 +15,8 @@ from dllm_jax import checkpoint, models, sampling, sharding
 from dllm_jax.data import jsonl, prompts, tokenize
 from dllm_jax.eval import runner
 from dllm_jax.sampling.by_name import rule_from_name
+from dllm_jax.sampling.imh import IMH
+from dllm_jax.sampling.streaming import StreamingSampler
 
 
 def initialize_distributed(coordinator: str | None, num_processes: int | None,
@@ -46,7 +48,8 @@ def run_benchmark(*, checkpoint_dir: pathlib.Path, tokenizer_dir: str | None, be
                   data_path: str | None, limit: int | None, chat_template: str, mesh_spec: str,
                   output_dir: str, n_samples: int, batch_size: int, seed: int,
                   allow_greedy: bool, rule: dict[str, Any], sampler_fields: dict[str, Any],
-                  schedule: str = "linear", cache: str = "none", progress: bool = True,
+                  schedule: str = "linear", cache: str = "none",
+                  streaming: dict[str, Any] | None = None, progress: bool = True,
                   verify_checkpoint: bool = True) -> pathlib.Path:
   """Runs (or resumes) one benchmark x sampler into `output_dir`."""
   if limit is not None and limit < 1:
@@ -73,10 +76,16 @@ def run_benchmark(*, checkpoint_dir: pathlib.Path, tokenizer_dir: str | None, be
               else prompts.load_chat_template(tokenizer_dir, family=config.family))
   texts = prompts.build_prompts(problems, template)
   prompt_ids = [tokenizer.encode(text) for text in texts]
-  sampler = sampling.Sampler.for_model(
-      config, remasking=rule_from_name(rule.pop("name"), **rule),
-      schedule=sampling.DreamSchedule() if schedule == "dream" else sampling.LinearSchedule(),
-      cache=None if cache == "none" else sampling.BlockCache(cache), **sampler_fields)
+  if rule["name"] not in STREAMING_RULES and any(v is not None for v in (streaming or {}).values()):
+    raise ValueError(f"{sorted(k for k, v in streaming.items() if v is not None)} are settings "
+                     "of --remasking=wedlm_streaming")
+  if rule["name"] in STREAMING_RULES:
+    sampler = streaming_sampler(config, rule, sampler_fields, schedule, cache, streaming or {})
+  else:
+    sampler = sampling.Sampler.for_model(
+        config, remasking=rule_from_name(rule.pop("name"), **rule),
+        schedule=sampling.DreamSchedule() if schedule == "dream" else sampling.LinearSchedule(),
+        cache=None if cache == "none" else sampling.BlockCache(cache), **sampler_fields)
   stop_ids = [t for t in (config.eos_token_id, config.eot_token_id) if t is not None]
   run_config = {"checkpoint": str(checkpoint_dir),
                 "weights": checkpoint.fingerprint(checkpoint_dir),
@@ -93,3 +102,30 @@ def run_benchmark(*, checkpoint_dir: pathlib.Path, tokenizer_dir: str | None, be
       sampler=sampler, n_samples=n_samples, output_dir=output_dir, run_config=run_config,
       mesh=mesh, batch_size=batch_size, seed=seed, allow_greedy=allow_greedy, progress=progress,
       log=log if jax.process_index() == 0 else None)
+
+
+STREAMING_RULES = ("wedlm_streaming", "wedlm_streaming_imh")
+
+
+def streaming_sampler(config, rule: dict[str, Any], sampler_fields: dict[str, Any], schedule: str,
+                      cache: str, streaming: dict[str, Any]) -> StreamingSampler:
+  """WeDLM streaming decoding (`sampling.streaming`) from the run's settings: `streaming` holds
+  window, entropy_threshold (0 or None: one token per step) and position_penalty; `_imh` adds
+  IMH with the rule's alpha and num_candidates. Settings of block decoding are errors."""
+  name = rule["name"]
+  if config.family != "wedlm":
+    raise ValueError(f"--remasking={name} needs a WeDLM checkpoint, got family {config.family!r}")
+  fields = dict(sampler_fields)
+  stray = [k for k, default in (("block_length", None), ("steps", None), ("cfg_scale", 0.0),
+                                ("forbid_eos", False), ("eos_confidence_inf", False))
+           if fields.pop(k, default) != default]
+  stray += ["schedule"] * (schedule != "linear") + ["cache"] * (cache != "none")
+  if stray:
+    raise ValueError(f"--remasking={name} does not take {stray} (block-decoding settings)")
+  options = {k: v for k, v in streaming.items() if v is not None}
+  if not options.get("entropy_threshold", 1):
+    options["entropy_threshold"] = None  # 0: one token per step
+  if name == "wedlm_streaming_imh":
+    options["imh"] = IMH(alpha=rule["alpha"], num_candidates=rule["num_candidates"])
+  fields = {k: v for k, v in fields.items() if v is not None}
+  return StreamingSampler.for_model(config, **fields, **options)

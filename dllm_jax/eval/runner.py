@@ -43,6 +43,7 @@ from dllm_jax.data.tokenize import pad_left
 from dllm_jax.eval import grading
 from dllm_jax.sampling.imh import IMH
 from dllm_jax.sampling.position_first import EGI, RankThenSample
+from dllm_jax.sampling.streaming import StreamingSampler, stream_generate
 from dllm_jax.sampling.remasking import (DreamOrigin, Entropy, LowConfidence, MaskGitPlus,
                                          Threshold, TopKMargin, WeDLMEntropy)
 
@@ -68,6 +69,8 @@ def unit_key(seed: int, problem_id: str, sample: int) -> jax.Array:
 
 def can_sample(sampler: sampling.Sampler) -> bool:
   """Whether two runs of `sampler` with different keys can give different tokens."""
+  if isinstance(sampler, StreamingSampler):
+    return sampler.imh is not None or sampler.temperature > 0
   rule = sampler.remasking
   if isinstance(rule, IMH) or sampler.token_temperature > 0:
     return True
@@ -257,8 +260,8 @@ def run(*, problems: Sequence[Problem], prompts: Sequence[Sequence[int]],
     raise ValueError(f"{len(problems)} problems but {len(prompts)} prompts")
   if n_samples > 1 and not can_sample(sampler) and not allow_greedy:
     raise ValueError(
-        f"{n_samples} samples per problem, but {sampler.remasking!r} at temperature "
-        f"{sampler.token_temperature} is deterministic: every sample would be the same. Set "
+        f"{n_samples} samples per problem, but {getattr(sampler, 'remasking', sampler)!r} at "
+        f"temperature {sampler.token_temperature} is deterministic: every sample would be the same. Set "
         "--temperature > 0 (or --alg_temp), use a sampling rule, or pass "
         "--allow_identical_samples")
   prompt_length = max(len(p) for p in prompts)
@@ -302,8 +305,9 @@ def run(*, problems: Sequence[Problem], prompts: Sequence[Sequence[int]],
           if compiled is None:  # every batch has one shape: one compilation, timed apart
             log("compiling the sampler (once per run) ...")
             start = time.time()
-            compiled = sampling.generate.lower(sampler, model.denoise, model.params,
-                                               *placed).compile()
+            decode_fn = (stream_generate if isinstance(sampler, StreamingSampler)
+                         else sampling.generate)
+            compiled = decode_fn.lower(sampler, model.denoise, model.params, *placed).compile()
             log(f"compiled in {time.time() - start:.1f} s")
             bar = _progress_bar(total, total - len(units), progress and jax.process_index() == 0)
           start = time.time()

@@ -52,7 +52,7 @@ class Denoiser:
   Calling it is the sampler contract `denoise(params, tokens_BL, mask_BL) -> logits_BLV`;
   `logits_window` lets the decoding loop skip the LM head outside the block it decodes;
   `with_cache`, `window` and `suffix_window` serve the sampler's block cache (dual and prefix
-  modes). Equal configs give equal (hashable)
+  modes), `with_cache` and `extend` WeDLM's streaming decoder. Equal configs give equal (hashable)
   denoisers, so jitted samplers taking one as a static argument compile once per config.
   """
 
@@ -91,6 +91,12 @@ class Denoiser:
     `suffix_length` positions against `cache`, whose keys and values stay in use only before
     `start` (the prefix cache; see `Transformer.window`)."""
     return self._model(params).window(tokens_BL, mask_BL, cache, start, width, suffix_length)
+
+  def extend(self, params: Params, cache, tokens_BT: jax.Array, positions_BT: jax.Array,
+             visible_BTX: jax.Array):
+    """Logits [B, T, V] of T new tokens against `cache`, and their keys and values (see
+    `Transformer.extend`)."""
+    return self._model(params).extend(tokens_BT, positions_BT, visible_BTX, cache)
 
 
 def make_denoise(config: ModelConfig) -> Denoiser:

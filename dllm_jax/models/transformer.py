@@ -21,8 +21,10 @@ tokens before it. Its optional per-head q/k RMSNorm (`qk_norm`, Qwen3) precedes 
 
 `forward_with_cache` also returns every layer's keys and values; `window` then recomputes only a
 window of W tokens against them, or the canvas's last tokens (the dual and prefix modes of the
-block cache of `dllm_jax.sampling`). Both can apply the LM
-head to a window of positions only, which is all a block-decoding step reads.
+block cache of `dllm_jax.sampling`). Both can apply the LM head to a window of positions only,
+which is all a block-decoding step reads. `extend` runs T new tokens against a cache without
+writing it, returning their keys and values (WeDLM's streaming decoder, whose causal prefix cache
+is exact).
 """
 
 from __future__ import annotations
@@ -173,6 +175,16 @@ class Block(nnx.Module):
     h_BWD = x_BWD + self.attn.attend(q_BWNH, k_BLKH, v_BLKH, mask)
     return h_BWD + self.mlp(self.mlp_norm(h_BWD))
 
+  def extend(self, x_BTD: jax.Array, positions_BT: jax.Array, visible_BTX: jax.Array,
+             cache: KV) -> tuple[jax.Array, KV]:
+    """The block for T new tokens attending to the S cached keys followed by their own:
+    `visible_BTX` is [B, T, S + T]. Returns the new tokens' keys and values [B, T, K, H]."""
+    q_BTNH, k_BTKH, v_BTKH = self.attn.project(self.attn_norm(x_BTD), positions_BT)
+    k_BXKH = jnp.concatenate([cache[0], k_BTKH.astype(cache[0].dtype)], axis=1)
+    v_BXKH = jnp.concatenate([cache[1], v_BTKH.astype(cache[1].dtype)], axis=1)
+    h_BTD = x_BTD + self.attn.attend(q_BTNH, k_BXKH, v_BXKH, visible_BTX)
+    return h_BTD + self.mlp(self.mlp_norm(h_BTD)), (k_BTKH, v_BTKH)
+
 
 class Transformer(nnx.Module):
   """Token ids [B, L] and a key mask [B, L] in, float32 logits [B, L, V] out."""
@@ -259,3 +271,15 @@ class Transformer(nnx.Module):
       x_BWD = layer.window(x_BWD, positions_BW, attn_mask, kv, first, fresh_W)
     # The states start at `first`, so position `start` is at `start - first` among them.
     return self._logits_at(x_BWD, start - first, width)
+
+  def extend(self, tokens_BT: jax.Array, positions_BT: jax.Array, visible_BTX: jax.Array,
+             cache: list[KV]) -> tuple[jax.Array, list[KV]]:
+    """Logits [B, T, V] of T new tokens at `positions_BT` against `cache` (every layer's
+    [B, S, K, H]), with `visible_BTX` [B, T, S + T] as in `Block.extend`, and their keys and
+    values per layer; the cache itself is not written."""
+    x_BTD = self.embed(tokens_BT)
+    new = []
+    for layer, kv in zip(self.layers, cache):
+      x_BTD, kv_new = layer.extend(x_BTD, positions_BT, visible_BTX, kv)
+      new.append(kv_new)
+    return self._logits_at(x_BTD, 0, tokens_BT.shape[1]), new

@@ -1,4 +1,5 @@
-"""Samplers for masked diffusion LMs: one compiled decode loop, remasking rules, IMH, oracle."""
+"""Samplers for masked diffusion LMs: one compiled decode loop, remasking rules, IMH, oracle, and
+WeDLM streaming decoding with an exact prefix cache."""
 
 from dllm_jax.sampling.block_cache import BlockCache
 from dllm_jax.sampling.decode import DecodeOutput, generate
@@ -10,3 +11,4 @@ from dllm_jax.sampling.remasking import (DreamOrigin, Entropy, LowConfidence, Ma
                                          Threshold, TopKMargin, WeDLMEntropy)
 from dllm_jax.sampling.sampler import Sampler
 from dllm_jax.sampling.schedule import DreamSchedule, LinearSchedule
+from dllm_jax.sampling.streaming import StreamingSampler, stream_generate
