@@ -27,7 +27,7 @@ import numpy as np
 
 from dllm_jax import models, sampling, sharding
 from dllm_jax.models import ModelConfig
-from experiments import benchlib
+from experiments import accelerator_plan, benchlib
 from experiments.accelerator_plan import (Costs, Settings, estimate_setting, timed_repeats,
                                           window_flops)
 
@@ -390,9 +390,10 @@ def section_matmul_peak(run: Run) -> None:
   run.setting("matmul_peak", f"{n}^3 x {chain}", 0.0, body)
 
 
-def _prompt(run: Run, batch: int, length: int, salt: int) -> np.ndarray:
-  """Random tokens below every special id of the model."""
-  c = run.config
+def _prompt(run: Run, batch: int, length: int, salt: int,
+            config: ModelConfig | None = None) -> np.ndarray:
+  """Random tokens below every special id of the model (`run.config` unless given)."""
+  c = config or run.config
   special = min(t for t in (c.mask_token_id, c.eos_token_id, c.pad_token_id, c.eot_token_id,
                             c.bos_token_id) if t is not None)
   rng = np.random.default_rng(run.settings.seed * 1000 + salt)
@@ -548,23 +549,56 @@ def section_imh(run: Run) -> None:
 
 
 def section_wedlm(run: Run) -> None:
-  """WeDLM-8B streaming decoding at --wedlm_batches: tokens/s, ms/step, MFU, compile time.
+  """WeDLM-8B streaming decoding (`sampling.stream_generate`, exact prefix cache, window W, one
+  token per step, the paper's setting) at --wedlm_batches: tokens/s, ms/step, MFU, compile time.
+  Its own random weights on the device; no stop tokens, so every row decodes gen_length tokens
+  (random weights would stop rows at random EOS draws)."""
+  settings = run.settings
+  config = settings.wedlm_config
+  _, G, _, _ = settings.decode_shapes
+  W = settings.wedlm_window
+  sampler = sampling.StreamingSampler.for_model(
+      config, gen_length=G, window=W, entropy_threshold=None, position_penalty=0.1,
+      eos_token_id=None, eot_token_id=None)
+  state: dict[str, Any] = {}
 
-  Not written yet: the WeDLM family and its streaming decoder were not in the tree when this
-  benchmark was written. To add it, make the WeDLM-8B weights with `init_on_device(run, config)`
-  and time its streaming decoder per batch with `run.setting`, `measure` and `rates`, as
-  `section_decode` does.
-  """
-  missing = "the WeDLM family and its streaming decoder are not in this tree yet"
-  if "wedlm_8b" in models.PRESETS:
-    missing = "models.wedlm_8b exists, but this section has not been written for it yet"
-  section = run.section("wedlm")
-  section.update(status="not_available", reason=missing)
-  for batch in run.settings.wedlm_batches:
-    section["rows"].append({"setting": f"B={batch}", "status": "not_available",
-                            "reason": missing})
-  run.save()
-  print(f"wedlm: not available ({missing})", flush=True)
+  def model():  # made once, at the first setting that runs
+    if "params" not in state:
+      state["params"], state["info"] = init_on_device(run, config)
+      run.section("wedlm")["model"] = state["info"]
+    return state["params"]
+
+  denoise = models.make_denoise(config)
+  for batch in settings.wedlm_batches:
+    def body(batch=batch):
+      params = model()
+      prompt = jax.device_put(_prompt(run, batch, settings.prompt_length, 300 + batch, config),
+                              run.device)
+      mask = jax.device_put(np.ones(prompt.shape, bool), run.device)
+      key = jax.random.key(settings.seed)
+      compiled, compile_times = run.compile(lambda: sampling.stream_generate.lower(
+          sampler, denoise, params, prompt, mask, key))
+      row = {"batch": batch, "gen_length": G, "window": W, "prompt_length": settings.prompt_length,
+             "compile": compile_times}
+      if settings.compile_only:
+        return row
+      outputs = {}
+      call = lambda: outputs.__setitem__(
+          "jax", jax.block_until_ready(compiled(params, prompt, mask, key)))
+      times = measure(run, {"jax": call})
+      _timed_ok(times, "jax")
+      out = outputs["jax"]
+      steps = int(out.steps)
+      generated = int(np.sum(np.asarray(out.generated_BG) != config.mask_token_id))
+      if generated != batch * G:
+        raise AssertionError(f"streaming decoded {generated} of {batch * G} tokens")
+      row.update(steps=steps, nfe_mean=float(np.mean(np.asarray(out.nfe_B))),
+                 jax=rates(times["jax"], steps * accelerator_plan.wedlm_step_flops(settings, batch),
+                           run.peak_flops, tokens=batch * G, steps=steps))
+      return row
+
+    run.setting("wedlm", f"B={batch}",
+                estimate_setting(settings, run.costs(), "wedlm", run.compile_guess(), batch), body)
 
 
 SECTIONS: dict[str, Callable[[Run], None]] = {
@@ -607,7 +641,8 @@ def tables(report: dict[str, Any], settings: Settings) -> str:
                              r["compile"]["compile_s"]] for r in rows]))
   decode_rows = []
   for name, label in (("decode", "low-confidence"), ("threshold_cache", "Threshold(0.9) + cache"),
-                      ("imh", f"IMH K={settings.imh_candidates}")):
+                      ("imh", f"IMH K={settings.imh_candidates}"),
+                      ("wedlm", f"WeDLM-8B streaming W={settings.wedlm_window}, 1/step")):
     for r in ok(name):
       j, t = r.get("jax", {}), r.get("torch", {})
       decode_rows.append([
@@ -660,7 +695,7 @@ def goals(report: dict[str, Any]) -> list[dict[str, Any]]:
   out = [{"goal": goal, "measured": v, "met": None if v is None else v >= target}
          for goal, v, target in items]
   compiles = [r["compile"]["lower_s"] + r["compile"]["compile_s"]
-              for name in ("forward", "decode", "threshold_cache", "imh")
+              for name in ("forward", "decode", "threshold_cache", "imh", "wedlm")
               for r in s.get(name, {}).get("rows", []) if r["status"] == "ok"]
   worst = max(compiles) if compiles else None
   out.append({"goal": "compile <= 60 s per program (slowest)", "measured": worst,
@@ -669,7 +704,8 @@ def goals(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 _BATCH_FLAGS = {"forward": "forward_shapes", "decode": "decode_batches",
-                "threshold_cache": "cache_batches", "imh": "imh_batches"}
+                "threshold_cache": "cache_batches", "imh": "imh_batches",
+                "wedlm": "wedlm_batches"}
 
 
 def rerun_flags(report: dict[str, Any]) -> str | None:

@@ -36,6 +36,8 @@ class Settings:
   imh_batches: tuple[int, ...] = (8,)
   imh_candidates: int = 4
   wedlm_batches: tuple[int, ...] = (1, 8)
+  wedlm_config: ModelConfig | None = None  # the WeDLM section's model (WeDLM-8B)
+  wedlm_window: int = 16
   torch: str = "auto"                # auto: only on a GPU; on: wherever JAX runs; off
   seed: int = 0
   peak_n: int = 8192
@@ -120,7 +122,18 @@ def estimate_runs(settings: Settings, costs: Costs, section: str, batch: int, le
   if section == "imh":
     t = (steps + 1) * costs.pass_s(benchlib.forward_flops(c, settings.imh_candidates * batch, L))
     return {"jax": (t, t)}
+  if section == "wedlm":  # one token per step: G window passes against the prefix cache
+    t = G * costs.pass_s(wedlm_step_flops(settings, batch))
+    return {"jax": (t, t)}
   raise ValueError(section)
+
+
+def wedlm_step_flops(settings: Settings, batch: int) -> float:
+  """Model FLOPs of one streaming step: the W window slots through every layer against the
+  whole key buffer (P + G + W keys: what the static-shape attention computes), LM head included."""
+  W = settings.wedlm_window
+  L = settings.prompt_length + settings.gen_length + W
+  return window_flops(settings.wedlm_config or settings.config, batch, L, W)
 
 
 def timed_repeats(settings: Settings, round_s: float, time_left: float | None) -> int:
@@ -152,7 +165,7 @@ def plan(settings: Settings, with_torch: bool) -> list[tuple[str, str, float]]:
                    estimate_setting(settings, costs, "forward", compile_s, batch, length)))
   for section, batches in (("decode", settings.decode_batches),
                            ("threshold_cache", settings.cache_batches),
-                           ("imh", settings.imh_batches)):
+                           ("imh", settings.imh_batches), ("wedlm", settings.wedlm_batches)):
     if section in settings.sections:
       rows += [(section, f"B={b}", estimate_setting(settings, costs, section, compile_s, b,
                                                     with_torch=with_torch)) for b in batches]

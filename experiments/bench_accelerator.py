@@ -21,7 +21,9 @@ runs; if one side of a comparison fails, the other side's figures are kept):
                    (tests/torch_ref, SDPA, same dtype and device), timed alternately; speed ratio
   threshold_cache  Threshold(0.9) with the block cache (Fast-dLLM's dual cache)
   imh              IMH, K = 4 candidates, alpha 2, random positions, 2 tokens per step
-  wedlm            WeDLM-8B streaming decoding: a reported gap until that family is in the tree
+  wedlm            WeDLM-8B streaming decoding (`sampling.stream_generate`: exact prefix cache,
+                   window 16, one token per step, no stop tokens) at B in {1, 8}, its own random
+                   weights made on the device after LLaDA's (both fit: 15 + 15 GiB)
 Every decode program's lowering and compile time is reported (goal: <= 60 s each).
 FLOPs are model FLOPs (benchlib.forward_flops: 2 x matmul parameters per token + attention),
 each side charged with what it computes: the JAX loop applies the LM head to the current block
@@ -46,14 +48,16 @@ step). One forward of [B, 288] costs 4.1 TFLOP per row, so a low-confidence run 
 about 1.3 s at B = 1 (weight-bound), 7 s at B = 8 and 35 s at B = 32; IMH at B = 8 evaluates 32
 canvases a step (about 38 s a run). Estimated settings, s (compile + warm-up + timed runs):
   forward 1x1024 20, 8x1024 22, 32x512 23; decode (JAX + PyTorch) B=1 36, B=8 67, B=32 203;
-  threshold_cache B=1 26, B=8 36; imh B=8 134: 566 s, plus about 35 s of imports, init and peak.
+  threshold_cache B=1 26, B=8 36; imh B=8 134; wedlm B=1 26, B=8 26 (weight-bound, 256 steps of a
+  16-token window): 618 s, plus about 35 s of imports, init and peak (and WeDLM's init).
 So the whole plan needs about 10 min at these assumptions (about 7.5 min at 75% MFU and 10 s
 compiles). With --budget_s=450 the full run stops starting settings that would end later: at the
 assumptions it measures everything up to threshold_cache B=1 in about 7.2 min, skips
-threshold_cache B=8 and IMH, and prints the flags that run just those (about 3.5 min more):
-  --sections=matmul_peak,threshold_cache,imh --cache_batches=8 --imh_batches=8
---quick (--budget_s=170): forward 8x1024, decode B in {1, 8} with PyTorch, threshold_cache B=1;
-about 3 min (the guard drops threshold_cache B=1 if the device is slower than assumed).
+threshold_cache B=8, IMH and WeDLM, and prints the flags that run just those (about 4.5 min more):
+  --sections=matmul_peak,threshold_cache,imh,wedlm --cache_batches=8 --imh_batches=8 \
+      --wedlm_batches=1,8
+--quick (--budget_s=170): forward 8x1024, decode B in {1, 8} with PyTorch, threshold_cache B=1,
+wedlm B=1; about 3 min (the guard drops the last of these if the device is slower than assumed).
 Memory: the 8.0B bf16 weights take 14.9 GiB once (PyTorch aliases them); the largest transient is
 the forward at 32 x 512, whose float32 logits alone are 8.3 GB; the PyTorch loop at B = 32 holds
 about 11 GB of logits and softmax, IMH at B = 8 about 15 GB: under 50 GB in all, well inside an
@@ -106,6 +110,8 @@ _CACHE_BATCHES = flags.DEFINE_list("cache_batches", ["1", "8"], "Threshold + blo
 _IMH_BATCHES = flags.DEFINE_list("imh_batches", ["8"], "IMH B.")
 _IMH_K = flags.DEFINE_integer("imh_candidates", 4, "IMH K.")
 _WEDLM_BATCHES = flags.DEFINE_list("wedlm_batches", ["1", "8"], "WeDLM streaming B.")
+_WEDLM_MODEL = flags.DEFINE_enum("wedlm_model", "wedlm_8b", ["wedlm_8b", "wedlm_tiny"],
+                                 "Model preset of the WeDLM section (in --dtype).")
 _TORCH = flags.DEFINE_enum("torch", "auto", ["auto", "on", "off"],
                            "PyTorch loop: auto = only where it runs on a GPU (JAX's); on = "
                            "wherever JAX runs (CPU too); off = never.")
@@ -165,7 +171,10 @@ def settings_from_flags() -> accelerator_plan.Settings:
         gen_length=_GEN.value, block_length=_BLOCK.value, prompt_length=_PROMPT.value,
         tokens_per_step=_TOKENS_PER_STEP.value, decode_batches=_ints(_DECODE_BATCHES),
         cache_batches=_ints(_CACHE_BATCHES), imh_batches=_ints(_IMH_BATCHES),
-        imh_candidates=_IMH_K.value, wedlm_batches=_ints(_WEDLM_BATCHES), torch=_TORCH.value,
+        imh_candidates=_IMH_K.value, wedlm_batches=_ints(_WEDLM_BATCHES),
+        wedlm_config=models.PRESETS[_WEDLM_MODEL.value](dtype=_DTYPE.value,
+                                                        param_dtype=_DTYPE.value),
+        torch=_TORCH.value,
         seed=_SEED.value, peak_n=_PEAK_N.value, peak_chain=_PEAK_CHAIN.value,
         repeats=_REPEATS.value, min_repeats=_MIN_REPEATS.value,
         setting_seconds=_flag(_SETTING_SECONDS), budget_s=_flag(_BUDGET),

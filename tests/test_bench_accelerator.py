@@ -22,7 +22,7 @@ BLOCKED = ("dllm_jax.data", "dllm_jax.eval", "dllm_jax.tasks", "tensorflow",
 TINY = ["--model=llada_tiny", "--overrides=max_length=64", "--dtype=float32", "--seed=1",
         "--forward_shapes=2x16", "--gen_length=16", "--block_length=8", "--prompt_length=4",
         "--tokens_per_step=2", "--decode_batches=2", "--cache_batches=2", "--imh_batches=2",
-        "--wedlm_batches=1,2", "--peak_n=256", "--peak_chain=2", "--repeats=2"]
+        "--wedlm_batches=1,2", "--wedlm_model=wedlm_tiny", "--peak_n=256", "--peak_chain=2", "--repeats=2"]
 SECTIONS = ("matmul_peak", "forward", "decode", "threshold_cache", "imh", "wedlm")
 
 
@@ -74,7 +74,7 @@ def test_bench_accelerator_end_to_end(tmp_path):
   for value in _numbers(report["sections"]):
     assert math.isfinite(value)
   s = report["sections"]
-  for name in SECTIONS[:-1]:
+  for name in SECTIONS:
     assert s[name]["status"] == "ok", s[name]
     assert s[name]["rows"] and all(r["status"] == "ok" for r in s[name]["rows"]), s[name]
   peak = s["matmul_peak"]["rows"][0]
@@ -95,15 +95,19 @@ def test_bench_accelerator_end_to_end(tmp_path):
   imh = s["imh"]["rows"][0]
   _rates(imh["jax"])
   assert imh["nfe"] == 1 + 4 * imh["steps"]  # the initial pass, then K candidates per step
-  assert s["wedlm"]["status"] == "not_available"
-  assert [r["setting"] for r in s["wedlm"]["rows"]] == ["B=1", "B=2"]
+  wedlm = s["wedlm"]["rows"]
+  assert [r["setting"] for r in wedlm] == ["B=1", "B=2"]
+  for r in wedlm:  # one token per step, no stop tokens: gen_length steps (+1 to commit the last)
+    _rates(r["jax"])
+    assert r["jax"]["tokens_per_s"] > 0 and 16 <= r["steps"] <= 17, r
+  assert s["wedlm"]["model"]["config"]["family"] == "wedlm"
   assert report["torch_side"]["weights"] == "the JAX buffers, through DLPack"
   table = (tmp_path / "full" / "bench_accelerator.md").read_text()
   assert "| low-confidence | 2 |" in table and "| 2 x 16 |" in table
   assert "decode B=2" in full_out
   goals = {g["goal"]: g for g in report["goals"]}
   slowest = max(r["compile"]["lower_s"] + r["compile"]["compile_s"]
-                for name in ("forward", "decode", "threshold_cache", "imh")
+                for name in ("forward", "decode", "threshold_cache", "imh", "wedlm")
                 for r in s[name]["rows"])
   assert goals["compile <= 60 s per program (slowest)"]["measured"] == slowest
   assert goals["JAX >= 1.5x the PyTorch loop at B=1"]["measured"] is None  # B=1 not in this run
@@ -113,14 +117,15 @@ def test_bench_accelerator_end_to_end(tmp_path):
   assert set(report["sections"]) == set(SECTIONS)
   assert report["torch_side"]["status"] == "skipped"
   assert "torch is not importable" in report["torch_side"]["reason"]
-  for name in SECTIONS[:-1]:
+  for name in SECTIONS:
     rows = report["sections"][name]["rows"]
     assert rows and all(r["status"] == "skipped" and "time budget" in r["reason"]
                         for r in rows), rows
   assert "Not measured" in no_torch_out
   assert report["rerun_flags"] == (
-      "--sections=matmul_peak,forward,decode,threshold_cache,imh --forward_shapes=2x16 "
-      "--decode_batches=2 --cache_batches=2 --imh_batches=2")
+      "--sections=matmul_peak,forward,decode,threshold_cache,imh,wedlm --forward_shapes=2x16 "
+      "--decode_batches=2 --cache_batches=2 --imh_batches=2 --wedlm_batches=1,2")
 
   assert "| forward | 8x1024 |" in plan_out and "| decode | B=8 |" in plan_out
   assert "imh" not in plan_out  # --quick leaves IMH out
+  assert "| wedlm | B=1 |" in plan_out

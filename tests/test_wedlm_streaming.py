@@ -286,20 +286,20 @@ def test_experiment_settings_build_the_streaming_sampler():
   fields = dict(gen_length=32, block_length=None, steps=None, temperature=None, top_p=None,
                 top_k=None, cfg_scale=0.0, forbid_eos=False, eos_confidence_inf=False)
   rule = dict(name="wedlm_streaming", alpha=2.0, num_candidates=4)
-  sampler = experiment.streaming_sampler(config, rule, fields, "linear", False,
+  sampler = experiment.streaming_sampler(config, rule, fields, "linear", "none",
                                          {"window": 8, "entropy_threshold": 0.0,
                                           "position_penalty": None})
   assert sampler == ST.StreamingSampler.for_model(config, gen_length=32, window=8,
                                                   entropy_threshold=None)
   assert not runner.can_sample(sampler)
   imh = experiment.streaming_sampler(config, {**rule, "name": "wedlm_streaming_imh"}, fields,
-                                     "linear", False, {"entropy_threshold": 0.3})
+                                     "linear", "none", {"entropy_threshold": 0.3})
   assert imh.imh == IMH(alpha=2.0, num_candidates=4) and imh.entropy_threshold == 0.3
   assert runner.can_sample(imh)
   with pytest.raises(ValueError, match=r"does not take \['block_length', 'cache'\]"):
-    experiment.streaming_sampler(config, rule, {**fields, "block_length": 8}, "linear", True, {})
+    experiment.streaming_sampler(config, rule, {**fields, "block_length": 8}, "linear", "dual", {})
   with pytest.raises(ValueError, match="needs a WeDLM checkpoint"):
-    experiment.streaming_sampler(models.llada_tiny(), rule, fields, "linear", False, {})
+    experiment.streaming_sampler(models.llada_tiny(), rule, fields, "linear", "none", {})
 
 
 def test_benchmark_run_with_streaming_decoding(shared_data, tmp_path):
