@@ -162,6 +162,12 @@ def _set_up_mounts(run_as_uid: int | None, scratch_bytes: int) -> None:
 
   root = _NEW_ROOT  # any existing directory: the new root's tmpfs is mounted over it
   _mount("tmpfs", root, "tmpfs", _MS_NOSUID, "mode=0755,size=1m,nr_inodes=8192")
+  # The scratch goes first, so an interpreter that lives under /tmp (a virtual environment in a
+  # checkout there) is bound over it, not hidden by it.
+  for path in (_SCRATCH, *_WRITABLE_SHARED):
+    os.makedirs(root + path, mode=0o755, exist_ok=True)
+  _mount("tmpfs", root + _SCRATCH, "tmpfs", _MS_NOSUID | _MS_NODEV,
+         f"mode=1777,size={scratch_bytes}")
   for path, fd in sorted(sources.items()):
     target = root + path
     if os.path.isdir(f"/proc/self/fd/{fd}"):
@@ -184,10 +190,6 @@ def _set_up_mounts(run_as_uid: int | None, scratch_bytes: int) -> None:
   _mount(f"/proc/self/fd/{proc}", root + "/proc", None, _MS_BIND | _MS_REC)
   for fd in [*sources.values(), *devices.values(), proc]:
     os.close(fd)
-  for path in (_SCRATCH, *_WRITABLE_SHARED):
-    os.makedirs(root + path, mode=0o755, exist_ok=True)
-  _mount("tmpfs", root + _SCRATCH, "tmpfs", _MS_NOSUID | _MS_NODEV,
-         f"mode=1777,size={scratch_bytes}")
   for path in _WRITABLE_SHARED:
     _mount(root + _SCRATCH, root + path, None, _MS_BIND)
 
