@@ -19,3 +19,17 @@ def shared_data() -> pathlib.Path:
   if not path.is_dir():
     raise FileNotFoundError(f"benchmark data not found at {path}; set DLLM_JAX_SHARED_DATA")
   return path
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+  """Drops every compiled program after each test module. One process compiling the whole
+  suite's programs died twice with a segmentation fault inside XLA's CPU compiler, late in the
+  run and in different tests (each passes alone); keeping only one module's programs alive
+  keeps the process's memory mappings small."""
+  yield
+  import gc
+
+  import jax
+  jax.clear_caches()
+  gc.collect()
