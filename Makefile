@@ -5,7 +5,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
-.PHONY: install test demo clean
+.PHONY: install test demo policy-demo clean
 
 install: $(VENV)/.installed
 
@@ -21,6 +21,10 @@ test: install
 
 demo: install
 	$(PY) -m experiments.demo
+
+# Shipped learned unmasking policies vs the confidence heuristics on the lagged-difference model.
+policy-demo: install
+	$(PY) -m experiments.policy_demo --out=policy_demo
 
 clean:
 	rm -rf $(VENV)

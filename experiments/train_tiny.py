@@ -1,7 +1,9 @@
-r"""Trains the built-in Countdown model (a masked diffusion model) on CPU; resumable.
+r"""Trains a built-in model (a tiny masked diffusion model) on CPU; resumable.
 
   python -m experiments.train_tiny --workdir=/tmp/countdown_train \
       --export_dir=dllm_jax/assets/countdown_tiny
+  python -m experiments.train_tiny --task=lagged_difference --steps=2000 --batch_size=128 \
+      --workdir=/tmp/lagged_difference_train --export_dir=dllm_jax/assets/lagged_difference_tiny
 
 Checkpoints (params, optimizer state, step) go to --workdir every --checkpoint_every steps; a
 rerun with the same flags resumes from the latest one. At the end the parameters are written
@@ -18,8 +20,11 @@ from absl import app, flags, logging
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training checkpoints.", required=True)
 _EXPORT = flags.DEFINE_string("export_dir", None, "Where to write the trained model.")
+_TASK = flags.DEFINE_enum("task", "countdown", ["countdown", "lagged_difference"],
+                          "countdown: 3-7 token expressions; lagged_difference: up to 32 digits.")
 _NUM_NUMBERS = flags.DEFINE_integer("num_numbers", 3, "Numbers per Countdown problem.")
 _MAX_NUMBER = flags.DEFINE_integer("max_number", 9, "Numbers are 1..max_number.")
+_GEN_LENGTH = flags.DEFINE_integer("gen_length", 32, "lagged_difference: generated tokens.")
 _HIDDEN = flags.DEFINE_integer("hidden_size", 128, "Model width.")
 _LAYERS = flags.DEFINE_integer("num_layers", 4, "Transformer blocks.")
 _STEPS = flags.DEFINE_integer("steps", 4000, "Optimizer steps.")
@@ -34,12 +39,17 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # Orbax logs every step of its work at INFO
   import numpy as np  # pylint: disable=import-outside-toplevel
   from dllm_jax import checkpoint, models, training  # pylint: disable=import-outside-toplevel
-  from dllm_jax.tasks import countdown, countdown_data  # pylint: disable=import-outside-toplevel
+  from dllm_jax.tasks import builtin, countdown, countdown_data, lagged_difference  # pylint: disable=import-outside-toplevel
   from dllm_jax.tasks.char_tokenizer import CharTokenizer  # pylint: disable=import-outside-toplevel
 
-  task = countdown.CountdownTask(num_numbers=_NUM_NUMBERS.value, max_number=_MAX_NUMBER.value)
   tokenizer = CharTokenizer()
-  model_config = countdown_data.model_config(task, tokenizer, _HIDDEN.value, _LAYERS.value)
+  if _TASK.value == "countdown":
+    task = countdown.CountdownTask(num_numbers=_NUM_NUMBERS.value, max_number=_MAX_NUMBER.value)
+    canvas = countdown_data.prompt_width(task) + countdown_data.gen_length(task)
+  else:
+    task = lagged_difference.LaggedDifferenceTask(gen_length=_GEN_LENGTH.value)
+    canvas = task.prompt_width + task.gen_length
+  model_config = builtin.tiny_model_config(tokenizer, canvas, _HIDDEN.value, _LAYERS.value)
   train_config = training.TrainConfig(
       seed=_SEED.value, num_steps=_STEPS.value, batch_size=_BATCH.value,
       learning_rate=_LR.value, checkpoint_every=_CHECKPOINT_EVERY.value)
@@ -52,22 +62,24 @@ def main(argv):
       f.write(line + "\n")
     print(line, flush=True)
 
-  bank = countdown_data.AnswerBank.build(task, tokenizer)
-  log(f"{bank.num_problems} training problems, {len(bank.answers_MG)} answers; "
-      f"{models.param_count(models.init_params(model_config))} parameters")
+  if _TASK.value == "countdown":
+    bank = countdown_data.AnswerBank.build(task, tokenizer)
+    log(f"{bank.num_problems} training problems, {len(bank.answers_MG)} answers")
+    batch_fn = lambda step: bank.sample_batch(np.random.default_rng([train_config.seed, step]),
+                                              train_config.batch_size)
+  else:
+    batch_fn = lambda step: lagged_difference.sample_batch(
+        task, tokenizer, np.random.default_rng([train_config.seed, step]), train_config.batch_size)
+  log(f"{models.param_count(models.init_params(model_config))} parameters")
 
   start = time.time()
-  params, _ = training.train(
-      model_config, train_config,
-      lambda step: bank.sample_batch(np.random.default_rng([train_config.seed, step]),
-                                     train_config.batch_size),
-      _WORKDIR.value, log=log)
+  params, _ = training.train(model_config, train_config, batch_fn, _WORKDIR.value, log=log)
   log(f"wall time of this invocation: {time.time() - start:.0f} s")
   if _EXPORT.value:
     export = pathlib.Path(_EXPORT.value)
     checkpoint.save(export, params, model_config, overwrite=True)
     (export / "train_config.json").write_text(json.dumps(
-        {"task": dataclasses.asdict(task), "model": dataclasses.asdict(model_config), "train": train_config.to_dict()},
+        {"task": builtin.task_record(task), "model": dataclasses.asdict(model_config), "train": train_config.to_dict()},
         indent=2))
     shutil.copy(log_path, export / "train_log.txt")
     print(f"wrote {export}")

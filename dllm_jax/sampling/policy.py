@@ -21,11 +21,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import pathlib
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import safetensors.numpy
 from flax import nnx
 
 from dllm_jax.models.transformer import rotary_embedding
@@ -127,3 +129,34 @@ def policy_logits(config: PolicyConfig, params: PolicyParams, confidence_BW: jax
 
 def param_count(params: PolicyParams) -> int:
   return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params))
+
+
+def save_params(path: str | pathlib.Path, params: PolicyParams) -> None:
+  """Writes policy params as one safetensors file (keys "module.leaf"), about 1.3 MB."""
+  flat = {f"{module}.{leaf}": np.asarray(value) for module, leaves in params.items()
+          for leaf, value in leaves.items()}
+  safetensors.numpy.save_file(flat, str(path))
+
+
+def load_params(path: str | pathlib.Path, config: PolicyConfig = PolicyConfig()) -> PolicyParams:
+  """Reads a `save_params` file, checking every name and shape against `config`'s network."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"no policy weights at {path}")
+  try:
+    flat = safetensors.numpy.load_file(str(path))
+  except Exception as e:  # safetensors raises its own error types for damaged files
+    raise ValueError(f"{path} is not a readable safetensors file ({e}); re-export the policy") \
+        from None
+  expected = init_policy(config)
+  want = {f"{m}.{leaf}": v.shape for m, leaves in expected.items() for leaf, v in leaves.items()}
+  missing, extra = sorted(set(want) - set(flat)), sorted(set(flat) - set(want))
+  if missing or extra:
+    raise ValueError(f"{path} does not match PolicyConfig {config}: missing {missing[:3]}, "
+                     f"unexpected {extra[:3]}")
+  for name, shape in want.items():
+    if flat[name].shape != shape or flat[name].dtype != np.float32:
+      raise ValueError(f"{path}: {name} is {flat[name].dtype}{list(flat[name].shape)}, "
+                       f"expected float32{list(shape)}")
+  return {m: {leaf: jnp.asarray(flat[f"{m}.{leaf}"]) for leaf in leaves}
+          for m, leaves in expected.items()}

@@ -18,30 +18,21 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from dllm_jax import checkpoint, models, sampling
+from dllm_jax import models, sampling
 from dllm_jax.eval import pass_at_k, report
-from dllm_jax.tasks import countdown, countdown_data
-from dllm_jax.tasks.char_tokenizer import CharTokenizer
+from dllm_jax.tasks import builtin, countdown, countdown_data
+from dllm_jax.tasks.builtin import BuiltinModel
 
-BUILTIN = pathlib.Path(__file__).resolve().parents[1] / "assets" / "countdown_tiny"
-
-
-@dataclasses.dataclass(frozen=True)
-class BuiltinModel:
-  params: Any
-  config: models.ModelConfig
-  task: countdown.CountdownTask
-  tokenizer: CharTokenizer
+BUILTIN = builtin.COUNTDOWN
 
 
 def load_builtin(path: str | pathlib.Path = BUILTIN) -> BuiltinModel:
-  """The shipped model, with the task it was trained on (from its train_config.json)."""
-  path = pathlib.Path(path)
-  if not (path / "train_config.json").is_file():
-    raise FileNotFoundError(f"{path} holds no trained Countdown model (train_config.json)")
-  params, config = checkpoint.load(path)
-  task = countdown.CountdownTask(**json.loads((path / "train_config.json").read_text())["task"])
-  return BuiltinModel(params, config, task, CharTokenizer())
+  """A built-in Countdown model (the shipped one by default)."""
+  model = builtin.load_builtin(path)
+  if not isinstance(model.task, countdown.CountdownTask):
+    raise ValueError(f"{path} holds a model of another task ({type(model.task).__name__}); "
+                     "the Countdown demo needs a Countdown model")
+  return model
 
 
 def default_samplers(model: BuiltinModel, temperature: float = 1.0, alpha: float = 2.0,

@@ -1,0 +1,79 @@
+"""The policy experiment at reduced size, through its command line: it trains per layout and
+alpha, resumes, exports the weights, and reports every decoder; the shipped policies load."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dllm_jax import sampling
+from dllm_jax.tasks import builtin, policy_demo
+from tests.conftest import REPO_ROOT
+
+
+def _run(*flags):
+  command = [sys.executable, "-m", "experiments.policy_demo", *flags]
+  return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900,
+                        check=False)
+
+
+def test_trains_resumes_exports_and_reports_both_layouts(tmp_path):
+  flags = ["--train", "--alphas=1", "--num_steps=2", "--train_problems=8",
+           "--heldout_problems=8", "--thresholds=0.9", "--step_divisors=1,8", "--batch_rows=8",
+           f"--out={tmp_path}"]
+  first = _run(*flags)
+  assert first.returncode == 0, first.stderr[-3000:]
+  rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+  labels = {(r["layout"], r["decoding"]) for r in rows}
+  for layout in ("semi_ar", "full"):
+    assert {(layout, "learned policy, alpha 1"), (layout, "threshold 0.9"),
+            (layout, "low-confidence 32 steps"), (layout, "random 32 steps")} <= labels
+    assert len((tmp_path / "policies" / f"{layout}_alpha1" / "metrics.jsonl")
+               .read_text().splitlines()) == 2
+  assert (("full", "low-confidence 4 steps") in labels
+          and ("semi_ar", "low-confidence 4 steps") in labels)  # 32 / 8 = 4 = one per block
+  for r in rows:
+    assert 0 <= r["accuracy"] <= 1 and 1 <= r["nfe"] <= 32, r
+    if "steps" in r["decoding"]:
+      assert r["nfe"] == int(r["decoding"].split()[-2])
+    assert (f"| {r['layout']} | {r['decoding']} | {r['accuracy']:.3f} +- {r['stderr']:.3f} | "
+            f"{r['nfe']:.2f} |") in first.stdout
+  assert (tmp_path / "pareto.png").stat().st_size > 10_000
+  exported = sampling.load_policy_params(tmp_path / "policies" / "full_alpha1.safetensors")
+  # Rerunning resumes (no new GRPO step: the 2 are done) and gives the same table.
+  second = _run(*flags)
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert len((tmp_path / "policies" / "full_alpha1" / "metrics.jsonl")
+             .read_text().splitlines()) == 2
+  again = sampling.load_policy_params(tmp_path / "policies" / "full_alpha1.safetensors")
+  assert all(np.array_equal(exported[m][k], again[m][k]) for m in exported for k in exported[m])
+  assert json.loads((tmp_path / "results.json").read_text())["rows"] == rows
+
+
+def test_shipped_policies_load_and_the_shipped_model_is_small():
+  for layout in policy_demo.LAYOUTS:
+    for alpha in policy_demo.ALPHAS:
+      params = sampling.load_policy_params(
+          policy_demo.policy_file(policy_demo.SHIPPED_POLICIES, layout, alpha))
+      assert sampling.policy.param_count(params) == 330_753
+      init = sampling.init_policy()  # trained: the zero-initialised modulation has moved
+      assert not np.array_equal(params["modulation"]["kernel"], init["modulation"]["kernel"])
+  model = builtin.load_builtin(builtin.LAGGED_DIFFERENCE)
+  assert model.gen_length == 32 and model.config.max_length == 40
+  size = sum(p.stat().st_size for p in builtin.LAGGED_DIFFERENCE.rglob("*") if p.is_file())
+  assert size < 5 * 2**20
+
+
+def test_bad_input_gets_one_line(tmp_path):
+  for flags, message in ((["--layouts=diagonal"], "--layouts takes"),
+                         (["--alphas=x"], "--alphas and --thresholds take numbers"),
+                         ([f"--policy_dir={tmp_path}"], "no policy weights at"),
+                         ([f"--model={tmp_path}"], "holds no built-in model")):
+    result = _run(*flags, f"--out={tmp_path / 'out'}", "--heldout_problems=2")
+    assert result.returncode != 0 and message in result.stderr, (flags, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr
+  (tmp_path / "broken.safetensors").write_bytes(b"not a safetensors file")
+  with pytest.raises(ValueError, match="not a readable safetensors file"):
+    sampling.load_policy_params(tmp_path / "broken.safetensors")
