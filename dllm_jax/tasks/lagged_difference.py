@@ -16,9 +16,10 @@ EOS early at positions long answers need, while one held to semi-autoregressive 
 them only after the answer before them: the setting of Jazbec, Olausson et al., where confidence
 heuristics lose accuracy in full diffusion.
 
-Each digit alone says something about the next one (|a - b| is near b when a is small). Rules
-where neither does, such as (x_{j-1} + x_{j-8}) mod 10 or mirroring x_{j-8} when x_{j-1} >= 5,
-left the tiny model stuck at chance on the next digit for the whole CPU budget.
+Each digit alone says something about the next one (|a - b| is near b when a is small). With
+rules where neither does, the tiny model stalled: (x_{j-1} + x_{j-8}) mod 10 left its first
+answer digit at chance after 250 steps, and mirroring x_{j-8} when x_{j-1} >= 5 left it at 0.5
+(x_{j-8} found, the mirror not) after 750.
 
 The held-out split hashes the seed (SHA-256 with a salt), so a held-out problem is never a
 training example. The prompt is the seed itself (`lag` tokens, no padding).
