@@ -5,13 +5,15 @@ import numpy as np
 import pytest
 
 from dllm_jax import training
+from dllm_jax.tasks import builtin
 from dllm_jax.tasks import countdown as cd
 from dllm_jax.tasks import countdown_data as cdd
 from dllm_jax.tasks.char_tokenizer import CharTokenizer
 
 TASK = cd.CountdownTask(num_numbers=3, max_number=9)
 TOKENIZER = CharTokenizer()
-MODEL = cdd.model_config(TASK, TOKENIZER, hidden_size=64, num_layers=2)
+MODEL = builtin.tiny_model_config(TOKENIZER, cdd.prompt_width(TASK) + cdd.gen_length(TASK),
+                                  hidden_size=64, num_layers=2)
 
 
 @pytest.fixture(scope="module")

@@ -102,15 +102,3 @@ class AnswerBank:
     prompt_BP, prompt_mask_BP = encode_prompts(tok, task, problems)
     return prompt_BP, prompt_mask_BP, answer_BG
 
-
-def model_config(task: CountdownTask, tokenizer: CharTokenizer, hidden_size: int = 128,
-                 num_layers: int = 4, head_dim: int = 32):
-  """The built-in model's architecture: the LLaDA layout at a tiny size, sized to the canvas."""
-  from dllm_jax.models import ModelConfig  # pylint: disable=import-outside-toplevel
-  return ModelConfig(
-      family="llada", vocab_size=tokenizer.vocab_size, hidden_size=hidden_size,
-      num_layers=num_layers, num_heads=hidden_size // head_dim,
-      num_kv_heads=hidden_size // head_dim, head_dim=head_dim,
-      mlp_hidden_size=(8 * hidden_size // 3 + 31) // 32 * 32, rope_theta=10000.0, norm_eps=1e-5,
-      max_length=prompt_width(task) + gen_length(task), mask_token_id=tokenizer.mask_id,
-      eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id)
