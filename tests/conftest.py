@@ -12,6 +12,12 @@ import pytest  # noqa: E402
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config):
+  # `make test-fast` deselects "slow": whatever starts a subprocess, uses the sandbox or trains a model.
+  config.addinivalue_line(
+      "markers", "slow: starts a subprocess, uses the code sandbox or trains a model")
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> pathlib.Path:
   """The benchmark files that CI places in ../shared/data beside the repository."""
