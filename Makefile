@@ -5,7 +5,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
-.PHONY: install test demo policy-demo clean
+.PHONY: install test test-fast demo policy-demo clean
 
 install: $(VENV)/.installed
 
@@ -16,8 +16,16 @@ $(VENV)/.installed: setup.py
 	$(PY) -m pip install -q -e ".[test,convert]"
 	touch $@
 
+# One pytest worker per core; a test file's tests stay in one worker (its compiled programs and
+# module fixtures are built once). tests/conftest.py gives the run a persistent compilation cache.
+PYTEST := $(PY) -m pytest -q -n auto --dist loadfile --durations=20
+
 test: install
-	$(PY) -m pytest -q tests
+	$(PYTEST) tests
+
+# The inner loop: no subprocess, no sandbox, no training (tests marked `slow` are left out).
+test-fast: install
+	$(PYTEST) -m "not slow" tests
 
 demo: install
 	$(PY) -m experiments.demo

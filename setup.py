@@ -20,6 +20,7 @@ CORE = [
 ]
 TEST = [
     "pytest",
+    "pytest-xdist",  # make test runs one worker per core
     "torch",  # reference implementations only (tests/torch_ref, benchmarks)
     "transformers",
     "nbclient",

@@ -24,9 +24,14 @@ DenoiseFn = Callable[[Params, jax.Array, jax.Array], jax.Array]
 
 
 @functools.lru_cache(maxsize=None)
+def _abstract_split(config: ModelConfig) -> tuple[nnx.GraphDef, Params]:
+  """Tracing the model's construction takes seconds at 8B sizes: once per config."""
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))))
+  return graphdef, nnx.to_pure_dict(state)
+
+
 def _graphdef(config: ModelConfig) -> nnx.GraphDef:
-  graphdef, _ = nnx.split(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))))
-  return graphdef
+  return _abstract_split(config)[0]
 
 
 def init_params(config: ModelConfig, seed: int = 0) -> Params:
@@ -37,8 +42,7 @@ def init_params(config: ModelConfig, seed: int = 0) -> Params:
 
 def abstract_params(config: ModelConfig) -> Params:
   """The parameter tree as `jax.ShapeDtypeStruct`s, without allocating anything."""
-  abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
-  return nnx.to_pure_dict(nnx.split(abstract)[1])
+  return jax.tree.map(lambda leaf: leaf, _abstract_split(config)[1])  # a copy the caller may edit
 
 
 def param_count(params: Params) -> int:
