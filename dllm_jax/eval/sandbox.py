@@ -80,6 +80,7 @@ honest program ran to the end, not whether an adversary's did. Grade untrusted c
 `run_tests`.
 """
 
+import atexit
 import concurrent.futures
 import dataclasses
 import enum
@@ -100,6 +101,8 @@ import time
 import warnings
 from collections.abc import Sequence
 
+from dllm_jax.eval import sandbox_cgroup
+
 _LAUNCHER = pathlib.Path(__file__).with_name("sandbox_launcher.py")
 # Must match sandbox_launcher.SETUP_FAILED_EXIT and TIMEOUT_EXIT.
 _SETUP_FAILED_EXIT = 97
@@ -108,6 +111,9 @@ _GUARDIAN_TIMEOUT_EXIT = 124
 _PLAIN_MODE_GRACE_S = 2.0
 _PROBE_PROGRAM = "import collections, fractions, heapq, math, re\nassert math.gcd(4, 6) == 2\n"
 _ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+# This process's scratch folder (one per process, holding each run's working directory) starts
+# with this and the process's pid.
+_SCRATCH_PREFIX = "dllm_sandboxes_"
 
 
 class Status(str, enum.Enum):
@@ -206,6 +212,107 @@ _mode_lock = threading.Lock()
 _resolved_modes: dict[tuple[str, str], str] = {}
 
 
+class _Host:
+  """What this process keeps for all its runs.
+
+  * a scratch folder `<tmp>/dllm_sandboxes_<pid>_<random>` holding each run's working directory,
+    locked (flock) for as long as this process lives: a later process removes the folders whose
+    lock nobody holds (`remove_stale_scratch`), those of callers killed before they could;
+  * the lifeline, a pipe whose write end only this process holds: each launcher gets the read end
+    and, having armed its parent-death signal, exits if the pipe says the grader is gone;
+  * the runs' memory cgroups, where this process may make them (`sandbox_cgroup`).
+  """
+
+  def __init__(self):
+    remove_stale_scratch()
+    self.pid = os.getpid()
+    self.scratch = tempfile.mkdtemp(prefix=f"{_SCRATCH_PREFIX}{self.pid}_")
+    os.chmod(self.scratch, 0o711)  # plain mode as root: the sandbox uid reaches its own folder
+    self._lock = os.open(self.scratch, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(self._lock, fcntl.LOCK_EX)
+    self.lifeline, self._lifeline_write = os.pipe()
+    self.cgroups = None
+    base = sandbox_cgroup.find_base()
+    if base is not None:
+      try:
+        self.cgroups = sandbox_cgroup.RunCgroups(*base, os.path.basename(self.scratch))
+      except OSError:
+        pass
+    atexit.register(self.close)
+
+  def close(self) -> None:
+    if os.getpid() != self.pid:  # a forked child: the folder is its parent's
+      return
+    if self.cgroups is not None:
+      self.cgroups.close()
+    shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+_host_state: _Host | None = None
+
+
+def _host() -> _Host:
+  global _host_state
+  with _mode_lock:
+    if _host_state is None or _host_state.pid != os.getpid():
+      _host_state = _Host()
+    return _host_state
+
+
+def _owner_alive(name: str) -> bool:
+  """Whether the process named in a scratch folder's name still exists (pids may be reused:
+  then it is wrongly thought alive, and its folder waits for a later start)."""
+  try:
+    os.kill(int(name[len(_SCRATCH_PREFIX):].split("_")[0]), 0)
+  except ValueError:
+    return True
+  except ProcessLookupError:
+    return False
+  except OSError:
+    return True
+  return True
+
+
+def remove_stale_scratch() -> list[str]:
+  """Removes the scratch folders, and their memory cgroups, of sandbox callers that died without
+  removing them (SIGKILL, a crash): the folders whose lock no live process holds. Runs once when
+  a process starts its first sandbox; returns the folders removed."""
+  tmp = tempfile.gettempdir()
+  removed = []
+  try:
+    entries = [e for e in os.scandir(tmp) if e.name.startswith(_SCRATCH_PREFIX)]
+  except OSError:
+    entries = []
+  for entry in entries:
+    try:
+      fd = os.open(entry.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+      continue
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while its owner lives
+    except OSError:
+      os.close(fd)
+      continue
+    try:
+      shutil.rmtree(entry.path, ignore_errors=True)
+      removed.append(entry.path)
+    finally:
+      os.close(fd)
+  base = sandbox_cgroup.find_base()
+  if base is not None:
+    gone = {os.path.basename(path) for path in removed}
+    stale = lambda name: name.startswith(_SCRATCH_PREFIX) and (
+        name in gone or (not os.path.exists(os.path.join(tmp, name)) and not _owner_alive(name)))
+    for parent in sandbox_cgroup.stale_parents(base[0], stale):
+      sandbox_cgroup.remove_tree(parent)
+  return removed
+
+
+def memory_cgroup_available() -> bool:
+  """Whether runs get a memory cgroup (all their processes together held to `memory_mb`)."""
+  return _host().cgroups is not None
+
+
 def _is_root() -> bool:
   return os.geteuid() == 0
 
@@ -250,7 +357,11 @@ def _command(mode: str, python: str, launcher_cfg: dict) -> list[str]:
   flags = ["--fork", "--kill-child", "--pid", "--mount-proc", "--net", "--ipc"]
   if mode == "ns-user":
     flags.append("--map-root-user")
-  return [unshare, *flags, "--", *launch]
+  # `unshare` dies with the grader (SIGKILL when the thread that started it ends), and its
+  # --kill-child takes the pid namespace's first process, and so the whole namespace, with it.
+  setpriv = shutil.which("setpriv", path=_ENV["PATH"])
+  die_with_grader = [setpriv, "--pdeathsig", "KILL"] if setpriv else []
+  return [*die_with_grader, unshare, *flags, "--", *launch]
 
 
 def _kill_run(proc: subprocess.Popen) -> None:
@@ -359,7 +470,8 @@ def _classify(returncode: int, timed_out: bool, result: bytes, nonce: str, stder
 
 def _launcher_config(mode: str, workdir: str, program_path: str, nonce_fd: int, result_fd: int,
                      uid: int | None, config: SandboxConfig, role: str,
-                     peer_fds: tuple[int, int], entry_point: str) -> dict:
+                     peer_fds: tuple[int, int], entry_point: str, lifeline_fd: int,
+                     cgroup: str) -> dict:
   return {
       "mode": mode,
       "role": role,
@@ -370,6 +482,8 @@ def _launcher_config(mode: str, workdir: str, program_path: str, nonce_fd: int, 
       "result_fd": result_fd,
       "peer_in_fd": peer_fds[0],
       "peer_out_fd": peer_fds[1],
+      "lifeline_fd": lifeline_fd,
+      "cgroup": cgroup,
       "uid": uid,
       "memory_bytes": config.memory_mb << 20,
       "cpu_seconds": config.cpu_s if config.cpu_s is not None else math.ceil(config.timeout_s),
@@ -390,7 +504,10 @@ class _Launch:
     self.mode, self.config, self.role = mode, config, role
     self.nonce = secrets.token_hex(16)
     self.uid = _get_uid_pool().acquire() if mode.endswith("root") else None
-    self.workdir = tempfile.mkdtemp(prefix="dllm_sandbox_")
+    host = _host()
+    self.workdir = tempfile.mkdtemp(prefix="run_", dir=host.scratch)
+    self.cgroups = host.cgroups
+    self.cgroup = self.cgroups.create(config.memory_mb << 20) if self.cgroups else ""
     self.fds: list[int] = []
     self.out, self.err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
     self.proc: subprocess.Popen | None = None
@@ -400,7 +517,7 @@ class _Launch:
     if mode == "plain-root":  # the working directory belongs to the sandbox uid
       os.chown(self.workdir, self.uid, self.uid)
       os.chown(program_path, self.uid, self.uid)
-    inherited = [fd for fd in peer_fds if fd >= 0]
+    inherited = [fd for fd in peer_fds if fd >= 0] + [host.lifeline]
     nonce_read = -1
     if role != "solution":  # the solution's verdict is never asked for: it gets no token
       nonce_read, nonce_write = os.pipe()
@@ -414,7 +531,7 @@ class _Launch:
                 fcntl.fcntl(self.result_read, fcntl.F_GETFL) | os.O_NONBLOCK)
     inherited.append(result_write)
     cfg = _launcher_config(mode, self.workdir, program_path, nonce_read, result_write, self.uid,
-                           config, role, peer_fds, entry_point)
+                           config, role, peer_fds, entry_point, host.lifeline, self.cgroup)
     self.start = time.monotonic()
     self.proc = subprocess.Popen(_command(mode, config.python, cfg), stdin=subprocess.DEVNULL,
                                  stdout=self.out, stderr=self.err, pass_fds=inherited,
@@ -440,6 +557,9 @@ class _Launch:
     stdout = _read_head(self.out, self.config.max_output_bytes)
     stderr = _read_tail(self.err, self.config.max_output_bytes)
     status, message = _classify(returncode, timed_out, result, self.nonce, stderr, self.config)
+    if status is Status.FAILED and self.cgroup and (killed := self.cgroups.oom_kills(self.cgroup)):
+      message = (f"memory limit of {self.config.memory_mb} MiB reached by the run's processes "
+                 f"together (the kernel killed {killed} of them)")
     return RunResult(passed=status is Status.PASSED, status=status, message=message,
                      returncode=returncode, wall_s=wall_s, stdout=stdout, stderr=stderr)
 
@@ -452,6 +572,8 @@ class _Launch:
     self.out.close()
     self.err.close()
     shutil.rmtree(self.workdir, ignore_errors=True)
+    if self.cgroup:
+      sandbox_cgroup.remove(self.cgroup)
     if self.uid is not None:
       _uid_pool.release(self.uid)
 
