@@ -50,10 +50,35 @@ processes. Use plain mode only for code you would run anyway.
 
 In both modes: a wall-clock timeout after which the whole process group (and the pid namespace) is
 killed with SIGKILL; RLIMIT_AS (memory), RLIMIT_CPU, RLIMIT_FSIZE (also bounds captured output),
-RLIMIT_NPROC, RLIMIT_NOFILE, no core files; stdin is /dev/null; the environment is minimal; the
-interpreter runs with `-I -S`, and the caller's site-packages directories are put on `sys.path`
-(without running `.pth` files) when the sandbox runs the caller's interpreter; stdout and stderr
-are captured to files and truncated.
+RLIMIT_NPROC, RLIMIT_NOFILE, RLIMIT_MSGQUEUE 0, no core files; stdin is /dev/null; the environment
+is minimal; the interpreter runs with `-I -S`, and the caller's site-packages directories are put
+on `sys.path` (without running `.pth` files) when the sandbox runs the caller's interpreter;
+stdout and stderr are captured to files and truncated. Also in both modes:
+
+* memory of the whole run: where the caller can make memory cgroups (as root, with cgroup v1's
+  memory controller or a cgroup v2 that delegates it; `memory_cgroup_available()`), each run has
+  one with `memory_mb` as its limit and no swap, so all of its processes together, with the
+  memory they hold outside their address space (tmpfs pages), stay under it; the kernel kills a
+  process of the run that goes over ("memory limit ... reached" in the message). Without one,
+  `memory_mb` bounds each process's address space only: several processes may hold
+  `max_processes` x `memory_mb`. In both cases the filter refuses the ways to hold memory that no
+  process maps: `memfd_create`, `memfd_secret`, System V shared memory and message queues, POSIX
+  message queues (`sandbox_filter`).
+* the kernel's other doors (`sandbox_filter`): key calls (`add_key`, `request_key`, `keyctl`;
+  the launcher first joins a new, empty session keyring, so not even the keyring it holds is the
+  grader's), io_uring, AF_VSOCK sockets. In namespace mode /proc's files about the kernel
+  (`/proc/kallsyms`, `modules`, `keys`, ...; `sandbox_mounts.MASKED_PROC_FILES`) read as empty.
+* the grader's life: when the grading process dies, even by SIGKILL, its sandboxes die with it.
+  Namespace mode: `unshare` runs under `setpriv --pdeathsig KILL` (util-linux; without setpriv
+  this guarantee is lost) and its `--kill-child` kills the namespace's first process, and so the
+  namespace; plain mode: the launcher's guardian gets SIGTERM at the grader's death and kills
+  the whole tree. Each launcher re-arms its parent-death signal after the uid switch (which clears
+  it), the filter refuses `prctl(PR_SET_PDEATHSIG)`, and a lifeline pipe (write end held by the
+  grader only) closes the race with a grader that died before the signal was armed. The signal
+  follows the *thread* that started the run: the functions here start and wait for each run on
+  one thread. Working directories live in one scratch folder per grading process, locked for its
+  life; the first run of a later process removes the folders (and memory cgroups) of processes
+  that died (`remove_stale_scratch`).
 
 How a pass is decided
 ---------------------
