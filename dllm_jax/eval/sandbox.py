@@ -105,7 +105,6 @@ honest program ran to the end, not whether an adversary's did. Grade untrusted c
 `run_tests`.
 """
 
-import atexit
 import concurrent.futures
 import dataclasses
 import enum
@@ -126,7 +125,8 @@ import time
 import warnings
 from collections.abc import Sequence
 
-from dllm_jax.eval import sandbox_cgroup
+from dllm_jax.eval import sandbox_cgroup, sandbox_host
+from dllm_jax.eval.sandbox_host import remove_stale_scratch  # pylint: disable=unused-import
 
 _LAUNCHER = pathlib.Path(__file__).with_name("sandbox_launcher.py")
 # Must match sandbox_launcher.SETUP_FAILED_EXIT and TIMEOUT_EXIT.
@@ -136,9 +136,6 @@ _GUARDIAN_TIMEOUT_EXIT = 124
 _PLAIN_MODE_GRACE_S = 2.0
 _PROBE_PROGRAM = "import collections, fractions, heapq, math, re\nassert math.gcd(4, 6) == 2\n"
 _ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
-# This process's scratch folder (one per process, holding each run's working directory) starts
-# with this and the process's pid.
-_SCRATCH_PREFIX = "dllm_sandboxes_"
 
 
 class Status(str, enum.Enum):
@@ -237,105 +234,10 @@ _mode_lock = threading.Lock()
 _resolved_modes: dict[tuple[str, str], str] = {}
 
 
-class _Host:
-  """What this process keeps for all its runs.
-
-  * a scratch folder `<tmp>/dllm_sandboxes_<pid>_<random>` holding each run's working directory,
-    locked (flock) for as long as this process lives: a later process removes the folders whose
-    lock nobody holds (`remove_stale_scratch`), those of callers killed before they could;
-  * the lifeline, a pipe whose write end only this process holds: each launcher gets the read end
-    and, having armed its parent-death signal, exits if the pipe says the grader is gone;
-  * the runs' memory cgroups, where this process may make them (`sandbox_cgroup`).
-  """
-
-  def __init__(self):
-    remove_stale_scratch()
-    self.pid = os.getpid()
-    self.scratch = tempfile.mkdtemp(prefix=f"{_SCRATCH_PREFIX}{self.pid}_")
-    os.chmod(self.scratch, 0o711)  # plain mode as root: the sandbox uid reaches its own folder
-    self._lock = os.open(self.scratch, os.O_RDONLY | os.O_DIRECTORY)
-    fcntl.flock(self._lock, fcntl.LOCK_EX)
-    self.lifeline, self._lifeline_write = os.pipe()
-    self.cgroups = None
-    base = sandbox_cgroup.find_base()
-    if base is not None:
-      try:
-        self.cgroups = sandbox_cgroup.RunCgroups(*base, os.path.basename(self.scratch))
-      except OSError:
-        pass
-    atexit.register(self.close)
-
-  def close(self) -> None:
-    if os.getpid() != self.pid:  # a forked child: the folder is its parent's
-      return
-    if self.cgroups is not None:
-      self.cgroups.close()
-    shutil.rmtree(self.scratch, ignore_errors=True)
-
-
-_host_state: _Host | None = None
-
-
-def _host() -> _Host:
-  global _host_state
-  with _mode_lock:
-    if _host_state is None or _host_state.pid != os.getpid():
-      _host_state = _Host()
-    return _host_state
-
-
-def _owner_alive(name: str) -> bool:
-  """Whether the process named in a scratch folder's name still exists (pids may be reused:
-  then it is wrongly thought alive, and its folder waits for a later start)."""
-  try:
-    os.kill(int(name[len(_SCRATCH_PREFIX):].split("_")[0]), 0)
-  except ValueError:
-    return True
-  except ProcessLookupError:
-    return False
-  except OSError:
-    return True
-  return True
-
-
-def remove_stale_scratch() -> list[str]:
-  """Removes the scratch folders, and their memory cgroups, of sandbox callers that died without
-  removing them (SIGKILL, a crash): the folders whose lock no live process holds. Runs once when
-  a process starts its first sandbox; returns the folders removed."""
-  tmp = tempfile.gettempdir()
-  removed = []
-  try:
-    entries = [e for e in os.scandir(tmp) if e.name.startswith(_SCRATCH_PREFIX)]
-  except OSError:
-    entries = []
-  for entry in entries:
-    try:
-      fd = os.open(entry.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    except OSError:
-      continue
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while its owner lives
-    except OSError:
-      os.close(fd)
-      continue
-    try:
-      shutil.rmtree(entry.path, ignore_errors=True)
-      removed.append(entry.path)
-    finally:
-      os.close(fd)
-  base = sandbox_cgroup.find_base()
-  if base is not None:
-    gone = {os.path.basename(path) for path in removed}
-    stale = lambda name: name.startswith(_SCRATCH_PREFIX) and (
-        name in gone or (not os.path.exists(os.path.join(tmp, name)) and not _owner_alive(name)))
-    for parent in sandbox_cgroup.stale_parents(base[0], stale):
-      sandbox_cgroup.remove_tree(parent)
-  return removed
-
 
 def memory_cgroup_available() -> bool:
   """Whether runs get a memory cgroup (all their processes together held to `memory_mb`)."""
-  return _host().cgroups is not None
+  return sandbox_host.host().cgroups is not None
 
 
 def _is_root() -> bool:
@@ -529,7 +431,7 @@ class _Launch:
     self.mode, self.config, self.role = mode, config, role
     self.nonce = secrets.token_hex(16)
     self.uid = _get_uid_pool().acquire() if mode.endswith("root") else None
-    host = _host()
+    host = sandbox_host.host()
     self.workdir = tempfile.mkdtemp(prefix="run_", dir=host.scratch)
     self.cgroups = host.cgroups
     self.cgroup = self.cgroups.create(config.memory_mb << 20) if self.cgroups else ""

@@ -95,12 +95,11 @@ def set_limits(cfg: dict) -> None:
 
 
 def _new_session_keyring() -> None:
-  """An anonymous session keyring of our own instead of the grader's (the filter then refuses
-  every key call, so the program cannot even look at it)."""
-  if sc.libc.syscall(ctypes.c_long(sc.arch().keyctl), ctypes.c_long(_KEYCTL_JOIN_SESSION_KEYRING),
-                     None) < 0:
-    raise OSError(ctypes.get_errno(), "keyctl(JOIN_SESSION_KEYRING): "
-                  f"{os.strerror(ctypes.get_errno())}")
+  """An anonymous session keyring of our own instead of the grader's. Best effort: where the call
+  itself is refused (a container's seccomp profile) or over the key quota, the filter still
+  refuses every key call to the program, which then cannot reach any keyring at all."""
+  sc.libc.syscall(ctypes.c_long(sc.arch().keyctl), ctypes.c_long(_KEYCTL_JOIN_SESSION_KEYRING),
+                  None)
 
 
 def drop_privileges(cfg: dict) -> None:
