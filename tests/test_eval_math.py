@@ -167,6 +167,7 @@ def test_a_hanging_answer_is_recorded_wrong_and_the_batch_goes_on():
   assert "timed out" in grades[0].detail
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("predicted,gold", [
     (r"0.\overline{3}", r"\frac{1}{3}"),
     (r"0.\overline{3}", "1/3"),
@@ -180,6 +181,7 @@ def test_repeating_decimals_equal_their_fractions(predicted, gold):
   assert not answers_equivalent(predicted, gold + "+1")
 
 
+@pytest.mark.slow
 def test_every_step_of_grading_is_inside_the_bound():
   """Nested \\text{ made `normalize_answer`, which ran in the caller, quadratic: a 33 KB answer
   took 25-40 s whatever the bound. It now runs in the worker, and long answers are refused."""

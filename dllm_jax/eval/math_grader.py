@@ -137,7 +137,9 @@ def normalize_answer(answer: str) -> str:
   Drops math delimiters, spacing commands, `\\left`/`\\right`, degree marks, text wrappers (their
   content is kept), a trailing period and all whitespace; maps `\\dfrac`/`\\tfrac` to `\\frac`;
   writes integers without leading zeros or thousands separators ("025" and "0,025" give "25").
-  Deliberately conservative: anything cleverer is left to `math_verify`.
+  Deliberately conservative: anything cleverer is left to `math_verify`. Time grows with the
+  square of the nesting depth of text commands: `grade` calls it only in its time-bounded worker,
+  on answers of at most `MAX_ANSWER_CHARS` characters.
   """
   text = strip_math_delimiters(answer)
   text = _SPACING_PATTERN.sub("", text)
