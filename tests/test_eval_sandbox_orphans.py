@@ -8,6 +8,7 @@ and then waits (bounded) for every one of them to be gone.
 
 import os
 import pathlib
+import select
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import time
 
 import pytest
 
-from dllm_jax.eval import sandbox
+from dllm_jax.eval import sandbox, sandbox_host
 
 from tests.test_eval_sandbox import _config_for
 
@@ -30,7 +31,7 @@ _SLEEPER = ("import os, time\nfor _ in range(%d):\n  if os.fork() == 0:\n    os.
 _GRADER = """
 import sys
 sys.path.insert(0, {repo!r})
-from dllm_jax.eval import sandbox
+from dllm_jax.eval import sandbox, sandbox_host
 config = sandbox.SandboxConfig(isolation={isolation!r}, python={python!r}, timeout_s=300,
                                memory_mb=256)
 print("mode", sandbox.resolve_isolation(config), flush=True)
@@ -75,7 +76,10 @@ def test_sandboxes_die_with_a_killed_grader(isolation):
   grader = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
   try:
-    line = grader.stdout.readline()  # the grader says which mode it resolved (bounded below)
+    # The grader says which mode it resolved once its sandbox works (the probe takes < 30 s).
+    if not select.select([grader.stdout], [], [], 120)[0]:
+      pytest.fail("the grader printed nothing for 120 s")
+    line = grader.stdout.readline()
     assert line.startswith("mode"), (line, grader.stderr.read() if grader.poll() else "")
     # Every program's first process plus its CHILDREN forks.
     expected = PROGRAMS * (1 + CHILDREN)
@@ -92,8 +96,12 @@ def test_sandboxes_die_with_a_killed_grader(isolation):
     assert not left, f"{len(left)} sandbox processes outlived the grader by 10 s: {left}"
     print(f"{isolation}: sandboxes gone {time.monotonic() - start:.2f} s after the SIGKILL")
     # The next start (here: this process's next scratch folder) removes what the grader left.
+    cgroups = sandbox_host.host().cgroups  # (also starts this process's own scratch folder)
     sandbox.remove_stale_scratch()
     assert not [p for p in scratch if p.exists()], scratch
+    if cgroups is not None:  # and the memory cgroups of its runs
+      base = os.path.dirname(cgroups.parent)
+      assert not [p for p in scratch if os.path.exists(os.path.join(base, p.name))]
   finally:
     if grader.poll() is None:
       grader.kill()
