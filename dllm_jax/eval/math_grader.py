@@ -11,7 +11,8 @@ own timeouts rely on SIGALRM (main thread only), so grading runs in a long-lived
 under a wall-clock bound: `grade` kills and restarts the worker when an answer takes longer than
 `timeout_s`, and the answer is graded wrong with the reason in `MathGrade.detail`. Every step of
 grading a response runs there, inside the bound: finding the box, normalising (which is
-quadratic in nested `\\text{`), the string and the symbolic comparisons. An answer longer than
+quadratic in nested `\\text{`), the string and the symbolic comparisons; the caller only checks
+that the response holds a box command at all (a substring search). An answer longer than
 `MAX_ANSWER_CHARS` (20 times the longest gold answer of MATH500 and AIME) is graded wrong without
 being compared, with that reason. The worker starts once (about 1 s) and then answers in about a
 millisecond. Everything here is thread-safe (calls to the worker take turns).
@@ -46,6 +47,7 @@ _BASE_NUMERAL_PATTERN = re.compile(r"^([0-9A-Za-z]+)_\{?(\d+)\}?$")  # 52_8, 421
 _REPEATING_DECIMAL_PATTERN = re.compile(
     r"(?<![\d.])(\d*)\.(\d*)\\overline\s*(?:\{\s*(\d+)\s*\}|(\d))")
 MAX_ANSWER_CHARS = 1000
+_NO_BOX = "no complete \\boxed{} answer"
 
 
 def _matching_brace(text: str, open_index: int) -> int | None:
@@ -214,7 +216,7 @@ def _grade_here(response: str, gold: str):
   predicted = extract_boxed(response)
   yield {"answer": predicted}
   if predicted is None or not predicted.strip():
-    yield {"equal": False, "detail": "no complete \\boxed{} answer"}
+    yield {"equal": False, "detail": _NO_BOX}
   elif (reason := _too_long(predicted)):
     yield {"equal": False, "detail": reason}
   else:
@@ -340,7 +342,10 @@ class MathGrade:
 
 def grade(response: str, gold: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> MathGrade:
   """The verdict on a model response: its last boxed answer against the gold answer. Every step
-  runs in the worker, within `timeout_s` in all."""
+  runs in the worker, within `timeout_s` in all; only a response without any box command is
+  judged here (a substring search: linear time, no worker needed)."""
+  if not any(command in response for command in _BOX_COMMANDS):
+    return MathGrade(False, None, _NO_BOX)
   try:
     replies = _worker.run("grade", response, gold, 2, timeout_s)
   except GradingTimeout as error:
