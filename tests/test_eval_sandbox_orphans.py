@@ -111,3 +111,23 @@ def test_sandboxes_die_with_a_killed_grader(isolation):
         os.kill(pid, signal.SIGKILL)
       except OSError:
         pass
+
+
+@pytest.mark.parametrize("isolation", ["namespaces", "plain"])
+def test_a_grader_that_died_before_the_signal_was_armed_stops_the_launch(isolation):
+  """The parent-death signal cannot fire for a parent already dead: the launcher then finds the
+  lifeline closed and exits before the program runs (here the lifeline's write end is closed on
+  purpose, as the kernel would close it with a dead grader)."""
+  config = _config_for(isolation)
+  host = sandbox_host.host()
+  dead_read, dead_write = os.pipe()
+  os.close(dead_write)
+  live = host.lifeline
+  try:
+    host.lifeline = dead_read
+    result = sandbox.run_program("print('ran')\n", config)
+  finally:
+    host.lifeline = live
+    os.close(dead_read)
+  assert not result.passed and "ran" not in result.stdout, result
+  assert sandbox.run_program("print('ran')\n", config).stdout == "ran\n"  # a live lifeline
