@@ -197,3 +197,38 @@ def test_truncate_at_stop():
   text = "    return x\n\ndef helper():\n    pass\nif __name__ == '__main__':\n    main()"
   assert code_grader.truncate_at_stop(text) == "    return x\n"
   assert code_grader.truncate_at_stop("    return x") == "    return x"
+
+
+def test_names_the_tests_take_from_the_solution(humaneval, mbpp, mbpp_sanitized):
+  """The list in code_grader's docstring, over every problem (no prompt helper among them)."""
+  found = {p.id: code_grader.names_taken_from_solution(p)
+           for p in humaneval + mbpp + mbpp_sanitized}
+  assert {k: v for k, v in found.items() if v} == {
+      "mbpp/367": ["Node"], "mbpp/927": ["Node"], "mbpp/601": ["Pair"], "mbpp/596": ["sys"],
+      "mbpp_sanitized/596": ["sys"]}
+  by_id = {p.id: p for p in humaneval}
+  assert "def poly(" in by_id["humaneval/HumanEval/32"].prompt_helpers()
+  assert "def find_zero(" not in by_id["humaneval/HumanEval/32"].prompt_helpers()
+
+
+@pytest.mark.slow
+def test_completions_cannot_redefine_the_prompts_helpers(humaneval):
+  """HumanEval/32, /38 and /50 check the answer with helpers of the prompt; a completion that
+  redefines them (whole definitions, or after a body) must still be graded by the prompt's."""
+  by_id = {p.id: p for p in humaneval}
+  he32, he38, he50 = (by_id[f"humaneval/HumanEval/{n}"] for n in (32, 38, 50))
+  cases = [
+      (he32, "def poly(xs, x):\n    return 0\n\ndef find_zero(xs):\n    return 0.0\n"),
+      (he32, "    return 1.5\n\ndef poly(xs, x):\n    return 0.0\n"),
+      (he32, "    return 0.0\nimport math\nmath.fabs = lambda v: 0.0\n"),
+      (he38, "def encode_cyclic(s):\n    return s\n\ndef decode_cyclic(s):\n    return s\n"),
+      (he38, "    return s\n\nencode_cyclic = str\n"),
+      (he50, "def encode_shift(s):\n    return s\n\ndef decode_shift(s):\n    return s\n"),
+      (he50, "    return s\n\nclass encode_shift(str):\n    pass\n"),
+  ]
+  honest = [(p, p.reference_solution) for p in (he32, he38, he50)]
+  grades = code_grader.grade_completions([p for p, _ in cases + honest],
+                                         [c for _, c in cases + honest], workers=WORKERS,
+                                         config=CONFIG)
+  assert [g.passed for g in grades] == [False] * len(cases) + [True] * 3, \
+      [(p.id, g.message) for (p, _), g in zip(cases + honest, grades)]

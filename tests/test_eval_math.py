@@ -165,3 +165,36 @@ def test_a_hanging_answer_is_recorded_wrong_and_the_batch_goes_on():
   grades = grading.grade_responses(problems, responses, math_timeout_s=2.0)
   assert [g.correct for g in grades] == [False, True, True]
   assert "timed out" in grades[0].detail
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("predicted,gold", [
+    (r"0.\overline{3}", r"\frac{1}{3}"),
+    (r"0.\overline{3}", "1/3"),
+    (r"1.2\overline{45}", r"\frac{137}{110}"),
+    (r".\overline{6}", r"\frac23"),
+    (r"0.\overline{9}", "1"),
+])
+def test_repeating_decimals_equal_their_fractions(predicted, gold):
+  assert answers_equivalent(predicted, gold)
+  assert math_grader.grade(_wrap(predicted), gold) == math_grader.MathGrade(True, predicted)
+  assert not answers_equivalent(predicted, gold + "+1")
+
+
+@pytest.mark.slow
+def test_every_step_of_grading_is_inside_the_bound():
+  """Nested \\text{ made `normalize_answer`, which ran in the caller, quadratic: a 33 KB answer
+  took 25-40 s whatever the bound. It now runs in the worker, and long answers are refused."""
+  nested = "\\text{" * 4700 + "5" + "}" * 4700
+  start = time.monotonic()
+  verdict = math_grader.grade(_wrap(nested), "5", timeout_s=2.0)
+  assert time.monotonic() - start < 6  # the bound, plus a worker start
+  assert not verdict.correct and verdict.answer == nested
+  assert f"more than the {math_grader.MAX_ANSWER_CHARS}" in verdict.detail
+  start = time.monotonic()
+  assert not answers_equivalent(nested, "5", timeout_s=2.0)
+  assert time.monotonic() - start < 6
+  # Just under the cap, nested commands still normalise (inside the worker).
+  short = "\\text{" * 90 + "5" + "}" * 90
+  assert len(short) < math_grader.MAX_ANSWER_CHARS
+  assert math_grader.grade(_wrap(short), "5", timeout_s=5.0).correct

@@ -15,6 +15,7 @@ Conventions:
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 from typing import Any, Mapping
@@ -110,17 +111,38 @@ class Problem:
   def is_code(self) -> bool:
     return self.benchmark in CODE_BENCHMARKS
 
+  def prompt_helpers(self) -> str:
+    """HumanEval: the code prompt's top-level code other than the function to complete (its
+    imports, and helpers that the tests call: `poly` of HumanEval/32, `encode_cyclic` of /38,
+    `encode_shift` of /50), exactly as the prompt writes it; "" for other benchmarks.
+
+    The tests run these definitions themselves, after the solution's names are in place, so a
+    completion that redefines a helper changes only its own copy: it cannot decide its verdict.
+    """
+    if self.benchmark != "humaneval":
+      return ""
+    lines = self.code_prompt.splitlines(keepends=True)
+    parts = []
+    for node in ast.parse(self.code_prompt).body:
+      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and \
+          node.name == self.entry_point:
+        continue
+      first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+      parts.append("".join(lines[first - 1:node.end_lineno]))
+    return "".join(parts)
+
   def program_with_tests(self, solution: str) -> str:
     """The program that checks `solution` (a complete Python source) against this problem's tests.
 
-    HumanEval: solution, `tests`, then `check(<entry_point>)`; for a bare completion of the
-    function body pass `code_prompt + completion`. MBPP: solution, `test_setup`, asserts (setup
-    after the code, as tasks 367 and 927 need). MBPP sanitized: `test_imports`, solution, asserts.
+    HumanEval: solution, the prompt's helpers (`prompt_helpers`), `tests`, then
+    `check(<entry_point>)`; for a bare completion of the function body pass
+    `code_prompt + completion`. MBPP: solution, `test_setup`, asserts (setup after the code, as
+    tasks 367 and 927 need). MBPP sanitized: `test_imports`, solution, asserts.
     """
     if not self.is_code:
       raise ValueError(f"{self.id} is a math problem; it has no test program")
     if self.benchmark == "humaneval":
-      parts = [solution, self.tests, f"check({self.entry_point})"]
+      parts = [solution, self.prompt_helpers(), self.tests, f"check({self.entry_point})"]
     else:
       parts = [*self.test_imports, solution, self.test_setup or "", self.tests]
     return "\n\n".join(part for part in parts if part) + "\n"
@@ -128,12 +150,14 @@ class Problem:
   def solution_and_tests(self, solution: str) -> tuple[str, str]:
     """The two programs of an out-of-process test (`dllm_jax.eval.sandbox.run_tests`): what runs
     with the solution, and the tests, which call the solution's functions and classes from
-    their own process. The parts and their order are those of `program_with_tests`."""
+    their own process. The parts and their order are those of `program_with_tests`; HumanEval's
+    tests carry the prompt's own helpers (`prompt_helpers`), which replace any the solution
+    defined under the same names."""
     if not self.is_code:
       raise ValueError(f"{self.id} is a math problem; it has no test program")
     join = lambda parts: "\n\n".join(part for part in parts if part) + "\n"
     if self.benchmark == "humaneval":
-      return solution, join([self.tests, f"check({self.entry_point})"])
+      return solution, join([self.prompt_helpers(), self.tests, f"check({self.entry_point})"])
     return (join([*self.test_imports, solution]),
             join([*self.test_imports, self.test_setup or "", self.tests]))
 

@@ -16,10 +16,29 @@ A response may wrap its code in Markdown fences; `extract_code` applies this rul
    first candidate. A response without any fence is taken whole, as code.
 For HumanEval the code follows the problem's `code_prompt` (its imports and signature): a
 continuation of the function body completes it, a whole definition replaces it.
+
+Names the tests take from the solution
+--------------------------------------
+The tests' process sees the solution's functions, classes and modules (`sandbox.run_tests`).
+`names_taken_from_solution` lists, per problem, the names the tests read without defining them
+(builtins and the function under test aside). Over all 164 HumanEval, 974 MBPP and 427 MBPP
+sanitized problems they are:
+- HumanEval/32 `poly`, /38 `encode_cyclic`, /50 `encode_shift`: helpers of the prompt that
+  check the answer. The tests run the prompt's own definitions (`Problem.prompt_helpers`), so a
+  completion that redefines them (`def poly(xs, x): return 0`) no longer grades itself; after
+  that, no HumanEval test reads a name of the solution but the entry point.
+- MBPP 367 and 927 `Node`, MBPP 601 `Pair`: classes the task asks the solution to define; the
+  tests build inputs with them (as handles into the solution's process) and compare what the
+  function returns as plain data.
+- MBPP 596 and MBPP sanitized 596 `sys`: a module the solution imports; the tests' process
+  imports it afresh by name, so it is the real `sys` unless the solution binds the name to
+  another module (which then lacks `getsizeof`, and the test fails).
 """
 
+import builtins
 import dataclasses
 import re
+import symtable
 from collections.abc import Sequence
 
 from dllm_jax.data.problems import Problem
@@ -44,6 +63,25 @@ def entry_point(problem: Problem) -> str | None:
     if re.search(rf"\b{re.escape(name)}\s*\(", tests):
       return name
   return None
+
+
+def names_taken_from_solution(problem: Problem) -> list[str]:
+  """Names the problem's tests read from the solution's namespace: used by the tests (at top
+  level or as globals of their functions) but neither defined there nor builtins, other than the
+  function under test (see the module docstring for the list over all problems)."""
+  _, tests = problem.solution_and_tests("")
+  top = symtable.symtable(tests, "<tests>", "exec")
+  defined = {s.get_name() for s in top.get_symbols()
+             if s.is_assigned() or s.is_imported() or s.is_namespace()}
+  used, tables = set(), [top]
+  while tables:
+    table = tables.pop()
+    for symbol in table.get_symbols():
+      if symbol.is_referenced() and (table is top or symbol.is_global()):
+        used.add(symbol.get_name())
+    tables += table.get_children()
+  return sorted(name for name in used - defined
+                if not hasattr(builtins, name) and name != entry_point(problem))
 
 
 def extract_code(response: str, entry_point_name: str | None = None) -> str:

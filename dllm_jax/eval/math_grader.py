@@ -7,14 +7,22 @@ from free text. Gold answers are LaTeX as in the benchmark files; the known quir
 are degree marks (AIME 2025's `336^\\circ`) and zero-padded integers (AIME 2024's "025").
 
 Some answers make sympy run for ever (`10^{10^{10^{10}}}`, `(x+1)^{100000}`), and math_verify's
-own timeouts rely on SIGALRM (main thread only), so the symbolic comparison runs in a long-lived
-worker process under a wall-clock bound: `grade` kills and restarts the worker when an answer
-takes longer than `timeout_s`, and the answer is graded wrong with the reason in `MathGrade.detail`.
-The worker starts once (about 1 s) and then answers in about a millisecond; string-equal answers
-never reach it. Everything here is thread-safe (calls to the worker take turns).
+own timeouts rely on SIGALRM (main thread only), so grading runs in a long-lived worker process
+under a wall-clock bound: `grade` kills and restarts the worker when an answer takes longer than
+`timeout_s`, and the answer is graded wrong with the reason in `MathGrade.detail`. Every step of
+grading a response runs there, inside the bound: finding the box, normalising (which is
+quadratic in nested `\\text{`), the string and the symbolic comparisons; the caller only checks
+that the response holds a box command at all (a substring search). An answer longer than
+`MAX_ANSWER_CHARS` (20 times the longest gold answer of MATH500 and AIME) is graded wrong without
+being compared, with that reason. The worker starts once (about 1 s) and then answers in about a
+millisecond. Everything here is thread-safe (calls to the worker take turns).
+
+A repeating decimal written with `\\overline` (`0.\\overline{3}`, `1.2\\overline{45}`) is read as
+the fraction it denotes (1/3, 137/110).
 """
 
 import dataclasses
+import fractions
 import json
 import os
 import re
@@ -35,6 +43,11 @@ _SPACING_PATTERN = re.compile(r"\\[!,;:]|\\quad|\\qquad|~|\\ ")
 _THOUSANDS_PATTERN = re.compile(r"^[+-]?\d{1,3}(,\d{3})+$")
 _INTEGER_PATTERN = re.compile(r"^([+-]?)0*(\d+)$")
 _BASE_NUMERAL_PATTERN = re.compile(r"^([0-9A-Za-z]+)_\{?(\d+)\}?$")  # 52_8, 4210_{5}
+# 0.\overline{3}, 1.2\overline{45}, .\overline{6}: integer part, fixed digits, repeating digits.
+_REPEATING_DECIMAL_PATTERN = re.compile(
+    r"(?<![\d.])(\d*)\.(\d*)\\overline\s*(?:\{\s*(\d+)\s*\}|(\d))")
+MAX_ANSWER_CHARS = 1000
+_NO_BOX = "no complete \\boxed{} answer"
 
 
 def _matching_brace(text: str, open_index: int) -> int | None:
@@ -106,19 +119,36 @@ def strip_math_delimiters(answer: str) -> str:
   return answer
 
 
+def _repeating_decimal(match: re.Match) -> str:
+  whole, fixed, repeating = match.group(1), match.group(2), match.group(3) or match.group(4)
+  value = int(whole or "0") + fractions.Fraction(
+      int(fixed + repeating) - int(fixed or "0"), 10**len(fixed) * (10**len(repeating) - 1))
+  if value.denominator == 1:
+    return str(value.numerator)
+  return f"\\frac{{{value.numerator}}}{{{value.denominator}}}"
+
+
+def repeating_decimals_as_fractions(answer: str) -> str:
+  """`0.\\overline{3}` -> `\\frac{1}{3}`, `0.\\overline{9}` -> `1` (the value it denotes)."""
+  return _REPEATING_DECIMAL_PATTERN.sub(_repeating_decimal, answer)
+
+
 def normalize_answer(answer: str) -> str:
   """A canonical string for exact comparison of short LaTeX answers.
 
   Drops math delimiters, spacing commands, `\\left`/`\\right`, degree marks, text wrappers (their
   content is kept), a trailing period and all whitespace; maps `\\dfrac`/`\\tfrac` to `\\frac`;
   writes integers without leading zeros or thousands separators ("025" and "0,025" give "25").
-  Deliberately conservative: anything cleverer is left to `math_verify`.
+  Deliberately conservative: anything cleverer is left to `math_verify`. Time grows with the
+  square of the nesting depth of text commands: `grade` calls it only in its time-bounded worker,
+  on answers of at most `MAX_ANSWER_CHARS` characters.
   """
   text = strip_math_delimiters(answer)
   text = _SPACING_PATTERN.sub("", text)
   text = strip_degrees(text)
   text = text.replace("\\left", "").replace("\\right", "")
   text = text.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+  text = repeating_decimals_as_fractions(text)
   for command in _TEXT_COMMANDS:
     text = _unwrap_command(text, command)
   text = re.sub(r"\s+", "", text).rstrip(".")
@@ -132,7 +162,8 @@ def normalize_answer(answer: str) -> str:
 
 def _prepare_for_parse(answer: str) -> str:
   # Degree marks and leading zeros change nothing here; math_verify already reads "025" as 25.
-  return "\\boxed{" + strip_degrees(strip_math_delimiters(answer)) + "}"
+  answer = repeating_decimals_as_fractions(strip_degrees(strip_math_delimiters(answer)))
+  return "\\boxed{" + answer + "}"
 
 
 def _base_numeral(normalized: str) -> tuple[str, str] | None:
@@ -148,7 +179,7 @@ _WORKER_START_S = 120.0
 
 
 class GradingTimeout(Exception):
-  """The symbolic comparison ran past its time bound (the worker was killed)."""
+  """Grading ran past its time bound (the worker was killed). args: (message, replies so far)."""
 
 
 def _equivalent_here(predicted: str, gold: str) -> bool:
@@ -172,12 +203,43 @@ def _equivalent_here(predicted: str, gold: str) -> bool:
   return bool(verify(gold_parsed, predicted_parsed, timeout_seconds=None))
 
 
+def _too_long(answer: str) -> str | None:
+  if len(answer) > MAX_ANSWER_CHARS:
+    return (f"graded wrong: the answer has {len(answer)} characters, more than the "
+            f"{MAX_ANSWER_CHARS} compared")
+  return None
+
+
+def _grade_here(response: str, gold: str):
+  """`grade` without a time bound, in steps: yields the boxed answer first, then the verdict
+  (a dict with "equal" and, when it is wrong for a reason, "detail")."""
+  predicted = extract_boxed(response)
+  yield {"answer": predicted}
+  if predicted is None or not predicted.strip():
+    yield {"equal": False, "detail": _NO_BOX}
+  elif (reason := _too_long(predicted)):
+    yield {"equal": False, "detail": reason}
+  else:
+    yield {"equal": _equivalent_here(predicted, gold)}
+
+
+def _compare_here(predicted: str, gold: str):
+  """`answers_equivalent` without a time bound (one reply)."""
+  reason = _too_long(predicted)
+  yield {"equal": False, "detail": reason} if reason else {"equal": _equivalent_here(predicted,
+                                                                                        gold)}
+
+
+_OPERATIONS = {"grade": _grade_here, "compare": _compare_here}
+
+
 class _Worker:
-  """One child process that answers `_equivalent_here` queries, one JSON line each way."""
+  """One child process that runs `_OPERATIONS`: a JSON line in, one JSON line per step out."""
 
   def __init__(self):
     self._lock = threading.Lock()
     self._proc: subprocess.Popen | None = None
+    self._buffer = b""  # what the worker wrote past the last line read
 
   def _start(self) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
@@ -185,24 +247,23 @@ class _Worker:
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, env=env,
                             start_new_session=True)  # Ctrl-C reaches the run, not the worker
-    if self._read_line(proc, _WORKER_START_S) != {"ready": True}:
+    self._buffer = b""
+    if self._read_line(proc, time.monotonic() + _WORKER_START_S) != {"ready": True}:
       self._stop(proc)
       raise RuntimeError("the math grading worker did not start (python -m "
                          "dllm_jax.eval.math_grader failed; is math_verify installed?)")
     return proc
 
-  @staticmethod
-  def _read_line(proc: subprocess.Popen, timeout_s: float):
-    deadline = time.monotonic() + timeout_s
-    line = b""
-    while not line.endswith(b"\n"):
+  def _read_line(self, proc: subprocess.Popen, deadline: float):
+    while b"\n" not in self._buffer:
       left = deadline - time.monotonic()
       if left <= 0 or not select.select([proc.stdout], [], [], left)[0]:
         return None
       chunk = os.read(proc.stdout.fileno(), 1 << 16)
       if not chunk:
         return None
-      line += chunk
+      self._buffer += chunk
+    line, self._buffer = self._buffer.split(b"\n", 1)
     return json.loads(line)
 
   @staticmethod
@@ -212,20 +273,27 @@ class _Worker:
     proc.stdin.close()
     proc.stdout.close()
 
-  def equivalent(self, predicted: str, gold: str, timeout_s: float) -> bool:
+  def run(self, operation: str, first: str, second: str, steps: int,
+          timeout_s: float) -> list[dict]:
+    """The replies of one operation; raises GradingTimeout (with the replies so far) when all
+    `steps` replies do not come within `timeout_s` of sending it."""
     with self._lock:
       if self._proc is None or self._proc.poll() is not None:
         self._proc = self._start()
-      self._proc.stdin.write(json.dumps([predicted, gold]).encode() + b"\n")
+      self._proc.stdin.write(json.dumps([operation, first, second]).encode() + b"\n")
       self._proc.stdin.flush()
-      reply = self._read_line(self._proc, timeout_s)
-      if reply is None:  # too slow, or it died (out of memory): start afresh next time
-        self._stop(self._proc)
-        self._proc = None
-        raise GradingTimeout(f"no verdict within {timeout_s:g} s")
-    if "error" in reply:
-      raise ValueError(reply["error"])
-    return reply["equal"]
+      deadline = time.monotonic() + timeout_s
+      replies = []
+      while len(replies) < steps:
+        reply = self._read_line(self._proc, deadline)
+        if reply is None:  # too slow, or it died (out of memory): start afresh next time
+          self._stop(self._proc)
+          self._proc = None
+          raise GradingTimeout(f"no verdict within {timeout_s:g} s", replies)
+        replies.append(reply)
+        if "error" in reply:
+          break
+    return replies
 
 
 _worker = _Worker()
@@ -245,21 +313,24 @@ def _serve() -> None:
   out.write(b'{"ready": true}\n')
   out.flush()
   for line in sys.stdin.buffer:
-    predicted, gold = json.loads(line)
+    operation, first, second = json.loads(line)
     try:
-      reply = {"equal": _equivalent_here(predicted, gold)}
+      for reply in _OPERATIONS[operation](first, second):
+        out.write(json.dumps(reply).encode() + b"\n")
+        out.flush()
     except Exception as error:  # pylint: disable=broad-except  (sympy raises all kinds)
-      reply = {"error": f"{type(error).__name__}: {error}"[:200]}
-    out.write(json.dumps(reply).encode() + b"\n")
-    out.flush()
+      out.write(json.dumps({"error": f"{type(error).__name__}: {error}"[:200]}).encode() + b"\n")
+      out.flush()
 
 
 def answers_equivalent(predicted: str, gold: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
-  """Whether two answer strings (already taken out of their boxes) denote the same answer.
-  Raises `GradingTimeout` when the comparison takes longer than `timeout_s`."""
-  if normalize_answer(predicted) == normalize_answer(gold):
-    return True
-  return _worker.equivalent(predicted, gold, timeout_s)
+  """Whether two answer strings (already taken out of their boxes) denote the same answer;
+  False for an answer longer than `MAX_ANSWER_CHARS`. Raises `GradingTimeout` when the
+  comparison (normalisation included) takes longer than `timeout_s`."""
+  reply = _worker.run("compare", predicted, gold, 1, timeout_s)[-1]
+  if "error" in reply:
+    raise ValueError(reply["error"])
+  return reply["equal"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,16 +341,21 @@ class MathGrade:
 
 
 def grade(response: str, gold: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> MathGrade:
-  """The verdict on a model response: its last boxed answer against the gold answer."""
-  predicted = extract_boxed(response)
-  if predicted is None or not predicted.strip():
-    return MathGrade(False, predicted, "no complete \\boxed{} answer")
+  """The verdict on a model response: its last boxed answer against the gold answer. Every step
+  runs in the worker, within `timeout_s` in all; only a response without any box command is
+  judged here (a substring search: linear time, no worker needed)."""
+  if not any(command in response for command in _BOX_COMMANDS):
+    return MathGrade(False, None, _NO_BOX)
   try:
-    return MathGrade(answers_equivalent(predicted, gold, timeout_s), predicted)
+    replies = _worker.run("grade", response, gold, 2, timeout_s)
   except GradingTimeout as error:
-    return MathGrade(False, predicted, f"graded wrong: comparison timed out ({error})")
-  except ValueError as error:
-    return MathGrade(False, predicted, f"graded wrong: comparison failed ({error})")
+    message, replies = error.args
+    answer = replies[0].get("answer") if replies else None
+    return MathGrade(False, answer, f"graded wrong: comparison timed out ({message})")
+  answer = replies[0].get("answer")
+  if "error" in replies[-1]:
+    return MathGrade(False, answer, f"graded wrong: comparison failed ({replies[-1]['error']})")
+  return MathGrade(replies[1]["equal"], answer, replies[1].get("detail", ""))
 
 
 def grade_math(response: str, gold: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:

@@ -50,10 +50,35 @@ processes. Use plain mode only for code you would run anyway.
 
 In both modes: a wall-clock timeout after which the whole process group (and the pid namespace) is
 killed with SIGKILL; RLIMIT_AS (memory), RLIMIT_CPU, RLIMIT_FSIZE (also bounds captured output),
-RLIMIT_NPROC, RLIMIT_NOFILE, no core files; stdin is /dev/null; the environment is minimal; the
-interpreter runs with `-I -S`, and the caller's site-packages directories are put on `sys.path`
-(without running `.pth` files) when the sandbox runs the caller's interpreter; stdout and stderr
-are captured to files and truncated.
+RLIMIT_NPROC, RLIMIT_NOFILE, RLIMIT_MSGQUEUE 0, no core files; stdin is /dev/null; the environment
+is minimal; the interpreter runs with `-I -S`, and the caller's site-packages directories are put
+on `sys.path` (without running `.pth` files) when the sandbox runs the caller's interpreter;
+stdout and stderr are captured to files and truncated. Also in both modes:
+
+* memory of the whole run: where the caller can make memory cgroups (as root, with cgroup v1's
+  memory controller or a cgroup v2 that delegates it; `memory_cgroup_available()`), each run has
+  one with `memory_mb` as its limit and no swap, so all of its processes together, with the
+  memory they hold outside their address space (tmpfs pages), stay under it; the kernel kills a
+  process of the run that goes over ("memory limit ... reached" in the message). Without one,
+  `memory_mb` bounds each process's address space only: several processes may hold
+  `max_processes` x `memory_mb`. In both cases the filter refuses the ways to hold memory that no
+  process maps: `memfd_create`, `memfd_secret`, System V shared memory and message queues, POSIX
+  message queues (`sandbox_filter`).
+* the kernel's other doors (`sandbox_filter`): key calls (`add_key`, `request_key`, `keyctl`;
+  the launcher first joins a new, empty session keyring, so not even the keyring it holds is the
+  grader's), io_uring, AF_VSOCK sockets. In namespace mode /proc's files about the kernel
+  (`/proc/kallsyms`, `modules`, `keys`, ...; `sandbox_mounts.MASKED_PROC_FILES`) read as empty.
+* the grader's life: when the grading process dies, even by SIGKILL, its sandboxes die with it.
+  Namespace mode: `unshare` runs under `setpriv --pdeathsig KILL` (util-linux; without setpriv
+  this guarantee is lost) and its `--kill-child` kills the namespace's first process, and so the
+  namespace; plain mode: the launcher's guardian gets SIGTERM at the grader's death and kills
+  the whole tree. Each launcher re-arms its parent-death signal after the uid switch (which clears
+  it), the filter refuses `prctl(PR_SET_PDEATHSIG)`, and a lifeline pipe (write end held by the
+  grader only) closes the race with a grader that died before the signal was armed. The signal
+  follows the *thread* that started the run: the functions here start and wait for each run on
+  one thread. Working directories live in one scratch folder per grading process, locked for its
+  life; the first run of a later process removes the folders (and memory cgroups) of processes
+  that died (`remove_stale_scratch`).
 
 How a pass is decided
 ---------------------
@@ -99,6 +124,9 @@ import threading
 import time
 import warnings
 from collections.abc import Sequence
+
+from dllm_jax.eval import sandbox_cgroup, sandbox_host
+from dllm_jax.eval.sandbox_host import remove_stale_scratch  # pylint: disable=unused-import
 
 _LAUNCHER = pathlib.Path(__file__).with_name("sandbox_launcher.py")
 # Must match sandbox_launcher.SETUP_FAILED_EXIT and TIMEOUT_EXIT.
@@ -206,6 +234,12 @@ _mode_lock = threading.Lock()
 _resolved_modes: dict[tuple[str, str], str] = {}
 
 
+
+def memory_cgroup_available() -> bool:
+  """Whether runs get a memory cgroup (all their processes together held to `memory_mb`)."""
+  return sandbox_host.host().cgroups is not None
+
+
 def _is_root() -> bool:
   return os.geteuid() == 0
 
@@ -250,7 +284,11 @@ def _command(mode: str, python: str, launcher_cfg: dict) -> list[str]:
   flags = ["--fork", "--kill-child", "--pid", "--mount-proc", "--net", "--ipc"]
   if mode == "ns-user":
     flags.append("--map-root-user")
-  return [unshare, *flags, "--", *launch]
+  # `unshare` dies with the grader (SIGKILL when the thread that started it ends), and its
+  # --kill-child takes the pid namespace's first process, and so the whole namespace, with it.
+  setpriv = shutil.which("setpriv", path=_ENV["PATH"])
+  die_with_grader = [setpriv, "--pdeathsig", "KILL"] if setpriv else []
+  return [*die_with_grader, unshare, *flags, "--", *launch]
 
 
 def _kill_run(proc: subprocess.Popen) -> None:
@@ -359,7 +397,8 @@ def _classify(returncode: int, timed_out: bool, result: bytes, nonce: str, stder
 
 def _launcher_config(mode: str, workdir: str, program_path: str, nonce_fd: int, result_fd: int,
                      uid: int | None, config: SandboxConfig, role: str,
-                     peer_fds: tuple[int, int], entry_point: str) -> dict:
+                     peer_fds: tuple[int, int], entry_point: str, lifeline_fd: int,
+                     cgroup: str) -> dict:
   return {
       "mode": mode,
       "role": role,
@@ -370,6 +409,8 @@ def _launcher_config(mode: str, workdir: str, program_path: str, nonce_fd: int, 
       "result_fd": result_fd,
       "peer_in_fd": peer_fds[0],
       "peer_out_fd": peer_fds[1],
+      "lifeline_fd": lifeline_fd,
+      "cgroup": cgroup,
       "uid": uid,
       "memory_bytes": config.memory_mb << 20,
       "cpu_seconds": config.cpu_s if config.cpu_s is not None else math.ceil(config.timeout_s),
@@ -390,7 +431,10 @@ class _Launch:
     self.mode, self.config, self.role = mode, config, role
     self.nonce = secrets.token_hex(16)
     self.uid = _get_uid_pool().acquire() if mode.endswith("root") else None
-    self.workdir = tempfile.mkdtemp(prefix="dllm_sandbox_")
+    host = sandbox_host.host()
+    self.workdir = tempfile.mkdtemp(prefix="run_", dir=host.scratch)
+    self.cgroups = host.cgroups
+    self.cgroup = self.cgroups.create(config.memory_mb << 20) if self.cgroups else ""
     self.fds: list[int] = []
     self.out, self.err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
     self.proc: subprocess.Popen | None = None
@@ -400,7 +444,7 @@ class _Launch:
     if mode == "plain-root":  # the working directory belongs to the sandbox uid
       os.chown(self.workdir, self.uid, self.uid)
       os.chown(program_path, self.uid, self.uid)
-    inherited = [fd for fd in peer_fds if fd >= 0]
+    inherited = [fd for fd in peer_fds if fd >= 0] + [host.lifeline]
     nonce_read = -1
     if role != "solution":  # the solution's verdict is never asked for: it gets no token
       nonce_read, nonce_write = os.pipe()
@@ -414,7 +458,7 @@ class _Launch:
                 fcntl.fcntl(self.result_read, fcntl.F_GETFL) | os.O_NONBLOCK)
     inherited.append(result_write)
     cfg = _launcher_config(mode, self.workdir, program_path, nonce_read, result_write, self.uid,
-                           config, role, peer_fds, entry_point)
+                           config, role, peer_fds, entry_point, host.lifeline, self.cgroup)
     self.start = time.monotonic()
     self.proc = subprocess.Popen(_command(mode, config.python, cfg), stdin=subprocess.DEVNULL,
                                  stdout=self.out, stderr=self.err, pass_fds=inherited,
@@ -440,6 +484,9 @@ class _Launch:
     stdout = _read_head(self.out, self.config.max_output_bytes)
     stderr = _read_tail(self.err, self.config.max_output_bytes)
     status, message = _classify(returncode, timed_out, result, self.nonce, stderr, self.config)
+    if status is Status.FAILED and self.cgroup and (killed := self.cgroups.oom_kills(self.cgroup)):
+      message = (f"memory limit of {self.config.memory_mb} MiB reached by the run's processes "
+                 f"together (the kernel killed {killed} of them)")
     return RunResult(passed=status is Status.PASSED, status=status, message=message,
                      returncode=returncode, wall_s=wall_s, stdout=stdout, stderr=stderr)
 
@@ -452,6 +499,8 @@ class _Launch:
     self.out.close()
     self.err.close()
     shutil.rmtree(self.workdir, ignore_errors=True)
+    if self.cgroup:
+      sandbox_cgroup.remove(self.cgroup)
     if self.uid is not None:
       _uid_pool.release(self.uid)
 
