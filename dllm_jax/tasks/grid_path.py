@@ -10,23 +10,28 @@ starts there, moves to an edge-adjacent cell each step and visits every free cel
     p q r s t        strands it (it could only be the path's end, and no path ends there).
 
 Problems keep only those with at least 2 answers (3,412 training problems with 36,631 answers,
-372 held out; up to 160 answers on the open grid), so Pass@k
-measures exploration; the training data is the uniform law over each problem's answers.
+372 held out; up to 160 answers on the open grid), so Pass@k measures exploration; the training
+data is the uniform law over each problem's answers.
 
 Why per-token confidence misleads here. Every rule of a move is local (the next cell is a
 neighbour of the last one, not blocked, not yet on the path: each visible from one or two
 tokens), but whether a move can still be completed is global: a move that cuts the free cells
 into two parts, or leaves a cell with one free neighbour that is not the path's end, leaves no
-completion at all, however natural it looks. Under the exact law (uniform over answers) the
-first move's probability is its share of the completions, so no order of decoding can fail; a
-tiny model learns the local rules fast and the completion counts only partly, so its most
-confident move is often one with few completions, and greedy or low-confidence decoding
-follows it into a dead end, where every remaining token has little probability (a revisit, a
-jump, an early EOS). A sequence-level view (the joint probability of the whole path, as in
-p^alpha) sees that mass is missing downstream; the per-token one does not.
-`tests/test_grid_path.py` measures how often the locally uniform walker (each move uniform over
-the legal next cells: the local rules and nothing else) dead-ends, and README.md reports the
-shipped model's Pass@k under greedy, low-confidence and random-order decoding.
+completion at all, however natural it looks. Under the exact law (uniform over answers) a move's
+probability is its share of the completions, so no order of decoding can fail; a model that
+learns the local rules and the completion counts only partly puts some probability on moves
+that lead nowhere, a per-token rule commits them on their local confidence, and once the walk is
+stranded every remaining token has little probability (a revisit, a jump, an early EOS). The
+joint probability of the whole path (p^alpha, sequence-level samplers) sees the mass missing
+downstream; a per-token score does not.
+
+Measured (`tests/test_grid_path.py`, exact): in 38% of 60 held-out problems a legal first move
+has no completion, and a walker that knows only the local rules completes a path with chance
+0.077 on average, while one that follows completion counts never fails. On the shipped model
+(`experiments/grid_path_dead_ends.py`, README "Grid paths"), 92% of left-to-right sampling's
+failures and all of left-to-right greedy's are dead ends; random order fails more often still
+(Pass@1 0.25 against low-confidence's 0.86), because it writes cells before the path reaches
+them.
 
 The held-out split hashes the problem (SHA-256 with a salt), so a held-out problem is never a
 training problem.
