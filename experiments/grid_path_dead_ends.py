@@ -1,16 +1,17 @@
 r"""How often local decoding walks the grid-path model into a dead end (README "Grid paths").
 
-  python -m experiments.grid_path_dead_ends --problems=200 --samples=16 --out=runs/grid_dead_ends
+  python -m experiments.grid_path_dead_ends --problems=100 --samples=8 --out=runs/grid_dead_ends
 
 Decodes held-out problems of the shipped grid-path model (or --model) with each decoder, one
 token per step (19 steps = 19 NFE), and reports Pass@1, Pass@4 and Pass@n (n = --samples;
-unbiased estimator) with bootstrap standard errors over problems, and how the failed samples failed: a dead end (the
-legal moves before the first broken rule leave no completion) or a broken rule while an answer
-was still reachable. Greedy decoders (temperature 0) are deterministic: one sample per problem,
+unbiased estimator) with bootstrap standard errors over problems, and how the failed samples
+failed: a dead end (the legal moves before the first broken rule leave no completion) or a
+broken rule while an answer was still reachable. Greedy decoders (temperature 0) are deterministic: one sample per problem,
 and their Pass@k is their Pass@1. It also reads the model's first move on the fully masked
-canvas: how much probability it puts on first moves with no completion (the exact law puts 0),
-and how often its most likely first move is one. Nothing here is tuned: the decoders are the
-library's rules at their defaults, problems come from the held-out split.
+canvas: how much probability it puts on legal first moves with no completion (the exact law
+puts 0) and on illegal ones, and how often its most likely first move is a legal dead one.
+Nothing here is tuned: the decoders are the library's rules at their defaults, problems come
+from the held-out split.
 """
 
 import json
@@ -55,8 +56,9 @@ def pass_at_k_with_se(correct_PN, ks, rng, reps):
 
 
 def first_move_law(model, problems):
-  """Per problem: the model's probability of first moves with no completion, and whether its
-  argmax first move is one."""
+  """Per problem, from the model's first-move distribution on the fully masked canvas: the
+  probability of legal first moves with no completion, of illegal ones (anything else that is
+  not a legal move), and whether its argmax is a legal move with no completion."""
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from dllm_jax import models  # pylint: disable=import-outside-toplevel
@@ -67,13 +69,14 @@ def first_move_law(model, problems):
   attn = np.concatenate([mask, np.ones((len(problems), model.gen_length), bool)], 1)
   logits = models.make_denoise(model.config)(model.params, canvas, attn)
   probs_BV = np.asarray(jax.nn.softmax(logits[:, prompt.shape[1]], axis=-1))
-  dead_mass, argmax_dead = [], []
+  dead_mass, illegal_mass, argmax_dead = [], [], []
   for problem, p_V in zip(problems, probs_BV):
-    dead = [tok.encode(c)[0] for c in tok.chars[:task.num_cells]
-            if task.completions(problem, c) == 0]
+    legal = [c for c in tok.chars[:task.num_cells] if task.legal_prefix(problem, c) == c]
+    dead = [tok.encode(c)[0] for c in legal if task.completions(problem, c) == 0]
     dead_mass.append(float(p_V[dead].sum()))
+    illegal_mass.append(1.0 - float(p_V[[tok.encode(c)[0] for c in legal]].sum()))
     argmax_dead.append(int(np.argmax(p_V)) in dead)
-  return np.array(dead_mass), np.array(argmax_dead)
+  return np.array(dead_mass), np.array(illegal_mass), np.array(argmax_dead)
 
 
 def main(argv):
@@ -90,10 +93,11 @@ def main(argv):
   rng = np.random.default_rng(_SEED.value)
   results = {"problems": len(problems), "samples": _SAMPLES.value, "decoders": {}}
   ks = sorted({1, min(4, _SAMPLES.value), _SAMPLES.value})
-  dead_mass, argmax_dead = first_move_law(model, problems)
+  dead_mass, illegal_mass, argmax_dead = first_move_law(model, problems)
   results["first_move"] = {
-      "mean_probability_on_dead_first_moves": float(dead_mass.mean()),
+      "mean_probability_on_legal_first_moves_with_no_completion": float(dead_mass.mean()),
       "se": float(dead_mass.std() / np.sqrt(len(problems))),
+      "mean_probability_on_illegal_first_moves": float(illegal_mass.mean()),
       "share_of_problems_with_a_dead_first_move": float(np.mean(
           [any(task.legal_prefix(p, c) == c and task.completions(p, c) == 0
                for c in tok.chars[:task.num_cells]) for p in problems])),
