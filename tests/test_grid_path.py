@@ -71,6 +71,10 @@ def test_split_is_disjoint_reproducible_and_about_a_tenth():
   assert sorted(small["train"] + small["heldout"]) == sorted(
       p for p in candidates if len(_brute_force_answers(SMALL, p)) >= 2)
   assert all(SMALL.is_heldout(p) for p in small["heldout"]) and small["heldout"]
+  every_train = SMALL.sample_problems("train", len(small["train"]), seed=0)  # exhausts the split
+  assert sorted(every_train) == sorted(small["train"])
+  with pytest.raises(ValueError, match=f"has only {len(small['train'])} problems"):
+    SMALL.sample_problems("train", len(small["train"]) + 1, seed=0)
   with pytest.raises(ValueError, match="split"):
     TASK.sample_problems("test", 1, seed=0)
 

@@ -169,7 +169,8 @@ class GridPathTask:
   def sample_problems(self, split: str, count: int, seed: int) -> list[str]:
     """`count` distinct problems of `split` ("train" or "heldout") with at least `min_answers`
     answers, reproducible from `seed`: blocked count uniform in 0..max_blocked, then the blocked
-    cells and the start uniform."""
+    cells and the start uniform. When draws stop finding new problems (the split is small: 372
+    held-out problems in all), the rest come from the whole split in a seeded random order."""
     if split not in ("train", "heldout"):
       raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
     rng = np.random.default_rng([seed, 1 if split == "heldout" else 0])
@@ -179,7 +180,13 @@ class GridPathTask:
     while len(problems) < count:
       tries += 1
       if tries > 200 * count + 10_000:
-        raise ValueError(f"found only {len(problems)} of {count} distinct {split} problems")
+        rest = [p for p in self.problems(split) if p not in problems]
+        if len(problems) + len(rest) < count:
+          raise ValueError(f"the {split} split has only {len(problems) + len(rest)} problems; "
+                           f"ask for at most that many")
+        rng.shuffle(rest)
+        problems.update(dict.fromkeys(rest[:count - len(problems)]))
+        break
       problem = self.random_problem(rng)
       if problem in problems or self.is_heldout(problem) != want:
         continue
