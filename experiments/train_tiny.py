@@ -4,7 +4,7 @@ r"""Trains a built-in model (a tiny masked diffusion model) on CPU; resumable.
       --export_dir=dllm_jax/assets/countdown_tiny
   python -m experiments.train_tiny --task=lagged_difference --steps=2000 --batch_size=128 \
       --workdir=/tmp/lagged_difference_train --export_dir=dllm_jax/assets/lagged_difference_tiny
-  python -m experiments.train_tiny --task=grid_path --steps=2000 --batch_size=128 \
+  python -m experiments.train_tiny --task=grid_path --steps=1000 --batch_size=128 \
       --workdir=/tmp/grid_path_train --export_dir=dllm_jax/assets/grid_path_tiny
 
 Checkpoints (params, optimizer state, step) go to --workdir every --checkpoint_every steps; a
