@@ -4,6 +4,8 @@ r"""Trains a built-in model (a tiny masked diffusion model) on CPU; resumable.
       --export_dir=dllm_jax/assets/countdown_tiny
   python -m experiments.train_tiny --task=lagged_difference --steps=2000 --batch_size=128 \
       --workdir=/tmp/lagged_difference_train --export_dir=dllm_jax/assets/lagged_difference_tiny
+  python -m experiments.train_tiny --task=grid_path --steps=1000 --batch_size=128 \
+      --workdir=/tmp/grid_path_train --export_dir=dllm_jax/assets/grid_path_tiny
 
 Checkpoints (params, optimizer state, step) go to --workdir every --checkpoint_every steps; a
 rerun with the same flags resumes from the latest one. At the end the parameters are written
@@ -20,8 +22,9 @@ from absl import app, flags, logging
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training checkpoints.", required=True)
 _EXPORT = flags.DEFINE_string("export_dir", None, "Where to write the trained model.")
-_TASK = flags.DEFINE_enum("task", "countdown", ["countdown", "lagged_difference"],
-                          "countdown: 3-7 token expressions; lagged_difference: up to 32 digits.")
+_TASK = flags.DEFINE_enum("task", "countdown", ["countdown", "lagged_difference", "grid_path"],
+                          "countdown: 3-7 token expressions; lagged_difference: up to 32 digits; "
+                          "grid_path: Hamiltonian paths of 16-19 cells.")
 _NUM_NUMBERS = flags.DEFINE_integer("num_numbers", 3, "Numbers per Countdown problem.")
 _MAX_NUMBER = flags.DEFINE_integer("max_number", 9, "Numbers are 1..max_number.")
 _GEN_LENGTH = flags.DEFINE_integer("gen_length", 32, "lagged_difference: generated tokens.")
@@ -39,16 +42,18 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # Orbax logs every step of its work at INFO
   import numpy as np  # pylint: disable=import-outside-toplevel
   from dllm_jax import checkpoint, models, training  # pylint: disable=import-outside-toplevel
-  from dllm_jax.tasks import builtin, countdown, countdown_data, lagged_difference  # pylint: disable=import-outside-toplevel
-  from dllm_jax.tasks.char_tokenizer import CharTokenizer  # pylint: disable=import-outside-toplevel
+  from dllm_jax.tasks import builtin, countdown, countdown_data, grid_path, lagged_difference  # pylint: disable=import-outside-toplevel
 
-  tokenizer = CharTokenizer()
   if _TASK.value == "countdown":
     task = countdown.CountdownTask(num_numbers=_NUM_NUMBERS.value, max_number=_MAX_NUMBER.value)
     canvas = countdown_data.prompt_width(task) + countdown_data.gen_length(task)
+  elif _TASK.value == "grid_path":
+    task = grid_path.GridPathTask()
+    canvas = task.prompt_width + task.gen_length
   else:
     task = lagged_difference.LaggedDifferenceTask(gen_length=_GEN_LENGTH.value)
     canvas = task.prompt_width + task.gen_length
+  tokenizer = builtin.task_tokenizer(task)
   model_config = builtin.tiny_model_config(tokenizer, canvas, _HIDDEN.value, _LAYERS.value)
   train_config = training.TrainConfig(
       seed=_SEED.value, num_steps=_STEPS.value, batch_size=_BATCH.value,
@@ -65,6 +70,11 @@ def main(argv):
   if _TASK.value == "countdown":
     bank = countdown_data.AnswerBank.build(task, tokenizer)
     log(f"{bank.num_problems} training problems, {len(bank.answers_MG)} answers")
+    batch_fn = lambda step: bank.sample_batch(np.random.default_rng([train_config.seed, step]),
+                                              train_config.batch_size)
+  elif _TASK.value == "grid_path":
+    bank = grid_path.PathBank.build(task)  # every training problem, all their answers
+    log(f"{len(bank.problems)} training problems, {len(bank.answers_MG)} answers")
     batch_fn = lambda step: bank.sample_batch(np.random.default_rng([train_config.seed, step]),
                                               train_config.batch_size)
   else:

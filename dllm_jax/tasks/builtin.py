@@ -1,5 +1,5 @@
 """The built-in models: tiny LLaDA-layout dLLMs this project trains on CPU and ships, one per
-task (Countdown, lagged differences), each saved with the task it was trained on.
+task (Countdown, lagged differences, grid paths), each saved with the task it was trained on.
 
 A model directory holds the `dllm_jax.checkpoint` files and `train_config.json`, whose "task"
 record names the task (`"name"`; Countdown when absent, as in the first shipped model) and its
@@ -16,26 +16,29 @@ from typing import Any
 import numpy as np
 
 from dllm_jax import checkpoint, models
-from dllm_jax.tasks import countdown, countdown_data, lagged_difference
+from dllm_jax.tasks import countdown, countdown_data, grid_path, lagged_difference
 from dllm_jax.tasks.char_tokenizer import CharTokenizer
 from dllm_jax.tasks.countdown import CountdownTask
+from dllm_jax.tasks.grid_path import GridPathTask
 from dllm_jax.tasks.lagged_difference import LaggedDifferenceTask
 
 ASSETS = pathlib.Path(__file__).resolve().parents[1] / "assets"
 COUNTDOWN = ASSETS / "countdown_tiny"
 LAGGED_DIFFERENCE = ASSETS / "lagged_difference_tiny"
-TASKS = {"countdown": CountdownTask, "lagged_difference": LaggedDifferenceTask}
+GRID_PATH = ASSETS / "grid_path_tiny"
+TASKS = {"countdown": CountdownTask, "lagged_difference": LaggedDifferenceTask,
+         "grid_path": GridPathTask}
 
 
 @dataclasses.dataclass(frozen=True)
 class BuiltinModel:
   params: Any
   config: models.ModelConfig
-  task: Any  # CountdownTask | LaggedDifferenceTask
+  task: Any  # CountdownTask | LaggedDifferenceTask | GridPathTask
   tokenizer: CharTokenizer
 
-  # What the experiments need of a task, whichever it is. A problem is a countdown.Problem or a
-  # lagged-difference seed string.
+  # What the experiments need of a task, whichever it is. A problem is a countdown.Problem, a
+  # lagged-difference seed string or a grid-path problem string.
 
   @property
   def gen_length(self) -> int:
@@ -47,6 +50,8 @@ class BuiltinModel:
     """Prompt ids [B, P] and mask [B, P]."""
     if isinstance(self.task, CountdownTask):
       return countdown_data.encode_prompts(self.tokenizer, self.task, problems)
+    if isinstance(self.task, GridPathTask):
+      return grid_path.encode_prompts(self.tokenizer, self.task, problems)
     return lagged_difference.encode_prompts(self.tokenizer, self.task, problems)
 
   def verify(self, problem, generated_G) -> bool:
@@ -56,13 +61,13 @@ class BuiltinModel:
     return self.task.verify(problem, self.tokenizer.decode(generated_G))
 
 
-def task_record(task: CountdownTask | LaggedDifferenceTask) -> dict[str, Any]:
+def task_record(task: CountdownTask | LaggedDifferenceTask | GridPathTask) -> dict[str, Any]:
   """The "task" record of train_config.json."""
   name = next(n for n, cls in TASKS.items() if isinstance(task, cls))
   return {"name": name, **dataclasses.asdict(task)}
 
 
-def task_from_record(record: dict[str, Any]) -> CountdownTask | LaggedDifferenceTask:
+def task_from_record(record: dict[str, Any]) -> CountdownTask | LaggedDifferenceTask | GridPathTask:
   fields = dict(record)
   name = fields.pop("name", "countdown")
   if name not in TASKS:
@@ -78,7 +83,12 @@ def load_builtin(path: str | pathlib.Path = COUNTDOWN) -> BuiltinModel:
                             "with experiments/train_tiny.py")
   params, config = checkpoint.load(path)
   task = task_from_record(json.loads((path / "train_config.json").read_text())["task"])
-  return BuiltinModel(params, config, task, CharTokenizer())
+  return BuiltinModel(params, config, task, task_tokenizer(task))
+
+
+def task_tokenizer(task) -> CharTokenizer:
+  """The task's vocabulary: its own (grid paths: cell letters), or the digits and operators."""
+  return task.tokenizer() if hasattr(task, "tokenizer") else CharTokenizer()
 
 
 def tiny_model_config(tokenizer: CharTokenizer, max_length: int, hidden_size: int = 128,
