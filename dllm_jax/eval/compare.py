@@ -270,25 +270,23 @@ class Verdict:
   detail: str = ""
 
   def line(self) -> str:
+    """One line: the status, the claim, the estimate +- SE and how far it is from holding."""
+    status = "holds" if self.holds else "undecided" if self.undecided else "does NOT hold"
     if self.holds:
-      status = "holds"
-    elif self.undecided:
-      status = "undecided"
+      how = f"{self.estimate:+.3f} +- {self.se:.3f} (> 2 SE)"
+    elif self.estimate <= 0:
+      how = f"{self.estimate:+.3f} +- {self.se:.3f}: the wrong side, by {-self.estimate:.3f}"
     else:
-      status = "does NOT hold"
-    if self.holds:
-      how = f"by {self.estimate:+.3f} +- {self.se:.3f} (> 2 SE)"
-    else:
-      how = (f"{self.estimate:+.3f} +- {self.se:.3f}: short of +2 SE = {2 * self.se:.3f} by "
+      how = (f"{self.estimate:+.3f} +- {self.se:.3f}: within 2 SE ({2 * self.se:.3f}), short by "
              f"{2 * self.se - self.estimate:.3f}")
-    return f"[{status}] {self.claim}: {how}" + (f"; {self.detail}" if self.detail else "")
+    return f"[{status}] {self.claim}: {how}" + (f" ({self.detail})" if self.detail else "")
 
 
 def paired_difference(claim: str, a_P: np.ndarray, b_P: np.ndarray,
                       bootstrap: Bootstrap) -> Verdict:
   """The claim "mean a > mean b", judged on the paired difference."""
   diff, se = bootstrap.mean_se(np.asarray(a_P, np.float64) - np.asarray(b_P, np.float64))
-  return Verdict(claim, diff, se, holds=diff > 2 * se)
+  return Verdict(claim, float(diff), float(se), holds=bool(diff > 2 * se))
 
 
 def baseline_sources(baselines: Sequence[Samples],
@@ -344,15 +342,15 @@ def hull_verdict(claimed: Samples, baselines: Sequence[Samples], bootstrap: Boot
                             ys_QP[:, i].mean(1)) for i in idx]
   se = float(np.std(replicates))
   bounded = [p for p in points if p.bounded]
-  clears = margin > 2 * se
+  clears = bool(margin > 2 * se)
   detail = (f"Pass@1 {x_P.mean():.3f}, Pass@{k} {y_P.mean():.3f} at {claimed.nfe:.1f} NFE; "
             f"baselines at {k} x {claimed.nfe:.1f} forwards (e.g. {points[0].label} "
             f"Pass@{points[0].k:.1f})")
   if bounded:
     detail += (f"; {len(bounded)} hull points are lower bounds (e.g. {bounded[0].label} needs "
                f"{bounded[0].k:.1f} samples): draw more baseline samples to decide")
-  claim = f"{claimed.label} lies above the baselines' hull"
-  return Verdict(claim, margin, se, holds=clears and not bounded,
+  claim = f"{claimed.label} lies above the baselines' hull (diagonal margin)"
+  return Verdict(claim, float(margin), se, holds=clears and not bounded,
                  undecided=clears and bool(bounded), detail=detail), points
 
 

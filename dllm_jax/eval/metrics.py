@@ -5,6 +5,7 @@ All functions take host values (Python sequences, NumPy or JAX arrays) and retur
 NumPy arrays; they are for summaries after sampling, not for use inside `jit`.
 """
 
+import collections
 from collections.abc import Callable, Hashable, Sequence
 
 import numpy as np
@@ -41,8 +42,8 @@ def answer_entropy(answers: Sequence[Hashable | None],
   if not answers:
     raise ValueError("no answers")
   key = key or (lambda answer: answer)
-  _, counts = np.unique([repr(key(a)) if a is not None else "\0none" for a in answers],
-                        return_counts=True)
+  counts = np.array(list(collections.Counter(
+      None if a is None else key(a) for a in answers).values()), np.float64)
   shares = counts / counts.sum()
   return float(-(shares * np.log(shares)).sum())
 
