@@ -159,3 +159,23 @@ def test_table_has_ses_nfe_and_budgets():
   # Pass@1 0.25, exact bootstrap SE = sqrt(var([0.5, 0]) / 2) = 0.25 / sqrt(2).
   assert "| a | 7.0 | 0.250 +- 0.177 | 0.500 +- 0.354 | 1.500 +- 0.354 |" in table
   assert table.rstrip().endswith("| 0.500 +- 0.354 | >=0.500 +- 0.354 |")
+
+
+def test_cost_verdict_against_the_accuracy_nfe_hull():
+  rng = np.random.default_rng(3)
+  problems = 500
+  bootstrap = compare.Bootstrap.draw(problems, num_resamples=200, seed=0)
+  cheap = (rng.random(problems) < 0.5, np.full(problems, 4.0))
+  costly = (rng.random(problems) < 0.9, np.full(problems, 16.0))
+  baselines = {"cheap": cheap, "costly": costly}
+  # At 10 NFE the hull (a coin between cheap and costly) reaches 0.5 + 0.4 * 6 / 12 = 0.7.
+  better = rng.random(problems) < 0.85
+  verdict = compare.cost_verdict("better", better, np.full(problems, 10.0), baselines, bootstrap)
+  expected = better.mean() - (cheap[0].mean() + (costly[0].mean() - cheap[0].mean()) * 0.5)
+  assert verdict.estimate == pytest.approx(expected) and verdict.holds
+  worse = rng.random(problems) < 0.6
+  verdict = compare.cost_verdict("worse", worse, np.full(problems, 10.0), baselines, bootstrap)
+  assert verdict.estimate < 0 and not verdict.holds
+  # Cheaper than every baseline: compared with a coin between answering nothing and "cheap".
+  verdict = compare.cost_verdict("tiny", cheap[0], np.full(problems, 2.0), baselines, bootstrap)
+  assert verdict.estimate == pytest.approx(cheap[0].mean() / 2)

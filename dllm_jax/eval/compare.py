@@ -354,6 +354,32 @@ def hull_verdict(claimed: Samples, baselines: Sequence[Samples], bootstrap: Boot
                  undecided=clears and bool(bounded), detail=detail), points
 
 
+def cost_verdict(label: str, correct_P: np.ndarray, cost_P: np.ndarray,
+                 baselines: dict[str, tuple[np.ndarray, np.ndarray]],
+                 bootstrap: Bootstrap) -> Verdict:
+  """Accuracy against cost (one sample per problem, e.g. greedy decoding at some NFE): whether
+  `label`'s accuracy lies above the baselines' hull at its own mean cost by more than 2 SE.
+
+  A per-problem coin between two baselines reaches every convex combination of their (mean cost,
+  accuracy) points, and answering nothing is free (cost 0, accuracy 0), so the hull is the upper
+  concave envelope of those points. The gap is vertical: accuracy at equal mean cost. Pairing:
+  every decoder's per-problem correctness and cost are resampled together."""
+  def gap(index):
+    costs = np.array([0.0] + [c[index].mean() for _, c in baselines.values()])
+    accs = np.array([0.0] + [a[index].mean() for a, _ in baselines.values()])
+    # x = -cost (higher is better) so that `Frontier` applies: the hull's best accuracy at a mean
+    # cost <= the claim's.
+    return correct_P[index].mean() - Frontier(-costs, accs).height(-cost_P[index].mean())
+
+  correct_P, cost_P = np.asarray(correct_P, np.float64), np.asarray(cost_P, np.float64)
+  everything = np.arange(len(correct_P))
+  estimate = gap(everything)
+  se = float(np.std([gap(index) for index in bootstrap.indices_BP]))
+  return Verdict(f"{label} lies above the baselines' accuracy-NFE hull", float(estimate), se,
+                 holds=bool(estimate > 2 * se),
+                 detail=f"accuracy {correct_P.mean():.3f} at {cost_P.mean():.2f} NFE")
+
+
 # ---------------------------------------------------------------------------------------------
 # Tables.
 
