@@ -343,9 +343,12 @@ def hull_verdict(claimed: Samples, baselines: Sequence[Samples], bootstrap: Boot
   se = float(np.std(replicates))
   bounded = [p for p in points if p.bounded]
   clears = bool(margin > 2 * se)
+  height = Frontier(xs_QP.mean(1), ys_QP.mean(1)).height(x_P.mean())
+  vertical = (f"the hull's Pass@k at its Pass@1: {height:.3f}" if np.isfinite(height)
+              else "no baseline mixture reaches its Pass@1")
   detail = (f"Pass@1 {x_P.mean():.3f}, Pass@{k} {y_P.mean():.3f} at {claimed.nfe:.1f} NFE; "
-            f"baselines at {k} x {claimed.nfe:.1f} forwards (e.g. {points[0].label} "
-            f"Pass@{points[0].k:.1f})")
+            f"{vertical}; baselines at {k} x {claimed.nfe:.1f} forwards, e.g. "
+            f"{points[0].label} Pass@{points[0].k:.1f}")
   if bounded:
     detail += (f"; {len(bounded)} hull points are lower bounds (e.g. {bounded[0].label} needs "
                f"{bounded[0].k:.1f} samples): draw more baseline samples to decide")

@@ -205,7 +205,7 @@ def plot(comparison: Comparison, path: pathlib.Path) -> pathlib.Path:
     ax.plot(hx, hy, "k--", lw=1, label="baselines' hull")
     table = compare.pass_curves(s)
     point(ax, table[:, 1], table[:, n], f"{s.label} @{n}", marker="*", markersize=12,
-          color="red")
+          color="black")
     verdict = comparison.verdicts[s.label]
     ax.set(title=f"{s.label} ({s.nfe:.0f} NFE): margin {verdict.estimate:+.3f} +- "
                  f"{verdict.se:.3f}", xlabel="Pass@1",
@@ -275,16 +275,34 @@ def load_draws(path: str | pathlib.Path, bootstrap_resamples: int = 1000,
   return judge(results, int(data["samples"]), bootstrap_resamples, seed, str(data["title"]))
 
 
+def report(comparison: Comparison, out_dir: pathlib.Path, extra: dict[str, Any]) -> None:
+  """Writes the comparison to `out_dir` and prints the table and the verdicts."""
+  write(comparison, out_dir, extra=extra)
+  baseline_n = max(s.num_samples for s in comparison.all_samples if s.baseline)
+  print(f"\n## {comparison.title}, n = {comparison.samples} samples (baselines: {baseline_n})\n")
+  print(comparison.table())
+  print("\n".join(comparison.verdict_lines()))
+  print(f"\nwrote {out_dir}")
+
+
 def run(out_dir: str | pathlib.Path, tasks: Sequence[str] = tuple(TASKS), quick: bool = False,
-        seed: int = 0, settings: Settings | None = None) -> dict[str, Comparison]:
+        seed: int = 0, settings: Settings | None = None,
+        from_draws: str | pathlib.Path | None = None) -> dict[str, Comparison]:
   """The comparison for each task: prints the table and the verdicts, writes them to
-  `out_dir`/<task>/."""
+  `out_dir`/<task>/. `from_draws`: an earlier run's output directory, whose draws.npz are
+  judged again instead of decoding."""
   settings = settings or (QUICK if quick else Settings())
   unknown = [t for t in tasks if t not in TASKS]
   if unknown:
     raise ValueError(f"unknown task {unknown[0]!r}; known: {', '.join(TASKS)}")
   out = {}
   for task in tasks:
+    if from_draws:
+      comparison = load_draws(pathlib.Path(from_draws) / task / "draws.npz",
+                              settings.bootstrap_resamples, seed)
+      report(comparison, pathlib.Path(out_dir) / task, {"seed": seed, "from_draws": from_draws})
+      out[task] = comparison
+      continue
     start = time.time()
     spec = TASKS[task]
     model = builtin.load_builtin(spec.model_path)
@@ -298,11 +316,7 @@ def run(out_dir: str | pathlib.Path, tasks: Sequence[str] = tuple(TASKS), quick:
         bootstrap_resamples=settings.bootstrap_resamples,
         title=f"{task} ({len(problems)} held-out problems)")
     seconds = time.time() - start
-    write(comparison, pathlib.Path(out_dir) / task, extra={"seconds": seconds, "seed": seed})
-    print(f"\n## {comparison.title}, n = {settings.samples} samples "
-          f"(baselines: {comparison.all_samples[-1].num_samples})\n")
-    print(comparison.table())
-    print("\n".join(comparison.verdict_lines()))
-    print(f"\nwrote {pathlib.Path(out_dir) / task} ({seconds:.0f} s)")
+    report(comparison, pathlib.Path(out_dir) / task, {"seconds": seconds, "seed": seed})
+    print(f"({seconds:.0f} s)")
     out[task] = comparison
   return out
