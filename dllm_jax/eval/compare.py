@@ -275,7 +275,7 @@ class Verdict:
     if self.holds:
       how = f"{self.estimate:+.3f} +- {self.se:.3f} (> 2 SE)"
     elif self.estimate <= 0:
-      how = f"{self.estimate:+.3f} +- {self.se:.3f}: the wrong side, by {-self.estimate:.3f}"
+      how = f"{self.estimate:+.3f} +- {self.se:.3f}: the wrong side, by {abs(self.estimate):.3f}"
     else:
       how = (f"{self.estimate:+.3f} +- {self.se:.3f}: within 2 SE ({2 * self.se:.3f}), short by "
              f"{2 * self.se - self.estimate:.3f}")
