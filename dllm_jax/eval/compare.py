@@ -249,14 +249,6 @@ class Frontier:
     return 0.5 * (low + high)
 
 
-def hull_height(xs: np.ndarray, ys: np.ndarray, a: float) -> float:
-  return Frontier(xs, ys).height(a)
-
-
-def hull_margin(x: float, y: float, xs: np.ndarray, ys: np.ndarray) -> float:
-  return Frontier(xs, ys).margin(x, y)
-
-
 # ---------------------------------------------------------------------------------------------
 # Verdicts.
 
@@ -336,10 +328,11 @@ def hull_verdict(claimed: Samples, baselines: Sequence[Samples], bootstrap: Boot
   points = hull_points(baseline_sources(others, weights), k, claimed.nfe)
   xs_QP = np.stack([p.pass1_P for p in points])
   ys_QP = np.stack([p.passk_P for p in points])
-  margin = hull_margin(x_P.mean(), y_P.mean(), xs_QP.mean(1), ys_QP.mean(1))
+  margin = Frontier(xs_QP.mean(1), ys_QP.mean(1)).margin(x_P.mean(), y_P.mean())
   idx = bootstrap.indices_BP
-  replicates = [hull_margin(x_P[i].mean(), y_P[i].mean(), xs_QP[:, i].mean(1),
-                            ys_QP[:, i].mean(1)) for i in idx]
+  replicates = [Frontier(xs_QP[:, i].mean(1), ys_QP[:, i].mean(1)).margin(x_P[i].mean(),
+                                                                          y_P[i].mean())
+                for i in idx]
   se = float(np.std(replicates))
   bounded = [p for p in points if p.bounded]
   clears = bool(margin > 2 * se)
