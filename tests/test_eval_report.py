@@ -3,6 +3,7 @@ partial."""
 
 import json
 
+import numpy as np
 import pytest
 
 from dllm_jax.eval import pass_at_k, report
@@ -66,3 +67,29 @@ def test_labels_are_unique(tmp_path):
   assert labels == ["a/lowconf", "b/lowconf", "b/imh"]
   with pytest.raises(ValueError, match="listed twice"):
     report.summarize_runs([first, first])
+
+
+def test_ses_and_answer_entropy_are_reported(tmp_path):
+  run = _write_run(tmp_path / "run", RUN, n=4)
+  summary = report.summarize(run)
+  # Per-problem pass@1 is 1/4 and 2/4: the bootstrap SE of their mean is near |a - b| / (2 sqrt 2).
+  assert summary.pass_at_se[1] == pytest.approx(0.25 / 2 / 2 ** 0.5, rel=0.1)
+  # Answers are str(correct): problem a has {True: 1, False: 3}, b {False: 2, True: 2}.
+  entropy_a = -(0.25 * np.log(0.25) + 0.75 * np.log(0.75))
+  assert summary.answer_entropy == pytest.approx((entropy_a + np.log(2)) / 2)
+  table = report.markdown([summary])
+  assert "| run | 2 x 4 | 8.0 | 0.375 +- " in table and "answer entropy (nats)" in table
+
+
+def test_verdicts_against_baseline_runs(tmp_path):
+  rng = np.random.default_rng(0)
+  problems = [f"math500/{i}" for i in range(60)]
+  draw = lambda chance: {p: [bool(x) for x in rng.random(4) < chance] for p in problems}
+  runs = [_write_run(tmp_path / name, table, n=4)
+          for name, table in (("easy", draw(0.9)), ("hard", draw(0.2)), ("claim", draw(0.05)))]
+  labels = [s.label for s in report.summarize_runs(runs)]
+  verdicts = report.verdicts(runs, labels, ["easy", "hard"])
+  assert [v.claim.split()[0] for v in verdicts] == ["easy", "hard", "claim"]
+  assert verdicts[0].holds and not verdicts[2].holds and verdicts[2].estimate < 0
+  with pytest.raises(ValueError, match="--baselines names 'nope'"):
+    report.verdicts(runs, labels, ["nope"])

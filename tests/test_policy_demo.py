@@ -40,6 +40,8 @@ def test_trains_resumes_exports_and_reports_both_layouts(tmp_path):
       assert r["nfe"] == int(r["decoding"].split()[-2])
     assert (f"| {r['layout']} | {r['decoding']} | {r['accuracy']:.3f} +- {r['stderr']:.3f} | "
             f"{r['nfe']:.2f} |") in first.stdout
+  verdict_lines = [line for line in first.stdout.splitlines() if line.startswith("[")]
+  assert len(verdict_lines) == 2 and all("accuracy-NFE hull" in v for v in verdict_lines)
   assert (tmp_path / "pareto.png").stat().st_size > 10_000
   exported = sampling.load_policy_params(tmp_path / "policies" / "full_alpha1.safetensors")
   # Rerunning resumes (no new GRPO step: the 2 are done) and gives the same table.
@@ -64,6 +66,20 @@ def test_shipped_policies_load_and_the_shipped_model_is_small():
   assert model.gen_length == 32 and model.config.max_length == 40
   size = sum(p.stat().st_size for p in builtin.LAGGED_DIFFERENCE.rglob("*") if p.is_file())
   assert size < 5 * 2**20
+
+
+def test_verdicts_compare_each_policy_with_its_layouts_heuristics():
+  rng = np.random.default_rng(0)
+  row = lambda layout, decoding, kind, chance, nfe: {
+      "layout": layout, "decoding": decoding, "kind": kind,
+      "correct_P": rng.random(300) < chance, "nfe_P": np.full(300, float(nfe))}
+  rows = [row("semi_ar", "learned policy, alpha 1", "learned", 0.95, 6),
+          row("semi_ar", "threshold 0.9", "threshold", 0.5, 6),
+          row("full", "learned policy, alpha 1", "learned", 0.5, 6),
+          row("full", "threshold 0.9", "threshold", 0.95, 6)]
+  semi, full = policy_demo.verdicts(rows)
+  assert semi.claim.startswith("semi_ar: learned") and semi.holds and semi.estimate > 0.3
+  assert full.claim.startswith("full: learned") and not full.holds and full.estimate < -0.3
 
 
 def test_bad_input_gets_one_line(tmp_path):

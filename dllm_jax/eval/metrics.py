@@ -1,9 +1,11 @@
-"""Per-sample metrics reported beside pass@k: answer diversity, an entropy estimate, NFE and time.
+"""Per-sample metrics reported beside pass@k: answer diversity (distinct answers and the plug-in
+entropy of the answer distribution), mean -log p of committed tokens, NFE and time.
 
 All functions take host values (Python sequences, NumPy or JAX arrays) and return Python floats or
 NumPy arrays; they are for summaries after sampling, not for use inside `jit`.
 """
 
+import collections
 from collections.abc import Callable, Hashable, Sequence
 
 import numpy as np
@@ -29,8 +31,27 @@ def mean_distinct_answers(answers_per_problem: Sequence[Sequence[Hashable | None
   return float(np.mean([distinct_answers(answers, key) for answers in answers_per_problem]))
 
 
+def answer_entropy(answers: Sequence[Hashable | None],
+                   key: Callable[[Hashable], Hashable] | None = None) -> float:
+  """The plug-in entropy (nats) of one problem's answers: -sum_a f_a log f_a, f_a the share of
+  samples that gave answer a. `None` (no answer) counts as one more answer value, so a sampler
+  that often gives none is not rewarded with a low entropy.
+
+  Biased low for few samples (it is at most log n), so compare samplers at the same n.
+  """
+  if not answers:
+    raise ValueError("no answers")
+  key = key or (lambda answer: answer)
+  counts = np.array(list(collections.Counter(
+      None if a is None else key(a) for a in answers).values()), np.float64)
+  shares = counts / counts.sum()
+  return float(-(shares * np.log(shares)).sum())
+
+
 def mean_negative_log_prob(log_probs, mask) -> np.ndarray:
-  """Per sample, the mean of -log p over committed tokens: an estimate of the per-token entropy.
+  """Per sample, the mean of -log p over committed tokens (what the model gave each token when
+  it was committed). This is not an entropy of the output distribution: a sampler that commits
+  the locally likely token has a low value whatever the diversity of its answers.
 
   `log_probs` holds the log-probability the model gave each token it committed (shape
   [..., length]); `mask` is True (or 1) where a token was committed by the sampler, False for the

@@ -31,6 +31,23 @@ def pass_at_k(n: int, c: int, k: int) -> float:
   return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1, dtype=np.float64)))
 
 
+def pass_at_k_curves(correct_PN: np.ndarray) -> np.ndarray:
+  """The unbiased pass@k for every k = 0..n at once, per problem: [problems, n + 1] (pass@0 = 0).
+
+  The chance that a random k-subset holds no correct sample, C(n - c, k) / C(n, k), is the
+  running product of (n - c - i) / (n - i) over i < k, so one cumulative product gives all k.
+  """
+  table = np.asarray(correct_PN)
+  if table.ndim != 2 or table.shape[1] == 0:
+    raise ValueError(f"expected a [problems, samples] table, got shape {table.shape}")
+  n = table.shape[1]
+  wrong_P = (n - table.astype(bool).sum(axis=1)).astype(np.float64)
+  i_K = np.arange(n, dtype=np.float64)
+  ratio_PK = np.maximum(wrong_P[:, None] - i_K, 0.0) / (n - i_K)
+  all_wrong_PK = np.concatenate([np.ones((len(table), 1)), np.cumprod(ratio_PK, axis=1)], axis=1)
+  return 1.0 - all_wrong_PK
+
+
 def default_ks(n: int) -> list[int]:
   """1, 2, 4, ... up to n, with n itself always included (n = 6 gives [1, 2, 4, 6])."""
   if n < 1:

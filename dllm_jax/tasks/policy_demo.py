@@ -3,7 +3,9 @@
 For each layout (semi-autoregressive blocks of 8, or full diffusion: one block) and each reward
 exponent alpha, a policy is trained with GRPO (`dllm_jax.policy_training`) on training problems,
 or the shipped one is loaded. Then every decoder runs on the same held-out problems and the
-results are a table and a Pareto plot of accuracy against NFE:
+results are a table, a Pareto plot of accuracy against NFE, and a verdict per policy: whether it
+lies above the hull of its layout's heuristics at its NFE by more than 2 SE (paired bootstrap over
+problems; `compare.cost_verdict`):
 
   learned policy (each alpha)   Threshold(tau), tau in 0.5..0.95
   low-confidence and random remasking at gen_length, /2, /4, /8 steps
@@ -26,6 +28,7 @@ import jax
 import numpy as np
 
 from dllm_jax import models, policy_training, sampling
+from dllm_jax.eval import compare
 from dllm_jax.tasks import builtin
 from dllm_jax.tasks.builtin import BuiltinModel
 
@@ -55,8 +58,9 @@ def grader(model: BuiltinModel, problems: Sequence) -> policy_training.GradeFn:
 
 
 def evaluate(model: BuiltinModel, sampler: sampling.Sampler, problems: Sequence, seed: int,
-             policy_params=None, batch_rows: int = 256) -> dict[str, float]:
-  """Accuracy (with its standard error) and mean NFE over `problems`, one row each."""
+             policy_params=None, batch_rows: int = 256) -> dict[str, Any]:
+  """Accuracy (with its standard error) and mean NFE over `problems`, one row each; and the
+  per-problem correctness and NFE (`correct_P`, `nfe_P`) for the paired verdicts."""
   prompt, mask = model.encode_prompts(problems)
   keys = jax.random.split(jax.random.key(seed), len(problems))
   denoise = models.make_denoise(model.config)
@@ -69,8 +73,25 @@ def evaluate(model: BuiltinModel, sampler: sampling.Sampler, problems: Sequence,
     nfe.append(np.asarray(out.nfe_B))
   correct = grader(model, problems)(np.arange(len(problems)), np.concatenate(generated))
   accuracy = float(correct.mean())
+  nfe_P = np.concatenate(nfe).astype(np.float64)
   return {"accuracy": accuracy, "stderr": math.sqrt(accuracy * (1 - accuracy) / len(problems)),
-          "nfe": float(np.concatenate(nfe).mean())}
+          "nfe": float(nfe_P.mean()), "correct_P": correct, "nfe_P": nfe_P}
+
+
+def verdicts(rows: Sequence[dict[str, Any]], seed: int = 0) -> list[compare.Verdict]:
+  """Each learned policy against the hull of its layout's heuristics in the (NFE, accuracy)
+  plane, paired over problems (`compare.cost_verdict`)."""
+  out = []
+  for layout in dict.fromkeys(r["layout"] for r in rows):
+    mine = [r for r in rows if r["layout"] == layout]
+    heuristics_ = {r["decoding"]: (r["correct_P"], r["nfe_P"]) for r in mine
+                   if r["kind"] != "learned"}
+    if not heuristics_:
+      continue
+    bootstrap = compare.Bootstrap.draw(len(mine[0]["correct_P"]), 1000, seed)
+    out += [compare.cost_verdict(f"{layout}: {r['decoding']}", r["correct_P"], r["nfe_P"],
+                                 heuristics_, bootstrap) for r in mine if r["kind"] == "learned"]
+  return out
 
 
 def heuristics(model: BuiltinModel, layout: str, thresholds: Sequence[float] = THRESHOLDS,
@@ -154,13 +175,16 @@ def run(out_dir: str | pathlib.Path, model_path: str | pathlib.Path = builtin.LA
                    if "steps" in label else "threshold",
                    **evaluate(model, sampler, heldout, seed + 1, None, batch_rows)})
   table = markdown_table(rows)
+  lines = [v.line() for v in verdicts(rows, seed)]
   print(f"\n{heldout_problems} held-out problems, gen_length {model.gen_length}, greedy tokens; "
-        f"semi_ar = blocks of {SEMI_AR_BLOCK}, full = one block\n")
+        f"semi_ar = blocks of {SEMI_AR_BLOCK}, full = one block; +- is one standard error\n")
   print(table)
+  print("\n".join(lines))
+  rows = [{k: v for k, v in r.items() if not k.endswith("_P")} for r in rows]
   results = {"model": str(model_path), "heldout_problems": heldout_problems, "seed": seed,
-             "train_seconds": train_seconds, "rows": rows}
+             "train_seconds": train_seconds, "rows": rows, "verdicts": lines}
   (out_dir / "results.json").write_text(json.dumps(results, indent=2))
-  (out_dir / "table.md").write_text(table)
+  (out_dir / "table.md").write_text(table + "\n" + "".join(f"- {line}\n" for line in lines))
   plot = pareto_plot(rows, out_dir / "pareto.png")
   print(f"wrote {out_dir / 'results.json'}, {out_dir / 'table.md'} and {plot}")
   return results
