@@ -5,7 +5,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
-.PHONY: install test test-fast demo policy-demo clean
+.PHONY: install test test-fast demo policy-demo tradeoff clean
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,10 @@ demo: install
 # Shipped learned unmasking policies vs the confidence heuristics on the lagged-difference model.
 policy-demo: install
 	$(PY) -m experiments.policy_demo --out=policy_demo
+
+# Every sampler against the free baselines' hull at compute-matched Pass@k (--quick for a smoke run).
+tradeoff: install
+	$(PY) -m experiments.tradeoff --out=tradeoff_output
 
 clean:
 	rm -rf $(VENV)
