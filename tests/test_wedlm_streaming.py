@@ -260,23 +260,26 @@ def test_imh_one_slot_samples_the_tempered_model():
 def test_mask_token_is_drawn_as_tencent_draws_it_unless_excluded():
   """Tencent scores and draws on raw logits, so [MASK] itself can be filled in (then it is an
   observed token: the cache and the full forward agree on it); `exclude_mask_token` never
-  draws it. The LM head's [MASK] column is made a copy of a common token's, a little larger."""
+  draws it. The LM head's [MASK] column is made 1.5x that of the token decoding picks most."""
   config = CONFIGS["wedlm_8b_layout"]
   params = _params(config, 20.0)
-  kernel = params["lm_head"]["kernel"]
-  params["lm_head"]["kernel"] = kernel.at[:, config.mask_token_id].set(1.05 * kernel[:, 37])
   denoise = models.make_denoise(config)
-  sampler = ST.StreamingSampler.for_model(config, gen_length=16, window=4, entropy_threshold=1.0)
+  sampler = ST.StreamingSampler.for_model(config, gen_length=16, window=4, entropy_threshold=1.0,
+                                          exclude_mask_token=True)
   prompt, mask = _prompts(config, (5, 3, 6))
-  raw = ST.stream_generate(sampler, denoise, params, prompt, mask, jax.random.key(0))
-  plain = ST.stream_generate(sampler.replace(prefix_cache=False), denoise, params, prompt, mask,
-                             jax.random.key(0))
+  excluded = ST.stream_generate(sampler, denoise, params, prompt, mask, jax.random.key(0))
+  common = np.bincount(np.asarray(excluded.generated_BG).ravel()).argmax()
+  kernel = params["lm_head"]["kernel"]
+  params["lm_head"]["kernel"] = kernel.at[:, config.mask_token_id].set(1.5 * kernel[:, common])
+  raw = ST.stream_generate(sampler.replace(exclude_mask_token=False), denoise, params, prompt,
+                           mask, jax.random.key(0))
+  plain = ST.stream_generate(sampler.replace(exclude_mask_token=False, prefix_cache=False),
+                             denoise, params, prompt, mask, jax.random.key(0))
   assert (np.asarray(raw.generated_BG) == config.mask_token_id).sum() > 2
   np.testing.assert_array_equal(raw.tokens_BL, plain.tokens_BL)
   np.testing.assert_array_equal(raw.nfe_B, plain.nfe_B)
-  excluded = ST.stream_generate(sampler.replace(exclude_mask_token=True), denoise, params,
-                                prompt, mask, jax.random.key(0))
-  assert not (np.asarray(excluded.generated_BG) == config.mask_token_id).any()
+  still_excluded = ST.stream_generate(sampler, denoise, params, prompt, mask, jax.random.key(0))
+  np.testing.assert_array_equal(still_excluded.tokens_BL, excluded.tokens_BL)
 
 
 def test_bf16_checkpoint_scores_in_float32():

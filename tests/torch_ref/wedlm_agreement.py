@@ -2,10 +2,11 @@
 issue 24's grid: W in {4, 8, 16} x tau in {none, 0.3, 0.6} x lambda in {0, 0.02, 0.1} x both
 layouts x 4 rows of different prompt lengths (216 rows), with a stop token.
 
-  python -m tests.torch_ref.wedlm_agreement [path/to/another/streaming.py]
+  python -m tests.torch_ref.wedlm_agreement [--latin] [path/to/another/streaming.py]
 
-A second argument loads `stream_generate` from another copy of the module (an older version, to
-measure what changed). Prints tokens agreeing, rows equal, rows with equal forwards and total
+`--latin` runs 9 of the 27 settings per layout, a Latin square that takes every pair of values
+of two parameters once (72 rows). A path loads `stream_generate` from another copy of the module
+(an older version, to measure what changed). Prints tokens agreeing, rows equal, rows with equal forwards and total
 forwards on each side.
 """
 
@@ -20,6 +21,8 @@ from tests.torch_ref import test_wedlm_streaming_reference as ref
 
 def main(argv):
   decoder = ref.ST.stream_generate
+  latin = "--latin" in argv
+  argv = [a for a in argv if a != "--latin"]
   if len(argv) > 1:
     spec = importlib.util.spec_from_file_location("other_streaming", argv[1])
     module = importlib.util.module_from_spec(spec)
@@ -30,8 +33,11 @@ def main(argv):
                 forwards_ref=0, forwards_jax=0)
   for variant in ("8b", "7b"):
     stop = ref.stop_token(variant)
-    for window, tau, penalty in itertools.product((4, 8, 16), (None, 0.3, 0.6),
-                                                  (0.0, 0.02, 0.1)):
+    grid = itertools.product(range(3), range(3), range(3))
+    if latin:
+      grid = [(i, j, (i + j) % 3) for i in range(3) for j in range(3)]
+    for i, j, k in grid:
+      window, tau, penalty = (4, 8, 16)[i], (None, 0.3, 0.6)[j], (0.0, 0.02, 0.1)[k]
       rows = ref.compare(variant, window, tau, penalty, stop, decoder)
       for r in rows:
         totals["agree"] += r["agree"]
