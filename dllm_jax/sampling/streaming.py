@@ -28,7 +28,8 @@ prompt is prefilled once; then every iteration (one forward) of one `lax.while_l
      lowest (the leftmost on ties); or only the lowest (`entropy_threshold=None`). Tokens are
      drawn as `Sampler.sample_tokens` draws them: argmax at temperature 0, else top-k, then
      top-p on the untempered logits, then softmax(logits / T).
-A row that is done forwards no more (it stays as it is while the others run).
+A row that is done stays as it is while the others run (the batch's forward still holds its
+slots, static shapes; they are neither used nor counted).
 
 Numerics: logits are float32 whatever the weights' dtype (the LM head accumulates in float32),
 and entropies, scores and draws are computed in float32. Tencent's engine computes them in the
@@ -79,8 +80,8 @@ from dllm_jax.sampling.remasking import StepInputs, WeDLMEntropy
 @dataclasses.dataclass(frozen=True)
 class StreamingSampler:
   """How to stream-decode up to `gen_length` new tokens after each prompt (defaults: Tencent's
-  engine and evaluation scripts; the paper's quality setting is `entropy_threshold=None,
-  position_penalty=0.1, window=6, temperature=0.1`)."""
+  engine and evaluation scripts; the paper's quality setting, as DESIGN §11 records it, is
+  `entropy_threshold=None, position_penalty=0.1, window=6, temperature=0.1`)."""
 
   gen_length: int
   mask_token_id: int
