@@ -241,9 +241,9 @@ def test_imh_one_slot_samples_the_tempered_model():
   out = ST.stream_generate(sampler, denoise, params, prompt, np.ones_like(prompt, bool),
                            jax.random.key(0))
   canvas = np.concatenate([prompt[:1], [[config.mask_token_id]]], 1)
+  # raw logits, [MASK] included, as the decoder reads them (Tencent's; see exclude_mask_token)
   logits = np.asarray(denoise(params, canvas, np.ones_like(canvas, bool)))[0, -1].astype(
       np.float64)
-  logits[config.mask_token_id] = -np.inf
   tempered = lambda alpha: np.exp(alpha * logits - np.logaddexp.reduce(alpha * logits))
   n = len(prompt)
   tv = lambda counts, p: 0.5 * np.abs(counts / n - p).sum()
