@@ -1,7 +1,7 @@
 """Tencent's WeDLM streaming decoder, ported line by line to plain Python + PyTorch (one row).
 
 The reference the compiled `dllm_jax.sampling.streaming` decoder is tested against. Every rule
-names the file and lines of Tencent/WeDLM (commit of the public repository as read for issue 24)
+names the file and lines of Tencent/WeDLM (commit 0216110f24697d425eeea1c04b68fbbb1b3deb13)
 it follows; the code is written here, not copied. The engine's KV cache, block tables and
 scheduler are replaced by recomputing each forward from scratch over [prompt, committed prefix,
 reordered window] with `transformers`' Qwen3 / Qwen2 causal LM, which is what the cached forward
