@@ -129,11 +129,12 @@ def estimate_runs(settings: Settings, costs: Costs, section: str, batch: int, le
 
 
 def wedlm_step_flops(settings: Settings, batch: int) -> float:
-  """Model FLOPs of one streaming step: the W window slots through every layer against the
-  whole key buffer (P + G + W keys: what the static-shape attention computes), LM head included."""
+  """Model FLOPs of one streaming step: the 2W forward slots (the window and W more masks)
+  through every layer against the whole key buffer (P + G + 2W keys: what the static-shape
+  attention computes), LM head included."""
   W = settings.wedlm_window
-  L = settings.prompt_length + settings.gen_length + W
-  return window_flops(settings.wedlm_config or settings.config, batch, L, W)
+  L = settings.prompt_length + settings.gen_length + 2 * W
+  return window_flops(settings.wedlm_config or settings.config, batch, L, 2 * W)
 
 
 def timed_repeats(settings: Settings, round_s: float, time_left: float | None) -> int:

@@ -12,7 +12,7 @@ Per batch size and setting (tau in {0.3, 0.6}, one token per step):
   * streaming: `stream_generate` with the prefix cache, one full run (compiled beforehand);
   * uncached: the same algorithm recomputing every forward from scratch (`prefix_cache=False`;
     the tests check it decides the same tokens). Its forward has a static shape (the canvas
-    [prompt, G committed slots, window]), so its time per forward is constant: it is timed over
+    [prompt, G committed slots, 2W forward slots]), so its time per forward is constant: timed over
     its first `--uncached_steps` iterations (+ the first forward) and multiplied by the full
     run's forward count. The same extrapolation is reported for the streaming decoder beside
     its measured full run, as a check of the method;

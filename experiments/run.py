@@ -63,6 +63,9 @@ _CACHE = flags.DEFINE_enum("cache", "none", ["none", "prefix", "dual"],
                            "Block key/value cache (Fast-dLLM's prefix or dual cache).")
 _FORBID_EOS = flags.DEFINE_bool("forbid_eos", False, "Never generate EOS.")
 _EOS_LAST = flags.DEFINE_bool("eos_confidence_inf", False, "Commit EOS/EOT positions last.")
+_STOP_STRINGS = flags.DEFINE_list(
+    "stop_strings", [], "End each response after the first of these strings, matched on tokens "
+    "as Tencent's WeDLM evaluation does (it uses 'Question,Problem' on every benchmark).")
 _CHAT = flags.DEFINE_enum("chat_template", "auto", ["auto", "none"],
                           "auto: the checkpoint's chat template (or the family's fallback); "
                           "none: plain prompts.")
@@ -111,7 +114,8 @@ def _run():
                       "forbid_eos": _FORBID_EOS.value,
                       "eos_confidence_inf": _EOS_LAST.value},
       schedule=_SCHEDULE.value, cache=_CACHE.value, streaming=streaming,
-      progress=_PROGRESS.value, verify_checkpoint=_VERIFY.value)
+      progress=_PROGRESS.value, verify_checkpoint=_VERIFY.value,
+      stop_strings=tuple(_STOP_STRINGS.value))
 
 
 def main(argv):

@@ -97,9 +97,10 @@ def test_bench_accelerator_end_to_end(tmp_path):
   assert imh["nfe"] == 1 + 4 * imh["steps"]  # the initial pass, then K candidates per step
   wedlm = s["wedlm"]["rows"]
   assert [r["setting"] for r in wedlm] == ["B=1", "B=2"]
-  for r in wedlm:  # one token per step, no stop tokens: gen_length steps (+1 to commit the last)
+  for r in wedlm:  # one token per step, no stop tokens: a fill per step after the first forward,
+    # gen_length of them, plus those past gen_length (as Tencent's decoder, < W of them)
     _rates(r["jax"])
-    assert r["jax"]["tokens_per_s"] > 0 and 16 <= r["steps"] <= 17, r
+    assert r["jax"]["tokens_per_s"] > 0 and 16 <= r["steps"] <= 16 + r["window"] - 1, r
   assert s["wedlm"]["model"]["config"]["family"] == "wedlm"
   assert report["torch_side"]["weights"] == "the JAX buffers, through DLPack"
   table = (tmp_path / "full" / "bench_accelerator.md").read_text()

@@ -67,11 +67,12 @@ def test_cached_decoding_equals_recomputing_every_forward(family, setting):
   np.testing.assert_allclose(cached.logprob_BG, plain.logprob_BG, atol=1e-4)
   np.testing.assert_allclose(cached.confidence_BG, plain.confidence_BG, atol=1e-4)
   generated = np.asarray(cached.generated_BG)
-  assert (generated != config.mask_token_id).all()
+  steps = np.asarray(cached.commit_step_BG)
   # the rows really differ in how far they get before EOS and in fills per forward
   eos = STOP[family]
   lengths = [int(np.argmax(row == eos)) + 1 if (row == eos).any() else 24 for row in generated]
   assert len(set(lengths)) > 1, lengths
+  assert all((steps[row, :n] >= 0).all() for row, n in enumerate(lengths))  # all were filled
   if setting == "threshold":
     assert (np.asarray(cached.nfe_B) < np.array(lengths)).any()
 
@@ -124,42 +125,38 @@ def test_rows_do_not_depend_on_the_batch():
 
 
 def _python_loop(sampler, denoise, params, prompt_tokens):
-  """The algorithm in plain Python, one row, greedy: a list window, the whole model evaluated
-  over [prompt, committed, window] each step (padded on the right to one shape)."""
+  """Tencent's loop in plain Python, one row, greedy (the rules of the port in
+  tests/torch_ref/wedlm_decoder_port.py, with this library's model over [prompt, committed,
+  window] each step): refill the window with as many masks as its leftmost filled run is long,
+  one forward, commit that run, score the masks left on raw logits, fill."""
   M, W, G = sampler.mask_token_id, sampler.window, sampler.gen_length
   stops = {sampler.eos_token_id, sampler.eot_token_id} - {None}
-  L = len(prompt_tokens) + G + W
-  committed, window, nfe, fills = [], [M] * W, 0, []
+  L = len(prompt_tokens) + G + 2 * W
+  committed, window, filled, nfe, fills = [], [M] * W, [False] * W, 0, []
   while True:
+    run = next((i for i, f in enumerate(filled) if not f), len(window))
+    window, filled = window + [M] * run, filled + [False] * run
     canvas = list(prompt_tokens) + committed + window
     n = len(canvas)
     tokens = np.array([canvas + [0] * (L - n)], np.int32)
-    logits = np.array(denoise(params, tokens, np.arange(L)[None] < n))[0, n - W:n]
-    logits[:, M] = -np.inf
+    logits = np.array(denoise(params, tokens, np.arange(L)[None] < n))[0, n - len(window):n]
     nfe += 1
-    run = next((i for i, t in enumerate(window) if t == M), W)
-    stop = False
     for t in window[:run]:
       committed.append(t)
       if t in stops or len(committed) >= G:
-        stop = True
-        break
-    if stop:
-      return committed, nfe, fills
-    # the masks this forward scored (none when the whole window was just committed)
-    masks = [i for i in range(run, W) if window[i] == M and len(committed) - run + i < G]
-    if masks:
-      p = np.exp(logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True))
-      entropy = -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=-1)
-      adjusted = {i: entropy[i] + sampler.position_penalty * (i - masks[0]) for i in masks}
-      best = min(masks, key=lambda i: (adjusted[i], i))
-      chosen = [best]
-      if sampler.entropy_threshold is not None:
-        chosen = sorted({best} | {i for i in masks if adjusted[i] < sampler.entropy_threshold})
-      for i in chosen:
-        window[i] = int(np.argmax(logits[i]))
-      fills.append(len(chosen))
-    window = window[run:] + [M] * run
+        return committed, nfe, fills
+    window, filled, logits = window[run:], filled[run:], logits[run:]
+    masks = [i for i in range(W) if not filled[i]]
+    p = np.exp(logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True))
+    entropy = -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=-1)
+    adjusted = {i: entropy[i] + sampler.position_penalty * (i - masks[0]) for i in masks}
+    chosen = [min(masks, key=lambda i: (adjusted[i], i))]
+    if sampler.entropy_threshold is not None:
+      chosen = [i for i in masks if adjusted[i] < sampler.entropy_threshold] or chosen
+    for i in chosen:
+      window[i], filled[i] = int(np.argmax(logits[i])), True
+      assert window[i] != M  # the full forward here tells masks by their id
+    fills.append(len(chosen))
 
 
 @pytest.mark.parametrize("setting", sorted(SETTINGS))
@@ -244,9 +241,9 @@ def test_imh_one_slot_samples_the_tempered_model():
   out = ST.stream_generate(sampler, denoise, params, prompt, np.ones_like(prompt, bool),
                            jax.random.key(0))
   canvas = np.concatenate([prompt[:1], [[config.mask_token_id]]], 1)
+  # raw logits, [MASK] included, as the decoder reads them (Tencent's; see exclude_mask_token)
   logits = np.asarray(denoise(params, canvas, np.ones_like(canvas, bool)))[0, -1].astype(
       np.float64)
-  logits[config.mask_token_id] = -np.inf
   tempered = lambda alpha: np.exp(alpha * logits - np.logaddexp.reduce(alpha * logits))
   n = len(prompt)
   tv = lambda counts, p: 0.5 * np.abs(counts / n - p).sum()
@@ -260,6 +257,67 @@ def test_imh_one_slot_samples_the_tempered_model():
   assert tv(counts, tempered(1.0)) > bound  # the check tells the untempered law apart
 
 
+def test_mask_token_is_drawn_as_tencent_draws_it_unless_excluded():
+  """Tencent scores and draws on raw logits, so [MASK] itself can be filled in (then it is an
+  observed token: the cache and the full forward agree on it); `exclude_mask_token` never
+  draws it. The LM head's [MASK] column is made 1.5x that of the token decoding picks most."""
+  config = CONFIGS["wedlm_8b_layout"]
+  params = _params(config, 20.0)
+  denoise = models.make_denoise(config)
+  sampler = ST.StreamingSampler.for_model(config, gen_length=16, window=4, entropy_threshold=1.0,
+                                          exclude_mask_token=True)
+  prompt, mask = _prompts(config, (5, 3, 6))
+  excluded = ST.stream_generate(sampler, denoise, params, prompt, mask, jax.random.key(0))
+  common = np.bincount(np.asarray(excluded.generated_BG).ravel()).argmax()
+  kernel = params["lm_head"]["kernel"]
+  params["lm_head"]["kernel"] = kernel.at[:, config.mask_token_id].set(1.5 * kernel[:, common])
+  raw = ST.stream_generate(sampler.replace(exclude_mask_token=False), denoise, params, prompt,
+                           mask, jax.random.key(0))
+  plain = ST.stream_generate(sampler.replace(exclude_mask_token=False, prefix_cache=False),
+                             denoise, params, prompt, mask, jax.random.key(0))
+  assert (np.asarray(raw.generated_BG) == config.mask_token_id).sum() > 2
+  np.testing.assert_array_equal(raw.tokens_BL, plain.tokens_BL)
+  np.testing.assert_array_equal(raw.nfe_B, plain.nfe_B)
+  still_excluded = ST.stream_generate(sampler, denoise, params, prompt, mask, jax.random.key(0))
+  np.testing.assert_array_equal(still_excluded.tokens_BL, excluded.tokens_BL)
+
+
+def test_bf16_checkpoint_scores_in_float32():
+  """With bfloat16 weights and activations the decoder's logits are float32 (the LM head
+  accumulates in float32) and the entropies it scores positions by are computed in float32 from
+  them: equal to a float64 entropy of those logits to 1e-5, where an entropy in bfloat16
+  arithmetic on bfloat16-rounded logits (Tencent's dtype for a bf16 checkpoint) is off by more
+  than 1e-3. (The first step of the decoder: its forward, then its selection.)"""
+  config = CONFIGS["wedlm_8b_layout"].replace(dtype="bfloat16", param_dtype="bfloat16")
+  params = models.cast_params(_params(CONFIGS["wedlm_8b_layout"], 8.0), jnp.bfloat16)
+  denoise = models.make_denoise(config)
+  sampler = ST.StreamingSampler.for_model(config, gen_length=4, window=2)
+  prompt, mask = _prompts(config, (6, 4, 5, 6), seed=7)
+
+  @jax.jit
+  def first_step(params):
+    inputs = ST._Inputs(params, jnp.asarray(prompt), jnp.asarray(mask),
+                        jax.random.split(jax.random.key(0), 4))
+    state = ST._initial_state(sampler, denoise, inputs)
+    slots = jnp.concatenate([state.windows_KBW] * 2, -1)
+    logits, _ = ST._forward(sampler, denoise, inputs, state.cache, state.gen_BG,
+                            state.committed_B, slots, jnp.zeros((4, 4), bool))
+    window_logits = logits[0, :, :2]
+    return window_logits, ST.select_fill(sampler, window_logits, jnp.ones((4, 2), bool))[1]
+
+  logits, score = first_step(params)
+  assert logits.dtype == jnp.float32 and score.dtype == jnp.float32
+  wide = np.asarray(logits, np.float64)
+  p = np.exp(wide - np.logaddexp.reduce(wide, axis=-1, keepdims=True))
+  entropy = -np.sum(p * np.log(p), axis=-1)
+  np.testing.assert_allclose(-np.asarray(score), entropy + np.array([0.0, 0.02]), atol=1e-5)
+  log_p16 = jax.nn.log_softmax(jnp.asarray(wide, jnp.bfloat16), axis=-1)
+  entropy16 = -jnp.sum(jnp.exp(log_p16) * log_p16, axis=-1, dtype=jnp.bfloat16)
+  assert np.abs(np.asarray(entropy16, np.float64) - entropy).max() > 1e-3
+  out = ST.stream_generate(sampler, denoise, params, prompt, mask, jax.random.key(0))
+  assert (np.asarray(out.commit_step_BG) >= 0).all()  # the bf16 decode runs to the end
+
+
 def test_errors():
   config = CONFIGS["wedlm_8b_layout"]
   params = _params(config, 1.0)
@@ -271,7 +329,7 @@ def test_errors():
     ST.StreamingSampler(gen_length=4, mask_token_id=1, imh=IMH(), temperature=0.5)
   sampler = ST.StreamingSampler.for_model(config, gen_length=120, window=16)
   prompt = np.ones((1, 4), np.int32)
-  with pytest.raises(ValueError, match=r"prompt length 4 \+ gen_length 120 \+ window 16"):
+  with pytest.raises(ValueError, match=r"prompt length 4 \+ gen_length 120 \+ 2 x window 16"):
     ST.stream_generate(sampler, models.make_denoise(config), params, prompt, prompt > 0,
                        jax.random.key(0))
   llada = models.llada_tiny()
@@ -328,8 +386,10 @@ def test_benchmark_run_with_streaming_decoding(shared_data, tmp_path):
       rule=dict(name="wedlm_streaming", alg_temp=0.0, threshold=0.9, alpha=2.0,
                 num_candidates=4, imh_positions="random"),
       sampler_fields=fields, streaming={"window": 4, "entropy_threshold": 0.0,
-                                        "position_penalty": None}, progress=False)
+                                        "position_penalty": None}, progress=False,
+      stop_strings=("Question",))
   records = runner.read_results(tmp_path / "out")
+  assert json.loads((tmp_path / "out" / "config.json").read_text())["stop_strings"] == ["Question"]
   assert len(records) == 2
   # one token per step: a forward per token (and one first), fewer if EOS came early
   assert all(2 <= r["nfe"] <= 2 * 16 + 1 for r in records), [r["nfe"] for r in records]

@@ -50,8 +50,13 @@ def run_benchmark(*, checkpoint_dir: pathlib.Path, tokenizer_dir: str | None, be
                   allow_greedy: bool, rule: dict[str, Any], sampler_fields: dict[str, Any],
                   schedule: str = "linear", cache: str = "none",
                   streaming: dict[str, Any] | None = None, progress: bool = True,
-                  verify_checkpoint: bool = True) -> pathlib.Path:
-  """Runs (or resumes) one benchmark x sampler into `output_dir`."""
+                  verify_checkpoint: bool = True, stop_strings: tuple[str, ...] = ()
+                  ) -> pathlib.Path:
+  """Runs (or resumes) one benchmark x sampler into `output_dir`. A response ends before the
+  first EOS / end-of-turn token and after the first of `stop_strings` (`runner.cut_response`;
+  Tencent's WeDLM evaluation uses "Question", "Problem" on every benchmark)."""
+  if any(not s for s in stop_strings):
+    raise ValueError(f"--stop_strings has an empty entry: {list(stop_strings)!r}")
   if limit is not None and limit < 1:
     raise ValueError(f"--limit must be >= 1 (or unset for every problem), got {limit}")
   for name in ("n_samples", "batch_size"):
@@ -87,14 +92,17 @@ def run_benchmark(*, checkpoint_dir: pathlib.Path, tokenizer_dir: str | None, be
         schedule=sampling.DreamSchedule() if schedule == "dream" else sampling.LinearSchedule(),
         cache=None if cache == "none" else sampling.BlockCache(cache), **sampler_fields)
   stop_ids = [t for t in (config.eos_token_id, config.eot_token_id) if t is not None]
+  stop_sequences = [tokenizer.encode(text) for text in stop_strings]
   run_config = {"checkpoint": str(checkpoint_dir),
                 "weights": checkpoint.fingerprint(checkpoint_dir),
                 "model": dataclasses.asdict(config),
                 "benchmark": benchmark, "problems": [p.id for p in problems],
                 "chat_template": template.source if template else None,
                 "sampler": repr(sampler), "n_samples": n_samples, "seed": seed}
+  if stop_strings:  # absent otherwise, so that earlier runs still resume
+    run_config["stop_strings"] = list(stop_strings)
   return runner.run(
-      problems=problems, prompts=prompt_ids, stop_ids=stop_ids,
+      problems=problems, prompts=prompt_ids, stop_ids=stop_ids, stop_sequences=stop_sequences,
       # Special tokens ([MASK], padding, end of text) are not part of the response to grade.
       decode=functools.partial(tokenizer.decode, skip_special_tokens=True),
       pad_id=config.pad_token_id,

@@ -83,6 +83,23 @@ def can_sample(sampler: sampling.Sampler) -> bool:
   return True  # Random and DreamOrigin draw the order
 
 
+def cut_response(ids: Sequence[int], stop_ids: Sequence[int],
+                 stop_sequences: Sequence[Sequence[int]] = (), prompt: Sequence[int] = ()
+                 ) -> list[int]:
+  """The generated ids a response keeps: those before the first of `stop_ids`, then, as
+  Tencent's WeDLM engine applies stop strings (each string tokenized alone; after every new
+  token, does the prompt + generated ids end with one? `wedlm/engine/sequence.py:178-185`,
+  `wedlm/engine/scheduler.py:134-151`), up to and including the first token that ends one."""
+  ids = list(ids)
+  ids = ids[:next((j for j, t in enumerate(ids) if t in stop_ids), len(ids))]
+  text = list(prompt) + ids
+  for end in range(len(prompt) + 1, len(text) + 1):
+    if any(seq and end >= len(seq) and text[end - len(seq):end] == list(seq)
+           for seq in stop_sequences):
+      return ids[:end - len(prompt)]
+  return ids
+
+
 def results_files(output_dir: pathlib.Path) -> list[pathlib.Path]:
   """The run's own results files (not, say, a backup copy made beside them)."""
   return sorted(p for p in pathlib.Path(output_dir).iterdir() if _RESULTS_NAME.fullmatch(p.name))
@@ -233,7 +250,7 @@ def _batches(items: list, size: int) -> Iterator[list]:
 
 def run(*, problems: Sequence[Problem], prompts: Sequence[Sequence[int]],
         decode: Callable[[Sequence[int]], str], stop_ids: Sequence[int], pad_id: int,
-        model: Model,
+        model: Model, stop_sequences: Sequence[Sequence[int]] = (),
         sampler: sampling.Sampler, n_samples: int, output_dir: str | os.PathLike,
         run_config: dict[str, Any], mesh: jax.sharding.Mesh | None = None,
         batch_size: int = 8, seed: int = 0, allow_greedy: bool = False,
@@ -243,7 +260,8 @@ def run(*, problems: Sequence[Problem], prompts: Sequence[Sequence[int]],
   """Decodes, grades and records `n_samples` samples of every problem; returns the results dir.
 
   `prompts[i]` are the token ids of problem i's prompt; `decode` turns generated ids (cut at the
-  first of `stop_ids`) into the response text; `run_config` is what defines the run (compared
+  first of `stop_ids`, and after the first of `stop_sequences`: `cut_response`) into the
+  response text; `run_config` is what defines the run (compared
   on resume). `after_batch(batches_done)` is called after each batch is written; `log` gets a
   line for each phase (default: stderr when `progress`). A record's `seconds` is decoding time per
   row of its batch, without compilation (done once, before the first batch).
@@ -291,7 +309,6 @@ def run(*, problems: Sequence[Problem], prompts: Sequence[Sequence[int]],
       log = lambda _: None
     log(f"{output_dir}: {total - len(units)} of {total} samples already done, "
         f"{len(units)} to decode in batches of {batch_size}")
-    stop = np.asarray(list(stop_ids))
     _repair_last_line(output_dir / name)
     compiled, bar = None, None
     with open(output_dir / name, "a", encoding="utf-8") as results:
@@ -318,9 +335,8 @@ def run(*, problems: Sequence[Problem], prompts: Sequence[Sequence[int]],
         owned = sorted(r for r in generated if r < len(batch))
         responses = []
         for r in owned:
-          ids = generated[r].tolist()
-          cut = next((j for j, t in enumerate(ids) if t in stop), len(ids))
-          responses.append(decode(ids[:cut]))
+          responses.append(decode(cut_response(generated[r].tolist(), stop_ids, stop_sequences,
+                                               prompts[batch[r][0]])))
         grades = grading.grade_responses([problems[batch[r][0]] for r in owned], responses,
                                          workers=grade_workers)
         for r, response, grade in zip(owned, responses, grades):

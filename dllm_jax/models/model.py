@@ -97,10 +97,10 @@ class Denoiser:
     return self._model(params).window(tokens_BL, mask_BL, cache, start, width, suffix_length)
 
   def extend(self, params: Params, cache, tokens_BT: jax.Array, positions_BT: jax.Array,
-             visible_BTX: jax.Array):
-    """Logits [B, T, V] of T new tokens against `cache`, and their keys and values (see
-    `Transformer.extend`)."""
-    return self._model(params).extend(tokens_BT, positions_BT, visible_BTX, cache)
+             visible_BTX: jax.Array, start: int = 0, width: int | None = None):
+    """Logits [B, width, V] of new tokens [start, start + width) (default: all T) against
+    `cache`, and the T tokens' keys and values (see `Transformer.extend`)."""
+    return self._model(params).extend(tokens_BT, positions_BT, visible_BTX, cache, start, width)
 
 
 def make_denoise(config: ModelConfig) -> Denoiser:

@@ -273,13 +273,15 @@ class Transformer(nnx.Module):
     return self._logits_at(x_BWD, start - first, width)
 
   def extend(self, tokens_BT: jax.Array, positions_BT: jax.Array, visible_BTX: jax.Array,
-             cache: list[KV]) -> tuple[jax.Array, list[KV]]:
-    """Logits [B, T, V] of T new tokens at `positions_BT` against `cache` (every layer's
-    [B, S, K, H]), with `visible_BTX` [B, T, S + T] as in `Block.extend`, and their keys and
-    values per layer; the cache itself is not written."""
+             cache: list[KV], start: int = 0, width: int | None = None
+             ) -> tuple[jax.Array, list[KV]]:
+    """Logits [B, width, V] of the new tokens [start, start + width) (default: all T new tokens
+    at `positions_BT`) against `cache` (every layer's [B, S, K, H], S may be 0), with
+    `visible_BTX` [B, T, S + T] as in `Block.extend`, and the T tokens' keys and values per
+    layer; the cache itself is not written."""
     x_BTD = self.embed(tokens_BT)
     new = []
     for layer, kv in zip(self.layers, cache):
       x_BTD, kv_new = layer.extend(x_BTD, positions_BT, visible_BTX, kv)
       new.append(kv_new)
-    return self._logits_at(x_BTD, 0, tokens_BT.shape[1]), new
+    return self._logits_at(x_BTD, start, tokens_BT.shape[1] if width is None else width), new

@@ -12,7 +12,9 @@ EGI             first step: highest entropy of p_i            drawn at `first_te
 
 Both follow the sampler's schedule (count per step). Since the score ignores the draws, the value
 committed at a position is an exact sample of p_i at the temperature: TPP and low-confidence
-coincide at temperature 0 only.
+coincide at temperature 0 only. With one token per step and temperature 1 the sequence follows
+the model's joint law; with several per step it does not (the values of one step are drawn
+independently from their marginals; `tests/test_position_first.py`).
 """
 
 from __future__ import annotations

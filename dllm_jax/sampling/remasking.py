@@ -137,10 +137,13 @@ class Entropy(_Scheduled):
 
 @dataclasses.dataclass(frozen=True)
 class WeDLMEntropy(_Scheduled):
-  """WeDLM's position selection (one token per step in the paper's quality tables): the lowest
-  entropy of the untempered distribution plus `position_penalty` x (distance to the row's first
-  still-masked position of the block), i.e. a bias toward left-to-right. The default 0.1 is the
-  paper's setting for those tables (Tencent's engine defaults to 0.02 for threshold decoding)."""
+  """WeDLM's position selection rule in the block loop (one token per step in the paper's quality
+  tables): the lowest entropy of the untempered distribution plus `position_penalty` x (distance
+  to the row's first still-masked position of the block), i.e. a bias toward left-to-right. The
+  default 0.1 is the paper's setting for those tables (Tencent's engine defaults to 0.02 for
+  threshold decoding). This is not WeDLM's decoder (which chooses among a sliding window of W
+  slots after the committed prefix and stops at the first committed stop token): that is
+  `streaming.StreamingSampler`, tested equal to Tencent's."""
 
   position_penalty: float = 0.1
 
