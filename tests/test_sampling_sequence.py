@@ -13,8 +13,8 @@ from dllm_jax import sampling as S
 from dllm_jax.sampling import oracle
 from dllm_jax.sampling.by_name import rule_from_name
 from dllm_jax.sampling.oracle_exact import (exact_distributions, imh_chain_law,
-                                            rollout_imh_distribution, total_variation,
-                                            tv_sampling_bound)
+                                            rollout_imh_distribution, smc_particle_law,
+                                            total_variation, tv_sampling_bound)
 
 V, L, ALPHA = 3, 4, 2.0
 DENOISE = oracle.make_oracle_denoise(V, L)
@@ -119,9 +119,24 @@ def test_smc_weighted_particles_are_unbiased_for_p_alpha():
   assert 0.2 < np.mean(np.asarray(out.resamples_B) > 0) < 0.8
   assert np.all(np.asarray(out.nfe_B) == 1 + n * (L - 1))
   np.testing.assert_allclose(weights.sum(1), 1.0, rtol=1e-5)
+  # The numpy re-implementation that measures the README's curve has the same law (each run's
+  # weighted particles are a probability vector: `tv_sampling_bound` holds for their mean).
+  compiled = np.bincount(index, weights=weights.ravel(), minlength=V ** L) / runs
+  reference = smc_particle_law(p, V, L, ALPHA, n, 50_000, ess_threshold=0.9)
+  bound = tv_sampling_bound(reference, runs) + tv_sampling_bound(reference, 50_000)
+  assert total_variation(compiled, reference) <= bound
   # The drawn sample is one of the run's particles.
   drawn = oracle.sequence_index(np.asarray(out.tokens_BL), V)
   assert np.all(np.any(index.reshape(runs, n) == drawn[:, None], axis=1))
+
+
+def test_smc_reference_with_one_particle_is_locally_tempered_decoding():
+  _, p = _joint(2)
+  exact = exact_distributions(p, V, L, ALPHA, [1])[1]
+  reference = smc_particle_law(p, V, L, ALPHA, 1, 50_000)
+  assert total_variation(reference, exact) <= tv_sampling_bound(exact, 50_000)
+  target = p ** ALPHA / (p ** ALPHA).sum()
+  assert total_variation(exact, target) > 2 * tv_sampling_bound(exact, 50_000)  # power
 
 
 def test_rules_by_name_and_bad_values():
@@ -137,6 +152,8 @@ def test_rules_by_name_and_bad_values():
                         (lambda: S.RolloutIMH(num_rollouts=0), r"num_rollouts \(R\) must be"),
                         (lambda: S.RolloutIMH(rollout_tokens_per_step=0), "must be >= 1"),
                         (lambda: S.Sampler(gen_length=4, mask_token_id=3, remasking=S.SMC(),
-                                           temperature=0.5), r"set SMC\(alpha=...\)")]:
+                                           temperature=0.5), r"set SMC\(alpha=...\)"),
+                        (lambda: S.StreamingSampler(gen_length=4, mask_token_id=3,
+                                                    imh=S.RolloutIMH()), "imh must be IMH")]:
     with pytest.raises(ValueError, match=message):
       make()

@@ -273,3 +273,47 @@ def rollout_imh_distribution(p_N: np.ndarray, vocab: int, length: int, alpha: fl
       out[int(sum(t * vocab ** (length - 1 - k) for k, t in enumerate(state)))] += mass
     results[K] = out
   return results
+
+
+def smc_particle_law(p_N: np.ndarray, vocab: int, length: int, alpha: float, particles: int,
+                     runs: int, ess_threshold: float = 0.5, seed: int = 0) -> np.ndarray:
+  """A Monte Carlo estimate (not exact) of the law of one draw from `SMC` (one token per
+  step, random positions; `smc.py`): `runs` independent runs of a plain numpy re-implementation,
+  each contributing its particles with their normalised weights (the expected law of a draw,
+  with less noise than one draw per run)."""
+  rng = np.random.default_rng(seed)
+  sequences_NL = all_sequences(vocab, length)
+  # Conditional marginals of every partial canvas (token `vocab` = masked), by its index.
+  canvases = all_sequences(vocab + 1, length)
+  table = np.full((len(canvases), length, vocab), np.nan)
+  for index, canvas in enumerate(canvases):
+    agree = np.all((sequences_NL == canvas) | (canvas == vocab), axis=1)
+    if p_N[agree].sum() > 0:
+      table[index] = _marginals(p_N, sequences_NL, vocab,
+                                tuple(None if t == vocab else int(t) for t in canvas))
+  place = (vocab + 1) ** np.arange(length - 1, -1, -1)
+  canvas = np.full((runs, particles, length), vocab)
+  log_w = np.zeros((runs, particles))
+  rows = np.arange(runs)[:, None]
+  for _ in range(length):
+    m = table[(canvas * place).sum(-1)]                                  # [N, P, L, V]
+    u = np.where(canvas == vocab, rng.random(canvas.shape), np.inf)
+    position = np.argmin(u, axis=-1)                                     # uniform among masks
+    q = np.take_along_axis(m, position[..., None, None], axis=2)[:, :, 0] ** alpha
+    log_w = log_w + np.log(q.sum(-1))
+    w = np.exp(log_w - log_w.max(1, keepdims=True))
+    ess = w.sum(1) ** 2 / (w ** 2).sum(1)
+    cdf = np.cumsum(w / w.sum(1, keepdims=True), axis=1)
+    points = (np.arange(particles)[None] + rng.random((runs, 1))) / particles
+    ancestors = np.minimum((cdf[:, None, :] <= points[:, :, None]).sum(-1), particles - 1)
+    ancestors = np.where((ess < ess_threshold * particles)[:, None], ancestors,
+                         np.arange(particles)[None])
+    canvas, position, q = canvas[rows, ancestors], position[rows, ancestors], q[rows, ancestors]
+    log_w = np.where((ess < ess_threshold * particles)[:, None], 0.0, log_w)
+    cdf_v = np.cumsum(q / q.sum(-1, keepdims=True), axis=-1)
+    token = np.minimum((cdf_v < rng.random((runs, particles, 1))).sum(-1), vocab - 1)
+    np.put_along_axis(canvas, position[..., None], token[..., None], axis=2)
+  weights = np.exp(log_w - log_w.max(1, keepdims=True))
+  weights = weights / weights.sum(1, keepdims=True)
+  index = (canvas * vocab ** np.arange(length - 1, -1, -1)).sum(-1)
+  return np.bincount(index.ravel(), weights=weights.ravel(), minlength=vocab ** length) / runs
