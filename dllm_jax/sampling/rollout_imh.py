@@ -27,8 +27,10 @@ chunked, mean-field-within-a-chunk joint, not of p; with c >= the number of mask
 is the mean-field weight itself (IMH, no rollout pass). `greedy=True` completes with the most
 probable value instead and scores S_hat = p(y)^alpha of that single completion: a lower bound on
 S(v) (one term of its sum), biased, and the chain does not target p^alpha then.
-Measured on exact laws (README, "IMH and its target"): where the mean-field weight stops at mean
-TV 0.045, these weights keep falling with K and R.
+Measured on exact laws (20 random joints, V = 3, L = 4, alpha = 2, one token per step; README,
+"IMH and its target"): mean TV to p^alpha at K = 1, 2, 4, 8, 16 is 0.092, 0.025, 0.0036,
+0.0002, 3e-6 with R = 1 (0.092, 0.023, 0.0032, 0.00017, 2.5e-6 with R = 2), where the
+mean-field weight stops at 0.045.
 Cost (NFE): a rollout from a canvas with m masked positions after the candidate takes
 ceil(m / c) - 1 passes (the first uses the candidate's own pass), so a step costs
 K (1 + R (ceil(m / c) - 1)) passes; with one token per step and L positions a sample costs

@@ -23,7 +23,9 @@ weights are uniform; ess_threshold = 1 resamples at every uneven step, 0 never: 
 importance sampling). The run returns every particle with its normalised weight and one
 particle drawn by weight; n samples per problem come from n independent runs. A draw's law
 tends to pi_alpha as P grows (bias O(1/P)); P = 1 is locally tempered decoding at 1/alpha.
-Measured (README, "IMH and its target"): mean TV to p^alpha falls below IMH's floor from P = 4.
+Measured (20 random joints, V = 3, L = 4, alpha = 2, one token per step, ess_threshold 0.5,
+20,000 runs each; README, "IMH and its target"): mean TV to p^alpha of one draw is 0.094, 0.048,
+0.025, 0.013, 0.0066 at P = 1, 2, 4, 8, 16, below mean-field IMH's floor (0.045) from P = 4.
 NFE of a run: one shared pass on the empty canvas, then P passes per step except the last
 (whose canvas is complete): 1 + P (L - 1) with one token per step.
 """
