@@ -4,7 +4,8 @@ Canvas layout (per row): [left padding | prompt | gen_length masks]; P is the pa
 length and G = gen_length, so the canvas is [B, P + G] and positions P.. are generated; W is
 the block length (the window of the generated region decoded at a step).
 
-Each iteration runs one forward pass (IMH: K batched candidate passes), draws token values for
+Each iteration runs one forward pass (IMH: K batched candidate passes; RolloutIMH: and their
+rollouts; SMC: one per particle, the rows then being P particles per run), draws token values for
 the current block's positions, scores the positions still masked inside the block, and
 commits the ones the remasking rule selects. Committed tokens never change. Blocks advance in
 lockstep for the whole batch: scheduled rules give block b the iterations
