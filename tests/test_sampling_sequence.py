@@ -130,6 +130,21 @@ def test_smc_weighted_particles_are_unbiased_for_p_alpha():
   assert np.all(np.any(index.reshape(runs, n) == drawn[:, None], axis=1))
 
 
+@pytest.mark.parametrize("rule,nfe", [
+    # 2 (CFG) x [1 shared pass + 3 particles x 1 pass between the 2 steps]
+    (S.SMC(alpha=ALPHA, num_particles=3), 2 * (1 + 3)),
+    # 2 x [1 + 2 steps x K + K R rollouts x 1 pass (2 masks left after step 1, 1 per pass)]
+    (S.RolloutIMH(alpha=ALPHA, num_candidates=2, num_rollouts=2), 2 * (1 + 2 * 2 + 4))])
+def test_nfe_counts_every_pass_with_guidance_and_two_tokens_per_step(rule, nfe):
+  log_p, _ = _joint(3)
+  sampler = S.Sampler(gen_length=L, mask_token_id=V, block_length=2, steps=2, cfg_scale=1.0,
+                      remasking=rule)
+  prompt = jnp.zeros((4, 0), jnp.int32)
+  out = S.generate(sampler, DENOISE, log_p, prompt, prompt.astype(bool), jax.random.key(0))
+  assert np.all(np.asarray(out.nfe_B) == nfe)
+  assert np.all(np.asarray(out.tokens_BL) < V)
+
+
 def test_smc_reference_with_one_particle_is_locally_tempered_decoding():
   _, p = _joint(2)
   exact = exact_distributions(p, V, L, ALPHA, [1])[1]
