@@ -61,7 +61,7 @@ def main(argv):
   print("K:                " + " ".join(f"{k:>7d}" for k in ks))
   for name in ["IMH mean-field"] + [f"RolloutIMH R={r}" for r in rs]:
     print(f"{name:<18}" + " ".join(f"{t:7.4f}" for t in np.mean(rows[name], 0)))
-  nfe = lambda k, r: 1 + k * L + k * r * (L - 1) * (L - 2) // 2
+  nfe = lambda k, r: 1 + k * L + (k > 1) * k * r * (L - 1) * (L - 2) // 2
   print("NFE IMH:          " + " ".join(f"{nfe(k, 0):>7d}" for k in ks))
   for r in rs:
     print(f"NFE R={r}:          " + " ".join(f"{nfe(k, r):>7d}" for k in ks))

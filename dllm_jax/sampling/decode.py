@@ -297,7 +297,7 @@ def _imh_step(sampler: Sampler, denoise_fn: DenoiseFn, inputs: _Inputs, state: _
   cand_logits_KBGV = cand_logits.reshape(K, B, *cand_logits.shape[1:])
   remaining_BG = (gen_BG == sampler.mask_token_id) & ~chosen_BG
   nfe_B = jnp.full((B,), K * _evaluations(sampler), jnp.int32)
-  if isinstance(rule, RolloutIMH):
+  if isinstance(rule, RolloutIMH) and K > 1:  # one candidate: no chain, no weight needed
     X = K * rule.num_rollouts * B
     tiled_X = inputs.replace(attn_mask_BL=jnp.tile(inputs.attn_mask_BL, (X // B, 1)),
                              prompt_mask_BL=jnp.tile(inputs.prompt_mask_BL, (X // B, 1)))

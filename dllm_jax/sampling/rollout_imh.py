@@ -34,7 +34,7 @@ mean-field weight stops at 0.045.
 Cost (NFE): a rollout from a canvas with m masked positions after the candidate takes
 ceil(m / c) - 1 passes (the first uses the candidate's own pass), so a step costs
 K (1 + R (ceil(m / c) - 1)) passes; with one token per step and L positions a sample costs
-1 + K L + K R (L - 1)(L - 2) / 2.
+1 + K L + K R (L - 1)(L - 2) / 2. K = 1 runs no rollouts (there is no chain to weigh).
 """
 
 from __future__ import annotations
