@@ -32,7 +32,7 @@ _LIMIT = flags.DEFINE_integer("limit", None, "Only the first N problems.")
 _REMASKING = flags.DEFINE_enum("remasking", "low_confidence",
                                ["random", "low_confidence", "maskgit_plus", "topk_margin",
                                 "entropy", "wedlm_entropy", "origin", "threshold", "imh",
-                                "rank_then_sample", "egi", "wedlm_streaming",
+                                "rollout_imh", "smc", "rank_then_sample", "egi", "wedlm_streaming",
                                 "wedlm_streaming_imh"],
                                "Remasking rule; wedlm_streaming(_imh): WeDLM's streaming "
                                "decoder with its exact prefix cache (+ IMH).")
@@ -53,10 +53,19 @@ _ENTROPY_THRESHOLD = flags.DEFINE_float(
     "entropy_threshold", None, "wedlm_streaming: fill every mask with entropy + penalty below "
     "this (default 0.4; 0: one token per step, the paper's setting).")
 _WINDOW = flags.DEFINE_integer("window", None, "wedlm_streaming: window W (default 16).")
-_ALPHA = flags.DEFINE_float("alpha", 2.0, "IMH: target exponent (candidates at 1/alpha).")
-_CANDIDATES = flags.DEFINE_integer("num_candidates", 4, "IMH: candidates per step (K).")
+_ALPHA = flags.DEFINE_float("alpha", 2.0, "IMH, rollout_imh, smc: target exponent (draws at "
+                            "1/alpha).")
+_CANDIDATES = flags.DEFINE_integer("num_candidates", 4, "IMH, rollout_imh: candidates per step "
+                                   "(K).")
 _IMH_POSITIONS = flags.DEFINE_enum("imh_positions", "random", ["random", "confidence"],
-                                   "IMH: position rule.")
+                                   "IMH, rollout_imh, smc: position rule.")
+_ROLLOUTS = flags.DEFINE_integer("num_rollouts", 1, "rollout_imh: rollouts per candidate (R).")
+_ROLLOUT_TOKENS = flags.DEFINE_integer("rollout_tokens_per_step", 1,
+                                       "rollout_imh: tokens a rollout commits per forward pass.")
+_ROLLOUT_GREEDY = flags.DEFINE_bool("rollout_greedy", False, "rollout_imh: complete candidates "
+                                    "greedily (biased lower bound) instead of sampling.")
+_PARTICLES = flags.DEFINE_integer("num_particles", 8, "smc: particles per run (P).")
+_ESS = flags.DEFINE_float("ess_threshold", 0.5, "smc: resample when ESS < this x P.")
 _FIRST_TEMPERATURE = flags.DEFINE_float("first_temperature", 0.9,
                                         "EGI: token temperature of the first step.")
 _CACHE = flags.DEFINE_enum("cache", "none", ["none", "prefix", "dual"],
@@ -105,7 +114,10 @@ def _run():
       allow_greedy=_ALLOW_GREEDY.value,
       rule={"name": _REMASKING.value, "alg_temp": _ALG_TEMP.value, "threshold": _THRESHOLD.value,
             "alpha": _ALPHA.value, "num_candidates": _CANDIDATES.value,
-            "imh_positions": _IMH_POSITIONS.value,
+            "imh_positions": _IMH_POSITIONS.value, "num_rollouts": _ROLLOUTS.value,
+            "rollout_tokens_per_step": _ROLLOUT_TOKENS.value,
+            "rollout_greedy": _ROLLOUT_GREEDY.value, "num_particles": _PARTICLES.value,
+            "ess_threshold": _ESS.value,
             "position_penalty": 0.1 if penalty is None else penalty,
             "first_temperature": _FIRST_TEMPERATURE.value},
       sampler_fields={"gen_length": _GEN.value, "block_length": _BLOCK.value,

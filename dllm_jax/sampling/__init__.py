@@ -9,6 +9,8 @@ from dllm_jax.sampling.policy import PolicyConfig, init_policy
 from dllm_jax.sampling.policy import load_params as load_policy_params
 from dllm_jax.sampling.policy import save_params as save_policy_params
 from dllm_jax.sampling.position_first import EGI, RankThenSample
+from dllm_jax.sampling.rollout_imh import RolloutIMH
+from dllm_jax.sampling.smc import SMC
 from dllm_jax.sampling.remasking import (DreamOrigin, Entropy, LowConfidence, MaskGitPlus, Random,
                                          Threshold, TopKMargin, WeDLMEntropy)
 from dllm_jax.sampling.sampler import Sampler

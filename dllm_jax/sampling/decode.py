@@ -4,7 +4,8 @@ Canvas layout (per row): [left padding | prompt | gen_length masks]; P is the pa
 length and G = gen_length, so the canvas is [B, P + G] and positions P.. are generated; W is
 the block length (the window of the generated region decoded at a step).
 
-Each iteration runs one forward pass (IMH: K batched candidate passes), draws token values for
+Each iteration runs one forward pass (IMH: K batched candidate passes; RolloutIMH: and their
+rollouts; SMC: one per particle, the rows then being P particles per run), draws token values for
 the current block's positions, scores the positions still masked inside the block, and
 commits the ones the remasking rule selects. Committed tokens never change. Blocks advance in
 lockstep for the whole batch: scheduled rules give block b the iterations
@@ -27,10 +28,13 @@ from flax import struct
 
 from dllm_jax.sampling import block_cache, row_random, token_sampling
 from dllm_jax.sampling import imh as imh_lib
+from dllm_jax.sampling import smc as smc_lib
 from dllm_jax.sampling.imh import IMH
 from dllm_jax.sampling.learned_policy import LearnedPolicy, PolicyTrace
 from dllm_jax.sampling.remasking import StepInputs
+from dllm_jax.sampling.rollout_imh import RolloutIMH, rollout_log_mass
 from dllm_jax.sampling.sampler import Sampler
+from dllm_jax.sampling.smc import SMC
 
 DenoiseFn = Callable[..., jax.Array]
 
@@ -45,6 +49,10 @@ class DecodeOutput:
   commit_step_BG: jax.Array     # iteration at which each position was committed
   imh_accepts_B: jax.Array      # IMH: accepted moves of the chains (0 for other rules)
   policy_trace: Any = None      # LearnedPolicy: its inputs, actions and their log-probs per step
+  particles_BNL: Any = None     # SMC: every particle's final canvas (tokens_BL is one of them)
+  particle_log_weights_BN: Any = None  # SMC: their normalised log weights
+  resamples_B: Any = None       # SMC: resampling events of each run
+  log_evidence_B: Any = None    # SMC: log of the run's estimate of sum_x p(x)^alpha (unbiased)
 
   @property
   def generated_BG(self) -> jax.Array:
@@ -66,6 +74,9 @@ class _State:
   cache_block: Any = None       # block cache: the block it was built in, and its age
   cache_age: Any = None
   policy_trace: Any = None      # LearnedPolicy: a PolicyTrace
+  particle_log_w_B: Any = None  # SMC (rows are particles): log weight since the last resampling
+  resamples_B: Any = None       # SMC: resampling events (per particle row, equal within a run)
+  log_evidence_B: Any = None    # SMC: log mean weight summed over resamplings (per particle row)
 
 
 @struct.dataclass
@@ -76,6 +87,7 @@ class _Inputs:
   prompt_mask_BL: jax.Array
   keys_B: jax.Array
   policy_params: Any = None
+  run_keys_B: Any = None        # SMC: one key per run (rows are its particles)
 
 
 def _model_batch(sampler: Sampler, canvas_BL: jax.Array, inputs: _Inputs):
@@ -254,11 +266,13 @@ def _baseline_step(sampler: Sampler, denoise_fn: DenoiseFn, inputs: _Inputs,
 
 
 def _imh_step(sampler: Sampler, denoise_fn: DenoiseFn, inputs: _Inputs, state: _State) -> _State:
-  """Choose positions, draw K candidates, score them in one batched pass, run the MH chain."""
+  """Choose positions, draw K candidates, score them in one batched pass (RolloutIMH: and
+  their rollouts), run the MH chain."""
   rule: IMH = sampler.remasking
   K = rule.num_candidates
-  key_cand, key_score, key_select, key_chain = row_random.step_keys(inputs.keys_B,
-                                                                    state.row_steps_B, 4)
+  # RolloutIMH takes a fifth key; IMH keeps its four (its samples stay as they were).
+  key_cand, key_score, key_select, key_chain, *key_roll = row_random.step_keys(
+      inputs.keys_B, state.row_steps_B, 5 if isinstance(rule, RolloutIMH) else 4)
   B, L = state.canvas_BL.shape
   P = L - sampler.gen_length
   gen_BG = state.canvas_BL[:, P:]
@@ -282,7 +296,20 @@ def _imh_step(sampler: Sampler, denoise_fn: DenoiseFn, inputs: _Inputs, state: _
   cand_logits = _forward(sampler, denoise_fn, cand_canvas_KBL.reshape(K * B, L), tiled)
   cand_logits_KBGV = cand_logits.reshape(K, B, *cand_logits.shape[1:])
   remaining_BG = (gen_BG == sampler.mask_token_id) & ~chosen_BG
-  log_w_KB = imh_lib.suffix_log_mass(cand_logits_KBGV, remaining_BG, rule.alpha)
+  nfe_B = jnp.full((B,), K * _evaluations(sampler), jnp.int32)
+  if isinstance(rule, RolloutIMH) and K > 1:  # one candidate: no chain, no weight needed
+    X = K * rule.num_rollouts * B
+    tiled_X = inputs.replace(attn_mask_BL=jnp.tile(inputs.attn_mask_BL, (X // B, 1)),
+                             prompt_mask_BL=jnp.tile(inputs.prompt_mask_BL, (X // B, 1)))
+    prompt_XP = jnp.tile(state.canvas_BL[:, :P], (X // B, 1))
+    forward = lambda gen_XG: _forward(sampler, denoise_fn,
+                                      jnp.concatenate([prompt_XP, gen_XG], axis=-1), tiled_X)
+    block_G = jnp.arange(sampler.gen_length) // sampler.block_len
+    log_w_KB, passes_B = rollout_log_mass(key_roll[0], forward, cand_gen_KBG, cand_logits_KBGV,
+                                          remaining_BG, block_G, rule)
+    nfe_B = nfe_B + passes_B * _evaluations(sampler)
+  else:
+    log_w_KB = imh_lib.suffix_log_mass(cand_logits_KBGV, remaining_BG, rule.alpha)
   chosen_B, accepts_B = imh_lib.run_chain(key_chain, log_w_KB)
 
   pick = lambda x_KB: jnp.take_along_axis(x_KB, chosen_B.reshape(1, B, *[1] * (x_KB.ndim - 2)),
@@ -290,8 +317,86 @@ def _imh_step(sampler: Sampler, denoise_fn: DenoiseFn, inputs: _Inputs, state: _
   new_gen_BG = pick(cand_gen_KBG)
   active_B = jnp.any(eligible_BG, axis=-1)
   return _commit(state, sampler, chosen_BG, new_gen_BG, _log_prob(logits_BGV, new_gen_BG),
-                 score_BG, active_B, K * _evaluations(sampler), logits_BGV=pick(cand_logits_KBGV),
+                 score_BG, active_B, nfe_B, logits_BGV=pick(cand_logits_KBGV),
                  imh_accepts_B=state.imh_accepts_B + accepts_B * active_B)
+
+
+def _smc_step(sampler: Sampler, denoise_fn: DenoiseFn, inputs: _Inputs, state: _State) -> _State:
+  """Weight each particle by the local normaliser Z of its chosen position(s), resample the
+  runs whose ESS fell below the threshold, draw the values from p^alpha / Z, one forward pass
+  per particle for the next step (none after the last)."""
+  rule: SMC = sampler.remasking
+  n, G = rule.num_particles, sampler.gen_length
+  key_score, key_select, key_token = row_random.step_keys(inputs.keys_B, state.row_steps_B, 3)
+  X, L = state.canvas_BL.shape
+  B, P = X // n, L - G
+  gen_XG = state.canvas_BL[:, P:]
+  logits_XGV = state.logits_BGV
+  eligible_XG = _eligible(sampler, gen_XG, _current_block(sampler, gen_XG, state.step))
+  step_in_block, count_X = _schedule_inputs(sampler, state, eligible_XG)
+  mode_XG = jnp.argmax(logits_XGV, axis=-1).astype(jnp.int32)
+  step_inputs = StepInputs(logits_XGV, logits_XGV, mode_XG, eligible_XG, count_X, step_in_block,
+                           sampler.steps_per_block)
+  score_XG = _eos_last(sampler, rule.positions.confidence(step_inputs, key_score), mode_XG)
+  chosen_XG = rule.positions.select(score_XG, step_inputs, key_select) & eligible_XG
+  log_z_XG = smc_lib.log_normalizer(logits_XGV, rule.alpha)
+  log_w_BN = (state.particle_log_w_B
+              + jnp.sum(jnp.where(chosen_XG, log_z_XG, 0.0), axis=-1)).reshape(B, n)
+
+  (run_key_B,) = row_random.step_keys(inputs.run_keys_B, state.row_steps_B[::n], 1)
+  resample_B = smc_lib.effective_sample_size(log_w_BN) < rule.ess_threshold * n
+  ancestors_BN = jnp.where(resample_B[:, None], smc_lib.systematic_ancestors(run_key_B, log_w_BN),
+                           jnp.arange(n)[None])
+  pick = lambda x_X: smc_lib.gather_particles(x_X, ancestors_BN)
+  state = state.replace(canvas_BL=pick(state.canvas_BL), logprob_BG=pick(state.logprob_BG),
+                        confidence_BG=pick(state.confidence_BG),
+                        commit_step_BG=pick(state.commit_step_BG),
+                        resamples_B=state.resamples_B + jnp.repeat(resample_B, n),
+                        log_evidence_B=state.log_evidence_B + jnp.repeat(
+                            jnp.where(resample_B, _log_mean(log_w_BN), 0.0), n))
+  gen_XG, logits_XGV = pick(gen_XG), pick(logits_XGV)
+  chosen_XG, score_XG, eligible_XG = pick(chosen_XG), pick(score_XG), pick(eligible_XG)
+  log_w_X = jnp.where(resample_B[:, None], 0.0, log_w_BN).reshape(X)
+
+  gumbel_XGV = row_random.gumbel(key_token, logits_XGV.shape[1:])
+  tokens_XG = jnp.argmax(rule.alpha * jax.nn.log_softmax(logits_XGV, axis=-1) + gumbel_XGV,
+                         axis=-1).astype(jnp.int32)
+  new_gen_XG = jnp.where(chosen_XG, tokens_XG, gen_XG)
+  more_X = jnp.any(new_gen_XG == sampler.mask_token_id, axis=-1)
+  canvas_XL = jnp.concatenate([state.canvas_BL[:, :P], new_gen_XG], axis=1)
+  next_logits_XGV = jax.lax.cond(jnp.any(more_X),
+                                 lambda: _forward(sampler, denoise_fn, canvas_XL, inputs),
+                                 lambda: logits_XGV)
+  return _commit(state, sampler, chosen_XG, new_gen_XG, _log_prob(logits_XGV, new_gen_XG),
+                 score_XG, jnp.any(eligible_XG, axis=-1), more_X * _evaluations(sampler),
+                 logits_BGV=next_logits_XGV, particle_log_w_B=log_w_X)
+
+
+def _log_mean(log_w_BN: jax.Array) -> jax.Array:
+  return jax.nn.logsumexp(log_w_BN, axis=-1) - jnp.log(log_w_BN.shape[-1])
+
+
+def _smc_output(sampler: Sampler, state: _State, inputs: _Inputs) -> DecodeOutput:
+  """Each run's particles with their normalised weights, and one particle drawn by weight."""
+  n = sampler.remasking.num_particles
+  X, L = state.canvas_BL.shape
+  B = X // n
+  log_w_BN = state.particle_log_w_B.reshape(B, n)
+  log_evidence_B = state.log_evidence_B[::n] + _log_mean(log_w_BN)
+  log_w_BN = jax.nn.log_softmax(log_w_BN, axis=-1)
+  final_keys = jax.vmap(lambda k: jax.random.fold_in(k, sampler.total_steps))(inputs.run_keys_B)
+  drawn_B = jax.vmap(jax.random.categorical)(final_keys, log_w_BN)
+  draw = lambda x_X: jnp.take_along_axis(
+      x_X.reshape(B, n, *x_X.shape[1:]), drawn_B.reshape(B, 1, *[1] * (x_X.ndim - 1)),
+      axis=1)[:, 0]
+  return DecodeOutput(tokens_BL=draw(state.canvas_BL),
+                      nfe_B=jnp.sum(state.nfe_B.reshape(B, n), axis=1), steps=state.step,
+                      logprob_BG=draw(state.logprob_BG), confidence_BG=draw(state.confidence_BG),
+                      commit_step_BG=draw(state.commit_step_BG),
+                      imh_accepts_B=jnp.zeros((B,), jnp.int32),
+                      particles_BNL=state.canvas_BL.reshape(B, n, L),
+                      particle_log_weights_BN=log_w_BN, resamples_B=state.resamples_B[::n],
+                      log_evidence_B=log_evidence_B)
 
 
 def check_lengths(sampler: Sampler, prompt_length: int, max_length: int | None) -> None:
@@ -314,6 +419,17 @@ def _initial_state(sampler: Sampler, denoise_fn: DenoiseFn, canvas_BL: jax.Array
   if isinstance(sampler.remasking, LearnedPolicy):
     state = state.replace(policy_trace=PolicyTrace.empty(B, sampler.total_steps,
                                                          sampler.block_len))
+  if isinstance(sampler.remasking, SMC):  # every particle starts from one shared pass
+    n = sampler.remasking.num_particles
+    logits = _forward(sampler, denoise_fn, canvas_BL[::n],
+                      inputs.replace(attn_mask_BL=inputs.attn_mask_BL[::n],
+                                     prompt_mask_BL=inputs.prompt_mask_BL[::n]))
+    first_B = (jnp.arange(B) % n == 0).astype(jnp.int32)
+    return state.replace(logits_BGV=jnp.repeat(logits, n, axis=0),
+                         nfe_B=first_B * _evaluations(sampler),
+                         particle_log_w_B=jnp.zeros((B,), jnp.float32),
+                         resamples_B=jnp.zeros((B,), jnp.int32),
+                         log_evidence_B=jnp.zeros((B,), jnp.float32))
   if isinstance(sampler.remasking, IMH):  # the first candidates need the canvas's logits
     return state.replace(logits_BGV=_forward(sampler, denoise_fn, canvas_BL, inputs),
                          nfe_B=state.nfe_B + _evaluations(sampler))
@@ -353,15 +469,25 @@ def generate(sampler: Sampler, denoise_fn: DenoiseFn, params, prompt_BP: jax.Arr
     if P == 0 and getattr(getattr(denoise_fn, "config", None), "shift_logits", False):
       raise ValueError("a block cache with shifted logits (Dream) needs a prompt of >= 1 token")
   G = sampler.gen_length
+  keys_B, run_keys_B = row_random.row_keys(rng, B), None
+  smc = isinstance(sampler.remasking, SMC)
+  if smc:  # rows become particles, run-major; each run's particles get keys of their own
+    n = sampler.remasking.num_particles
+    run_keys_B, base_B = jax.vmap(lambda k: jax.random.split(k, 2), out_axes=1)(keys_B)
+    keys_B = jax.vmap(lambda k: jax.vmap(lambda i: jax.random.fold_in(k, i))(jnp.arange(n)))(
+        base_B).reshape(B * n)
+    prompt_BP, prompt_mask_BP = (jnp.repeat(x, n, axis=0) for x in (prompt_BP, prompt_mask_BP))
+    B = B * n
   canvas_BL = jnp.concatenate(
       [prompt_BP.astype(jnp.int32), jnp.full((B, G), sampler.mask_token_id, jnp.int32)], axis=1)
   inputs = _Inputs(
       params=params,
       attn_mask_BL=jnp.concatenate([prompt_mask_BP.astype(bool), jnp.ones((B, G), bool)], 1),
       prompt_mask_BL=jnp.concatenate([prompt_mask_BP.astype(bool), jnp.zeros((B, G), bool)], 1),
-      keys_B=row_random.row_keys(rng, B), policy_params=policy_params)
+      keys_B=keys_B, policy_params=policy_params, run_keys_B=run_keys_B)
   state = _initial_state(sampler, denoise_fn, canvas_BL, inputs)
-  step = _imh_step if isinstance(sampler.remasking, IMH) else _baseline_step
+  step = (_smc_step if smc else _imh_step if isinstance(sampler.remasking, IMH)
+          else _baseline_step)
 
   def not_done(state: _State) -> jax.Array:
     masks_left = jnp.any(state.canvas_BL[:, P:] == sampler.mask_token_id)
@@ -369,6 +495,8 @@ def generate(sampler: Sampler, denoise_fn: DenoiseFn, params, prompt_BP: jax.Arr
 
   state = jax.lax.while_loop(not_done, functools.partial(step, sampler, denoise_fn, inputs),
                              state)
+  if smc:
+    return _smc_output(sampler, state, inputs)
   return DecodeOutput(tokens_BL=state.canvas_BL, nfe_B=state.nfe_B, steps=state.step,
                       logprob_BG=state.logprob_BG, confidence_BG=state.confidence_BG,
                       commit_step_BG=state.commit_step_BG, imh_accepts_B=state.imh_accepts_B,

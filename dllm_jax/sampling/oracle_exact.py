@@ -14,6 +14,8 @@ marginals: `position_first_distribution`.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from dllm_jax.sampling.oracle import all_sequences
@@ -140,3 +142,178 @@ def position_first_distribution(p_N: np.ndarray, vocab: int, length: int, temper
   for state, mass in dist.items():
     out[int(sum(t * vocab ** (length - 1 - k) for k, t in enumerate(state)))] += mass
   return out, float(margin)
+
+
+def _block_orders(positions: list[int], block: int) -> list[tuple[int, ...]]:
+  """Every order of `positions` with earlier blocks first (equally likely under the rollout's
+  random priorities)."""
+  return [order for order in itertools.permutations(positions)
+          if all(a // block <= b // block for a, b in zip(order, order[1:]))]
+
+
+def _rollout_estimates(marginals, state: tuple, alpha: float, chunk: int, greedy: bool,
+                       block: int) -> tuple[np.ndarray, np.ndarray]:
+  """The law of one rollout's estimate S_hat from `state` (`rollout_imh.py`): its values and
+  their probabilities, equal values merged."""
+  remaining = [j for j, t in enumerate(state) if t is None]
+  if not remaining:
+    return np.ones(1), np.ones(1)
+  orders = _block_orders(remaining, block)
+  outcomes: dict[float, float] = {}
+
+  def walk(canvas, chunks, value, prob):
+    if not chunks:
+      key = round(value, 14)
+      outcomes[key] = outcomes.get(key, 0.0) + prob
+      return
+    m = marginals(canvas)
+    laws = []
+    for j in chunks[0]:
+      q = m[j] ** alpha
+      if greedy:
+        laws.append([(int(np.argmax(m[j])), 1.0)])
+        value *= q[np.argmax(m[j])]
+      else:
+        laws.append([(int(u), q[u] / q.sum()) for u in np.flatnonzero(q)])
+        value *= q.sum()
+    for combo in itertools.product(*laws):
+      after = canvas
+      for j, (u, _) in zip(chunks[0], combo):
+        after = _with(after, j, u)
+      walk(after, chunks[1:], value, prob * float(np.prod([pr for _, pr in combo])))
+
+  for order in orders:
+    walk(state, [order[k:k + chunk] for k in range(0, len(order), chunk)], 1.0, 1 / len(orders))
+  values = np.array(list(outcomes))
+  return values, np.array([outcomes[v] for v in values])
+
+
+def _mean_of_draws(values: np.ndarray, probs: np.ndarray, draws: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+  """The law of the mean of `draws` independent copies (equal values merged)."""
+  total_v, total_p = values, probs
+  for _ in range(draws - 1):
+    sums = (total_v[:, None] + values[None]).ravel()
+    weights = (total_p[:, None] * probs[None]).ravel()
+    keys, inverse = np.unique(np.round(sums, 13), return_inverse=True)
+    total_v, total_p = keys, np.bincount(inverse.ravel(), weights=weights)
+  return total_v / draws, total_p
+
+
+def imh_chain_law(proposal_N: np.ndarray, weight_N: np.ndarray, moves: int) -> np.ndarray:
+  """Law of an independent MH chain after `moves` steps from its proposal: states n with
+  proposal mass proposal_N, weights weight_N > 0, T(a -> c) = proposal_c min(1, w_c / w_a).
+  O(N log N) per move: mu'_k = proposal_k A_k + mu_k (1 - B_k) with
+  A_k = sum_j mu_j min(1, w_k / w_j), B_k = sum_j proposal_j min(1, w_j / w_k)."""
+  order = np.argsort(weight_N, kind="stable")
+  w, pi0 = weight_N[order], proposal_N[order]
+  le = np.searchsorted(w, w, side="right")   # count of w_j <= w_k
+  lt = np.searchsorted(w, w, side="left")    # count of w_j < w_k
+  cum = lambda x: np.concatenate([[0.0], np.cumsum(x)])
+  c_pi, c_piw = cum(pi0), cum(pi0 * w)
+  b = (c_pi[-1] - c_pi[lt]) + c_piw[lt] / w
+  mu = pi0.copy()
+  for _ in range(moves):
+    c_mu, c_muw = cum(mu), cum(mu / w)
+    a = c_mu[le] + w * (c_muw[-1] - c_muw[le])
+    mu = pi0 * a + mu * (1.0 - b)
+  out = np.empty_like(mu)
+  out[order] = mu
+  return out
+
+
+def rollout_imh_distribution(p_N: np.ndarray, vocab: int, length: int, alpha: float,
+                             candidates: list[int], num_rollouts: int,
+                             rollout_tokens_per_step: int = 1, greedy: bool = False,
+                             block_length: int | None = None) -> dict[int, np.ndarray]:
+  """{K: exact output law} of `RolloutIMH` (one token per step, random positions): the
+  pseudo-marginal chain over (candidate, its estimate) pairs, whose proposal is
+  q(v) x (law of the mean of R rollout estimates from the candidate canvas), after K - 1 moves.
+  Equal estimates are merged after rounding to 1e-13 (the laws are exact to that)."""
+  sequences_NL = all_sequences(vocab, length)
+  block = block_length or length
+  cache: dict[tuple, np.ndarray] = {}
+
+  def marginals(state):
+    if state not in cache:
+      cache[state] = _marginals(p_N, sequences_NL, vocab, state)
+    return cache[state]
+
+  estimates: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+  results = {}
+  for K in candidates:
+    dist = {(None,) * length: 1.0}
+    for step in range(length):
+      new: dict[tuple, float] = {}
+      for state, mass in dist.items():
+        eligible = [i for i in range(length) if state[i] is None and i // block == step // block]
+        m = marginals(state)
+        for i in eligible:
+          q = m[i] ** alpha
+          q = q / q.sum()
+          values, owners, proposal = [], [], []
+          for v in np.flatnonzero(q):
+            after = _with(state, i, int(v))
+            if after not in estimates:
+              estimates[after] = _mean_of_draws(
+                  *_rollout_estimates(marginals, after, alpha, rollout_tokens_per_step, greedy,
+                                      block), num_rollouts)
+            w, pw = estimates[after]
+            values.append(w)
+            owners.append(np.full(len(w), v))
+            proposal.append(q[v] * pw)
+          mu = imh_chain_law(np.concatenate(proposal), np.concatenate(values), K - 1)
+          law = np.bincount(np.concatenate(owners), weights=mu, minlength=vocab)
+          for v in np.flatnonzero(law > 0):
+            after = _with(state, i, int(v))
+            new[after] = new.get(after, 0.0) + mass * law[v] / len(eligible)
+      dist = new
+    out = np.zeros(vocab ** length)
+    for state, mass in dist.items():
+      out[int(sum(t * vocab ** (length - 1 - k) for k, t in enumerate(state)))] += mass
+    results[K] = out
+  return results
+
+
+def smc_particle_law(p_N: np.ndarray, vocab: int, length: int, alpha: float, particles: int,
+                     runs: int, ess_threshold: float = 0.5, seed: int = 0) -> np.ndarray:
+  """A Monte Carlo estimate (not exact) of the law of one draw from `SMC` (one token per
+  step, random positions; `smc.py`): `runs` independent runs of a plain numpy re-implementation,
+  each contributing its particles with their normalised weights (the expected law of a draw,
+  with less noise than one draw per run)."""
+  rng = np.random.default_rng(seed)
+  sequences_NL = all_sequences(vocab, length)
+  # Conditional marginals of every partial canvas (token `vocab` = masked), by its index.
+  canvases = all_sequences(vocab + 1, length)
+  table = np.full((len(canvases), length, vocab), np.nan)
+  for index, canvas in enumerate(canvases):
+    agree = np.all((sequences_NL == canvas) | (canvas == vocab), axis=1)
+    if p_N[agree].sum() > 0:
+      table[index] = _marginals(p_N, sequences_NL, vocab,
+                                tuple(None if t == vocab else int(t) for t in canvas))
+  place = (vocab + 1) ** np.arange(length - 1, -1, -1)
+  canvas = np.full((runs, particles, length), vocab)
+  log_w = np.zeros((runs, particles))
+  rows = np.arange(runs)[:, None]
+  for _ in range(length):
+    m = table[(canvas * place).sum(-1)]                                  # [N, P, L, V]
+    u = np.where(canvas == vocab, rng.random(canvas.shape), np.inf)
+    position = np.argmin(u, axis=-1)                                     # uniform among masks
+    q = np.take_along_axis(m, position[..., None, None], axis=2)[:, :, 0] ** alpha
+    log_w = log_w + np.log(q.sum(-1))
+    w = np.exp(log_w - log_w.max(1, keepdims=True))
+    ess = w.sum(1) ** 2 / (w ** 2).sum(1)
+    cdf = np.cumsum(w / w.sum(1, keepdims=True), axis=1)
+    points = (np.arange(particles)[None] + rng.random((runs, 1))) / particles
+    ancestors = np.minimum((cdf[:, None, :] <= points[:, :, None]).sum(-1), particles - 1)
+    ancestors = np.where((ess < ess_threshold * particles)[:, None], ancestors,
+                         np.arange(particles)[None])
+    canvas, position, q = canvas[rows, ancestors], position[rows, ancestors], q[rows, ancestors]
+    log_w = np.where((ess < ess_threshold * particles)[:, None], 0.0, log_w)
+    cdf_v = np.cumsum(q / q.sum(-1, keepdims=True), axis=-1)
+    token = np.minimum((cdf_v < rng.random((runs, particles, 1))).sum(-1), vocab - 1)
+    np.put_along_axis(canvas, position[..., None], token[..., None], axis=2)
+  weights = np.exp(log_w - log_w.max(1, keepdims=True))
+  weights = weights / weights.sum(1, keepdims=True)
+  index = (canvas * vocab ** np.arange(length - 1, -1, -1)).sum(-1)
+  return np.bincount(index.ravel(), weights=weights.ravel(), minlength=vocab ** length) / runs

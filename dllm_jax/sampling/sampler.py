@@ -11,10 +11,12 @@ from dllm_jax.sampling.learned_policy import LearnedPolicy
 from dllm_jax.sampling.position_first import EGI, RankThenSample
 from dllm_jax.sampling.remasking import (DreamOrigin, Entropy, LowConfidence, MaskGitPlus, Random,
                                          Threshold, TopKMargin, WeDLMEntropy)
+from dllm_jax.sampling.rollout_imh import RolloutIMH
 from dllm_jax.sampling.schedule import DreamSchedule, LinearSchedule
+from dllm_jax.sampling.smc import SMC
 
 RULES = (Random, LowConfidence, MaskGitPlus, TopKMargin, Entropy, WeDLMEntropy, DreamOrigin,
-         Threshold, IMH, RankThenSample, EGI, LearnedPolicy)
+         Threshold, IMH, RolloutIMH, SMC, RankThenSample, EGI, LearnedPolicy)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +29,7 @@ class Sampler:
   steps, one token per step). `Threshold` takes no `steps`: each block runs until complete.
 
   Tokens are drawn at `temperature` (0 = argmax, the default) after optional top-k / top-p
-  filtering. IMH draws its candidates at temperature 1 / alpha and takes no `temperature`.
+  filtering. IMH, RolloutIMH and SMC draw at temperature 1 / alpha and take no `temperature`.
   `cfg_scale` > 0 adds classifier-free guidance (the unconditional canvas masks the prompt):
   logits = uncond + (cfg_scale + 1) * (cond - uncond). `forbid_eos` sets the EOS logit to -inf;
   `eos_confidence_inf` gives positions whose draw is EOS or EOT the lowest priority.
@@ -74,13 +76,14 @@ class Sampler:
     elif self.steps is not None:
       raise ValueError(f"{type(self.remasking).__name__} runs each block until it is complete; "
                        "leave steps unset")
-    if isinstance(self.remasking, IMH):
+    if isinstance(self.remasking, (IMH, SMC)):
+      name = type(self.remasking).__name__
       if self.temperature is not None:
-        raise ValueError("IMH draws candidates from p**alpha (temperature 1/alpha); set "
-                         "IMH(alpha=...) instead of temperature")
+        raise ValueError(f"{name} draws from p**alpha (temperature 1/alpha); set "
+                         f"{name}(alpha=...) instead of temperature")
       if self.top_p is not None or self.top_k is not None:
-        raise ValueError("IMH's acceptance weights assume untruncated proposals; top_p/top_k "
-                         "are not supported with IMH")
+        raise ValueError(f"{name}'s weights assume untruncated proposals; top_p/top_k "
+                         f"are not supported with {name}")
     elif self.temperature is not None and self.temperature < 0:
       raise ValueError(f"temperature must be >= 0, got {self.temperature}")
     if self.top_p is not None and not 0 < self.top_p <= 1:
@@ -98,8 +101,9 @@ class Sampler:
     if self.cache is not None:
       if not isinstance(self.cache, BlockCache):
         raise ValueError(f"cache must be BlockCache(...) or None, got {self.cache!r}")
-      if isinstance(self.remasking, IMH):
-        raise ValueError("IMH scores candidates with full forward passes; it takes no cache")
+      if isinstance(self.remasking, (IMH, SMC)):
+        raise ValueError(f"{type(self.remasking).__name__} scores with full forward passes; it "
+                         "takes no cache")
 
   @classmethod
   def for_model(cls, config: Any, **fields: Any) -> Sampler:
@@ -133,7 +137,7 @@ class Sampler:
 
   @property
   def token_temperature(self) -> float:
-    if isinstance(self.remasking, IMH):
+    if isinstance(self.remasking, (IMH, SMC)):
       return self.remasking.temperature
     return self.temperature or 0.0
 

@@ -119,7 +119,7 @@ class StreamingSampler:
     if self.max_steps is not None and self.max_steps < 1:
       raise ValueError(f"max_steps must be >= 1 or None, got {self.max_steps}")
     if self.imh is not None:
-      if not isinstance(self.imh, IMH):
+      if type(self.imh) is not IMH:  # RolloutIMH's rollouts are not implemented here
         raise ValueError(f"imh must be IMH(...) or None, got {self.imh!r}")
       if self.imh.positions != IMH().positions:
         raise ValueError("streaming IMH chooses positions by WeDLM's entropy rule; leave "
