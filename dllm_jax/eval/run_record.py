@@ -46,7 +46,7 @@ def template_fingerprint(template) -> str | None:
   """A short hash of a `prompts.ChatTemplate`'s text and special tokens (None: plain prompts)."""
   if template is None:
     return None
-  text = "\0".join(str(part) for part in (template.template, template.bos, template.eos))
+  text = "\0".join(str(part) for part in (template.template, template.bos_token, template.eos_token))
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
