@@ -16,8 +16,10 @@ failure never leaves a partial checkpoint behind; a writer that was killed leave
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -52,12 +54,21 @@ def _atomic_directory(target: str | os.PathLike, overwrite: bool) -> Iterator[pa
   if target.exists() and not overwrite:
     raise FileExistsError(f"{target} already exists (pass --overwrite / overwrite=True to "
                           "replace it)")
-  target.parent.mkdir(parents=True, exist_ok=True)
+  try:
+    target.parent.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise OSError(e.errno, f"cannot create its folder: {e.strerror}", str(target)) from None
   _remove_stale_temps(target)
   temp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
   try:
     temp.mkdir()
-    yield temp
+    try:
+      with _orbax_log_held_back():
+        yield temp
+    except Exception as error:  # pylint: disable=broad-except  (Orbax reports a full disk as ValueError)
+      if _is_disk_full(error):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target)) from error
+      raise
     if target.exists():
       trash = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
       os.replace(target, trash)
@@ -67,6 +78,26 @@ def _atomic_directory(target: str | os.PathLike, overwrite: bool) -> Iterator[pa
       os.replace(temp, target)
   finally:
     shutil.rmtree(temp, ignore_errors=True)
+
+
+def _is_disk_full(error: BaseException) -> bool:
+  if isinstance(error, OSError):
+    return error.errno in (errno.ENOSPC, errno.EDQUOT)
+  text = str(error)
+  return "No space left on device" in text or "os_error_code='28'" in text
+
+
+@contextlib.contextmanager
+def _orbax_log_held_back() -> Iterator[None]:
+  """Orbax logs a failed write's traceback (from a worker thread, at ERROR) before raising it;
+  the exception says the same, so the log is held back while a checkpoint is written."""
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  absl_logger.setLevel(logging.CRITICAL)
+  try:
+    yield
+  finally:
+    absl_logger.setLevel(level)
 
 
 def _remove_stale_temps(target: pathlib.Path) -> None:

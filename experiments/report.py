@@ -20,11 +20,11 @@ _OUT = flags.DEFINE_string("out", None, "Where to write report.md and the plots.
 
 
 def _report() -> None:
-  summaries = report.summarize_runs(_RUNS.value)
   out = pathlib.Path(_OUT.value)
   if out.exists() and not out.is_dir():
     raise NotADirectoryError(f"--out={out} is a file; name a directory for report.md and the "
                              "plots")
+  summaries = report.summarize_runs(_RUNS.value)
   for s in summaries:
     for warning in s.warnings:
       print(f"warning: {s.label}: {warning}", file=sys.stderr)

@@ -12,6 +12,8 @@ Multi-host: as experiments/run.py (--coordinator_address ... or --distributed).
 
 from __future__ import annotations
 
+import pathlib
+
 from absl import app, flags, logging
 
 from dllm_jax import policy_training, user_errors
@@ -62,6 +64,9 @@ def main(argv):
 
 
 def _train():
+  if pathlib.Path(_OUTPUT.value).is_file():
+    raise NotADirectoryError(f"--output_dir {_OUTPUT.value} is a file; name a directory (a new "
+                             "one, or a training run's to resume it)")
   experiment.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                                     _DISTRIBUTED.value)
   config = policy_training.GRPOConfig(

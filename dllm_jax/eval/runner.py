@@ -207,10 +207,14 @@ def _lock(output_dir: pathlib.Path):
     f.close()
     raise RunInUseError(f"{output_dir} is in use by another run ({holder}); wait for it to end, "
                         "or stop it, or use another --output_dir") from None
-  f.truncate(0)
-  f.write(f"pid {os.getpid()} on {socket.gethostname()} since "
-          f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n")
-  f.flush()
+  try:
+    f.truncate(0)
+    f.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n")
+    f.flush()
+  except OSError as e:  # a full disk: name the file
+    f.close()
+    raise OSError(e.errno, e.strerror, str(output_dir / name)) from None
   return f
 
 
