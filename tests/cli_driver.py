@@ -6,7 +6,8 @@ messages (one process instead of one per case: JAX is imported once).
 CASES.json is a list of {"module", "argv", optional "patch", optional "write": {path: text}}.
 For each case it writes the files, applies the patch, parses the flags, calls the module's
 main(), and prints one JSON line: the exit code or message (`exit`), everything written to
-stderr (`stderr`), and the traceback of any other exception that escaped (`traceback`).
+stdout and stderr (`stdout`, `stderr`), and the traceback of any other exception that escaped
+(`traceback`).
 """
 
 import builtins
@@ -74,8 +75,10 @@ def _run_case(case):
   module = importlib.import_module(case["module"])
   undo = PATCHES[case["patch"]]() if case.get("patch") else None
   result = {}
-  saved_fd = os.dup(2)
-  with tempfile.TemporaryFile(mode="w+") as err:
+  saved = os.dup(1), os.dup(2)
+  with tempfile.TemporaryFile(mode="w+") as out, tempfile.TemporaryFile(mode="w+") as err:
+    sys.stdout.flush()
+    os.dup2(out.fileno(), 1)
     os.dup2(err.fileno(), 2)
     try:
       flags.FLAGS.unparse_flags()
@@ -87,13 +90,16 @@ def _run_case(case):
     except BaseException:  # pylint: disable=broad-except
       result["traceback"] = traceback.format_exc()
     finally:
+      sys.stdout.flush()
       sys.stderr.flush()
-      os.dup2(saved_fd, 2)
-      os.close(saved_fd)
+      for fd, copy in zip((1, 2), saved):
+        os.dup2(copy, fd)
+        os.close(copy)
       if undo:
         undo()
+    out.seek(0)
     err.seek(0)
-    result["stderr"] = err.read()
+    result["stdout"], result["stderr"] = out.read(), err.read()
   return result
 
 

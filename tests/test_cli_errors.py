@@ -95,6 +95,10 @@ def _cases(tmp_path, shared_data):
       # Not an error: the export is quiet (no Orbax log) and carries the tokenizer files.
       ("export_quiet", "checkpoints_convert.export_hf",
        [f"--ckpt_dir={ckpt}", f"--out_dir={tmp_path / 'e3'}"], None),
+      # The benchmark at its smallest: no Countdown section (opt-in), no Orbax log.
+      ("bench_smallest", "experiments.bench_sampling",
+       ["--grid=", "--cache_grid=", "--peak_n=64", f"--out_json={tmp_path / 'bench.json'}"],
+       None),
   ]
 
 
@@ -113,6 +117,7 @@ def test_every_user_error_is_one_line(tmp_path, shared_data):
     assert "traceback" not in outcome, (name, outcome["traceback"][-2000:])
     if expected is None:
       assert outcome["exit"] == 0 and outcome["stderr"] == "", (name, outcome)
+      assert "Countdown" not in outcome["stdout"], (name, outcome["stdout"])
       continue
     message = outcome["exit"]
     assert isinstance(message, str) and message.startswith("error: "), (name, outcome)

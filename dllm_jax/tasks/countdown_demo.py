@@ -73,16 +73,33 @@ def position_first_checks(summaries: Sequence[report.RunSummary]) -> list[tuple[
            egi.pass_at[k] >= tpp.pass_at[k])]
 
 
-class _Progress:
-  def __init__(self, total_rows: int):
-    self.total, self.done, self.start = total_rows, 0, time.time()
+def forward_passes_per_row(sampler: sampling.Sampler) -> int:
+  """A row's forward passes (its NFE): one per step, K per step for IMH (its K candidates are
+  scored in one pass over K canvases) plus the first step's own pass."""
+  steps = sampler.total_steps
+  if isinstance(sampler.remasking, sampling.IMH):
+    return 1 + sampler.remasking.num_candidates * steps
+  return steps
 
-  def update(self, rows: int, label: str) -> None:
+
+class _Progress:
+  """Samples done and an ETA that weights each row by its forward passes: an IMH row costs
+  about K times a baseline's, so a count of rows alone would promise the end too early."""
+
+  def __init__(self, total_rows: int, total_cost: float, clock=time.time):
+    self.total, self.done, self.clock = total_rows, 0, clock
+    self.total_cost, self.done_cost, self.start = total_cost, 0.0, clock()
+
+  def eta(self) -> float:
+    elapsed = self.clock() - self.start
+    return elapsed / self.done_cost * (self.total_cost - self.done_cost)
+
+  def update(self, rows: int, label: str, cost_per_row: float = 1.0) -> None:
     self.done += rows
-    elapsed = time.time() - self.start
-    eta = elapsed / self.done * (self.total - self.done)
+    self.done_cost += rows * cost_per_row
+    elapsed = self.clock() - self.start
     sys.stderr.write(f"\r[{self.done}/{self.total} samples] {label:28s} elapsed {elapsed:5.0f}s"
-                     f"  ETA {eta:5.0f}s ")
+                     f"  ETA {self.eta():5.0f}s ")
     if self.done == self.total:
       sys.stderr.write("\n")
     sys.stderr.flush()
@@ -111,7 +128,7 @@ def evaluate(model: BuiltinModel, sampler: sampling.Sampler, problems: Sequence,
     nfe.append(np.asarray(out.nfe_B))
     neg_logprob.append(-np.asarray(out.logprob_BG).mean(-1))
     if progress:
-      progress.update(min(batch_rows, rows - lo), label)
+      progress.update(min(batch_rows, rows - lo), label, forward_passes_per_row(sampler))
   seconds = time.time() - start
   texts = [model.tokenizer.decode(g) for g in np.concatenate(generated)[:rows]]
   correct = np.array([countdown.verify(problems[i // samples], text)
@@ -160,7 +177,9 @@ def run_demo(out_dir: str | pathlib.Path, num_problems: int = 200, samples: int 
   samplers = default_samplers(model, temperature, alpha, num_candidates)
   if position_first:
     samplers.update(position_first_samplers(model, temperature, egi_first_temperature))
-  progress = _Progress(len(samplers) * num_problems * samples)
+  rows = num_problems * samples
+  progress = _Progress(len(samplers) * rows,
+                       sum(rows * forward_passes_per_row(s) for s in samplers.values()))
   summaries, wall = [], {}
   for index, (label, sampler) in enumerate(samplers.items()):
     result = evaluate(model, sampler, problems, samples, batch_rows, seed + 1 + index, progress,
