@@ -19,7 +19,7 @@ def test_the_changelog_has_the_keep_a_changelog_layout():
   sections = re.findall(r"^### (.+)$", unreleased, flags=re.M)
   assert sections and set(sections) <= SECTIONS and len(sections) == len(set(sections)), sections
   flat = " ".join(unreleased.split())
-  for needed in ("`BlockCache(2)` now raises", "`--cache` is no longer a boolean",
+  for needed in ("`BlockCache(2)` now raises", "--cache` is no longer a boolean",
                  "`none` (the default), `prefix` or `dual`"):
     assert needed in flat, needed
 
