@@ -65,7 +65,8 @@ def _atomic_directory(target: str | os.PathLike, overwrite: bool) -> Iterator[pa
     try:
       with _orbax_log_held_back():
         yield temp
-    except Exception as error:  # pylint: disable=broad-except  (Orbax reports a full disk as ValueError)
+    # pylint: disable-next=broad-except  (Orbax reports a full disk as a ValueError)
+    except Exception as error:
       if _is_disk_full(error):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target)) from error
       raise
@@ -178,9 +179,9 @@ def verify(directory: str | os.PathLike) -> None:
   """Checks config.json and every params/ and tokenizer/ file against checksums.json; raises
   `CheckpointError` on a mismatch, an unlisted file, or no (or an outdated) checksums.json."""
   directory = pathlib.Path(directory)
-  fix = ("run `python -m checkpoints_convert.update_checksums --ckpt_dir=" + str(directory) +
-         "` if you trust its files, or re-convert it (--noverify_checkpoint, verify_checksums=False, "
-         "loads it unchecked)")
+  fix = (f"run `python -m checkpoints_convert.update_checksums --ckpt_dir={directory}` if you "
+         "trust its files, or re-convert it (--noverify_checkpoint, verify_checksums=False, loads "
+         "it unchecked)")
   if not (directory / CHECKSUMS_FILE).is_file():
     raise CheckpointError(f"{directory} has no {CHECKSUMS_FILE}, so its files cannot be checked: "
                           + fix)

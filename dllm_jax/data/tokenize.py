@@ -110,10 +110,11 @@ class CheckpointTokenizer:
       raise TypeError(f"unknown special ids {sorted(unknown)}")
     try:
       tokenizer = tokenizers.Tokenizer.from_file(str(tokenizer_path))
-    except Exception as e:  # pylint: disable=broad-except  (the Rust library raises plain Exception)
+    except Exception as e:  # pylint: disable=broad-except  (the Rust library raises Exception)
       first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
       raise ValueError(f"{tokenizer_path} is not a readable tokenizer ({first}); restore it, "
-                       "re-convert the checkpoint, or point --tokenizer_dir at good files") from None
+                       "re-convert the checkpoint, or point --tokenizer_dir at good files"
+                       ) from None
     configs = [(directory / name) for name in
                ("tokenizer_config.json", "special_tokens_map.json")]
     token_configs = [read_json_object(path) for path in configs if path.is_file()]

@@ -46,7 +46,8 @@ def template_fingerprint(template) -> str | None:
   """A short hash of a `prompts.ChatTemplate`'s text and special tokens (None: plain prompts)."""
   if template is None:
     return None
-  text = "\0".join(str(part) for part in (template.template, template.bos_token, template.eos_token))
+  parts = (template.template, template.bos_token, template.eos_token)
+  text = "\0".join(str(part) for part in parts)
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -102,7 +103,8 @@ def same_model(old: Any, new: dict[str, Any]) -> bool:
               for f in dataclasses.fields(ModelConfig) if _field_default(f) is not MISSING}
   if set(old) - set(new):
     return False
-  return all(old[k] == v if k in old else k in defaults and defaults[k] == v for k, v in new.items())
+  return all(old[k] == v if k in old else (k in defaults and defaults[k] == v)
+             for k, v in new.items())
 
 
 def equivalence(*, sampler: Any, checkpoint_dir: pathlib.Path, template
