@@ -43,12 +43,16 @@ def files_fingerprint(directory: pathlib.Path, names: tuple[str, ...]) -> str | 
 
 
 def template_fingerprint(template) -> str | None:
-  """A short hash of a `prompts.ChatTemplate`'s text and special tokens (None: plain prompts)."""
+  """A `prompts.ChatTemplate` as recorded: where it came from, without directories (the family's
+  fallback, or the file's name), and a short hash of its text and special tokens (None: plain
+  prompts)."""
   if template is None:
     return None
+  source = template.source.split(" (", 1)[0]  # "fallback:llada (none in <dir>)"
+  label = source if source.startswith("fallback:") else pathlib.Path(source).name
   parts = (template.template, template.bos_token, template.eos_token)
-  text = "\0".join(str(part) for part in parts)
-  return hashlib.sha256(text.encode()).hexdigest()[:16]
+  digest = hashlib.sha256("\0".join(str(part) for part in parts).encode()).hexdigest()[:16]
+  return f"{label} {digest}"
 
 
 def build(*, checkpoint_dir: pathlib.Path, tokenizer_dir: pathlib.Path, config: ModelConfig,
