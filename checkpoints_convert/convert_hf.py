@@ -12,7 +12,7 @@ import sys
 import tqdm
 from absl import app, flags, logging
 
-from dllm_jax import checkpoint
+from dllm_jax import checkpoint, user_errors
 
 _HF_DIR = flags.DEFINE_string("hf_dir", None, "HF checkpoint directory (config.json + safetensors).",
                               required=True)
@@ -45,11 +45,10 @@ def main(argv):
     bar.update(done - bar.n)
 
   try:
-    config = checkpoint.convert_hf(_HF_DIR.value, _OUT_DIR.value, param_dtype=_PARAM_DTYPE.value,
-                                   dtype=_DTYPE.value, overwrite=_OVERWRITE.value,
-                                   buffer_bytes=_BUFFER_MB.value * 2**20, progress=progress)
-  except (ValueError, FileNotFoundError, FileExistsError) as error:  # CheckpointError too
-    sys.exit(f"error: {error}")
+    config = user_errors.exit_on_user_error(lambda: checkpoint.convert_hf(
+        _HF_DIR.value, _OUT_DIR.value, param_dtype=_PARAM_DTYPE.value, dtype=_DTYPE.value,
+        overwrite=_OVERWRITE.value, buffer_bytes=_BUFFER_MB.value * 2**20, progress=progress),
+                                            "--out_dir")
   finally:
     bar.close()
   print(f"wrote {_OUT_DIR.value} ({config.family}, {config.num_layers} layers, params "

@@ -5,8 +5,9 @@ A checkpoint is a directory:
   config.json   the `ModelConfig` (dtype policy included)
   params/       an Orbax PyTree checkpoint of `init_params(config)`'s tree
   tokenizer/    the HF tokenizer and chat-template files, when converted from a directory with them
-  checksums.json  the SHA-256 of every file under params/ (`load` checks them; `fingerprint`
-                identifies the weights)
+  checksums.json  the SHA-256 of config.json and of every file under params/ and tokenizer/
+                (`load` checks them and refuses a checkpoint without them unless told not to
+                check; `fingerprint` identifies the weights and config)
 Every writer builds the directory under a temporary sibling name and renames it into place, so a
 failure never leaves a partial checkpoint behind; a writer that was killed leaves a hidden
 `.<name>.tmp-<pid>-...` sibling, which the next writer of that name removes.
@@ -15,13 +16,14 @@ failure never leaves a partial checkpoint behind; a writer that was killed leave
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
+import logging
 import os
 import pathlib
 import shutil
 import uuid
-import warnings
 from typing import Any, Callable, Iterator
 
 import jax
@@ -52,12 +54,22 @@ def _atomic_directory(target: str | os.PathLike, overwrite: bool) -> Iterator[pa
   if target.exists() and not overwrite:
     raise FileExistsError(f"{target} already exists (pass --overwrite / overwrite=True to "
                           "replace it)")
-  target.parent.mkdir(parents=True, exist_ok=True)
+  try:
+    target.parent.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise OSError(e.errno, f"cannot create its folder: {e.strerror}", str(target)) from None
   _remove_stale_temps(target)
   temp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
   try:
     temp.mkdir()
-    yield temp
+    try:
+      with _orbax_log_held_back():
+        yield temp
+    # pylint: disable-next=broad-except  (Orbax reports a full disk as a ValueError)
+    except Exception as error:
+      if _is_disk_full(error):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target)) from error
+      raise
     if target.exists():
       trash = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
       os.replace(target, trash)
@@ -69,6 +81,26 @@ def _atomic_directory(target: str | os.PathLike, overwrite: bool) -> Iterator[pa
     shutil.rmtree(temp, ignore_errors=True)
 
 
+def _is_disk_full(error: BaseException) -> bool:
+  if isinstance(error, OSError):
+    return error.errno in (errno.ENOSPC, errno.EDQUOT)
+  text = str(error)
+  return "No space left on device" in text or "os_error_code='28'" in text
+
+
+@contextlib.contextmanager
+def _orbax_log_held_back() -> Iterator[None]:
+  """Orbax logs a failed write's traceback (from a worker thread, at ERROR) before raising it;
+  the exception says the same, so the log is held back while a checkpoint is written."""
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  absl_logger.setLevel(logging.CRITICAL)
+  try:
+    yield
+  finally:
+    absl_logger.setLevel(level)
+
+
 def _remove_stale_temps(target: pathlib.Path) -> None:
   """Removes what a killed writer of `target` left (its process is gone)."""
   for stale in target.parent.glob(f".{target.name}.tmp-*"):
@@ -77,10 +109,18 @@ def _remove_stale_temps(target: pathlib.Path) -> None:
       shutil.rmtree(stale, ignore_errors=True)
 
 
-def _file_digests(directory: pathlib.Path) -> dict[str, str]:
+def _checked_files(directory: pathlib.Path) -> list[pathlib.Path]:
+  """The files checksums.json covers: config.json and everything under params/ and tokenizer/."""
+  files = [directory / CONFIG_FILE] if (directory / CONFIG_FILE).is_file() else []
+  for sub in (PARAMS_DIR, TOKENIZER_DIR):
+    files += sorted(p for p in (directory / sub).rglob("*") if p.is_file())
+  return files
+
+
+def _file_digests(directory: pathlib.Path, params_only: bool = False) -> dict[str, str]:
   digests = {}
-  for path in sorted((directory / PARAMS_DIR).rglob("*")):
-    if path.is_file():
+  for path in _checked_files(directory):
+    if not params_only or path.relative_to(directory).parts[0] == PARAMS_DIR:
       digest = hashlib.sha256()
       with open(path, "rb") as f:
         while chunk := f.read(1 << 24):
@@ -111,8 +151,9 @@ def _params_digests(params: Params) -> dict[str, str] | None:
 
 
 def _write_checksums(directory: pathlib.Path, tensor_digests: dict[str, str] | None) -> None:
-  """checksums.json: every params/ file's SHA-256, and a digest of the weights' values (Orbax's
-  file names and metadata differ between two writes of the same weights)."""
+  """checksums.json: the SHA-256 of every file `_checked_files` lists (so written last), and a
+  digest of the weights' values (Orbax's file names and metadata differ between two writes of
+  the same weights)."""
   record = {"weights": None if tensor_digests is None else _weights_digest(tensor_digests),
             "files": _file_digests(directory)}
   (directory / CHECKSUMS_FILE).write_text(json.dumps(record, indent=1))
@@ -123,16 +164,31 @@ def _corrupt(directory, what: str) -> CheckpointError:
                          "a copy)")
 
 
-def verify(directory: str | os.PathLike) -> None:
-  """Checks every params/ file against checksums.json; raises `CheckpointError` on a mismatch
-  (warns when there is no checksums.json)."""
-  directory = pathlib.Path(directory)
+def _read_checksums(directory: pathlib.Path) -> dict[str, Any]:
   path = directory / CHECKSUMS_FILE
-  if not path.is_file():
-    warnings.warn(f"{directory} has no {CHECKSUMS_FILE} (written by an older dllm_jax), so its "
-                  "files cannot be checked; re-convert it to have them checked", stacklevel=3)
-    return
-  want = json.loads(path.read_text())["files"]
+  try:
+    record = json.loads(path.read_text(encoding="utf-8"))
+  except (ValueError, UnicodeDecodeError) as e:
+    raise _corrupt(directory, f"{CHECKSUMS_FILE} is not valid JSON ({e})") from None
+  if not isinstance(record, dict) or not isinstance(record.get("files"), dict):
+    raise _corrupt(directory, f"{CHECKSUMS_FILE} lists no files")
+  return record
+
+
+def verify(directory: str | os.PathLike) -> None:
+  """Checks config.json and every params/ and tokenizer/ file against checksums.json; raises
+  `CheckpointError` on a mismatch, an unlisted file, or no (or an outdated) checksums.json."""
+  directory = pathlib.Path(directory)
+  fix = (f"run `python -m checkpoints_convert.update_checksums --ckpt_dir={directory}` if you "
+         "trust its files, or re-convert it (--noverify_checkpoint, verify_checksums=False, loads "
+         "it unchecked)")
+  if not (directory / CHECKSUMS_FILE).is_file():
+    raise CheckpointError(f"{directory} has no {CHECKSUMS_FILE}, so its files cannot be checked: "
+                          + fix)
+  want = _read_checksums(directory)["files"]
+  if CONFIG_FILE not in want:
+    raise CheckpointError(f"{directory / CHECKSUMS_FILE} does not cover {CONFIG_FILE} (written "
+                          "by an older dllm_jax): " + fix)
   got = _file_digests(directory)
   missing = sorted(set(want) - set(got))
   if missing:
@@ -141,16 +197,45 @@ def verify(directory: str | os.PathLike) -> None:
   if changed:
     raise _corrupt(directory, f"{len(changed)} file(s) differ from their checksums "
                               f"({changed[0]}, ...)")
+  unlisted = sorted(set(got) - set(want))
+  if unlisted:
+    raise _corrupt(directory, f"{len(unlisted)} file(s) not in {CHECKSUMS_FILE} "
+                              f"({unlisted[0]}, ...)")
+
+
+def update_checksums(directory: str | os.PathLike) -> pathlib.Path:
+  """Rewrites checksums.json to cover the checkpoint's files as they are now (a checkpoint of an
+  older dllm_jax, or one whose config.json or tokenizer files were changed on purpose). The
+  params/ files are first checked against the checksums they had, if any."""
+  directory = pathlib.Path(directory).absolute()
+  load_config(directory)
+  weights = None
+  if (directory / CHECKSUMS_FILE).is_file():
+    record = _read_checksums(directory)
+    params = {k: v for k, v in record["files"].items() if k.startswith(PARAMS_DIR + "/")}
+    got = _file_digests(directory, params_only=True)
+    changed = sorted(k for k in set(params) | set(got) if params.get(k) != got.get(k))
+    if changed:
+      raise _corrupt(directory, f"{len(changed)} params/ file(s) differ from their checksums "
+                                f"({changed[0]}, ...)")
+    weights = record.get("weights")
+  if weights is None:
+    params, _ = load(directory, verify_checksums=False)
+    digests = _params_digests(params)
+    weights = None if digests is None else _weights_digest(digests)
+  record = {"weights": weights, "files": _file_digests(directory)}
+  temp = directory / f".{CHECKSUMS_FILE}.tmp-{os.getpid()}"
+  temp.write_text(json.dumps(record, indent=1))
+  os.replace(temp, directory / CHECKSUMS_FILE)
+  return directory / CHECKSUMS_FILE
 
 
 def fingerprint(directory: str | os.PathLike) -> str:
   """A short hash that identifies a checkpoint's weights and config: the same for two
   conversions of the same weights, different when any value differs."""
   directory = pathlib.Path(directory)
-  path = directory / CHECKSUMS_FILE
-  record = json.loads(path.read_text()) if path.is_file() else {}
-  weights = record.get("weights") or _weights_digest(record.get("files") or
-                                                     _file_digests(directory))
+  record = _read_checksums(directory) if (directory / CHECKSUMS_FILE).is_file() else {}
+  weights = record.get("weights") or _weights_digest(_file_digests(directory, params_only=True))
   text = weights + load_config(directory).to_json()
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -160,8 +245,8 @@ def save(directory: str | os.PathLike, params: Params, config: ModelConfig, *,
   """Writes `params` (any placement; gathered by Orbax) and `config` as a checkpoint."""
   with _atomic_directory(directory, overwrite) as temp:
     ocp.save(temp / PARAMS_DIR, params)
-    _write_checksums(temp, _params_digests(params))
     (temp / CONFIG_FILE).write_text(config.to_json())
+    _write_checksums(temp, _params_digests(params))
   return pathlib.Path(directory)
 
 
@@ -169,7 +254,11 @@ def load_config(directory: str | os.PathLike) -> ModelConfig:
   path = pathlib.Path(directory) / CONFIG_FILE
   if not path.is_file():
     raise FileNotFoundError(f"{directory} is not a dllm_jax checkpoint (no {CONFIG_FILE})")
-  return ModelConfig.from_json(path.read_text())
+  try:
+    return ModelConfig.from_json(path.read_text(encoding="utf-8"))
+  except (ValueError, TypeError, UnicodeDecodeError) as e:  # not JSON, or not a ModelConfig
+    first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    raise _corrupt(directory, f"{CONFIG_FILE} is not a model config ({first})") from None
 
 
 def load(directory: str | os.PathLike, mesh: jax.sharding.Mesh | None = None, *,
@@ -279,23 +368,35 @@ def convert_hf(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
           progress(n + 1, len(infos))
         buffer, buffered = {}, 0
     ocp.partial.finalize(temp / PARAMS_DIR)
-    _write_checksums(temp, digests)
     (temp / CONFIG_FILE).write_text(config.to_json())
-    tokenizer_files = [hf_dir / name for name in TOKENIZER_FILES if (hf_dir / name).is_file()]
-    if tokenizer_files:
-      (temp / TOKENIZER_DIR).mkdir()
-      for file in tokenizer_files:
-        shutil.copy2(file, temp / TOKENIZER_DIR / file.name)
+    _copy_tokenizer_files(hf_dir, temp / TOKENIZER_DIR)
+    _write_checksums(temp, digests)
   return config
 
 
+def _copy_tokenizer_files(source: pathlib.Path, target: pathlib.Path) -> None:
+  """Copies those of `TOKENIZER_FILES` that `source` holds into `target` (made if any is)."""
+  files = [source / name for name in TOKENIZER_FILES if (source / name).is_file()]
+  if files:
+    target.mkdir(exist_ok=True)
+    for file in files:
+      shutil.copy2(file, target / file.name)
+
+
 def export_hf(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
-              max_shard_bytes: int = 5 * 2**30, overwrite: bool = False) -> list[pathlib.Path]:
-  """Writes a checkpoint back as HF safetensors in its family's original key layout."""
-  params, config = load(ckpt_dir)
+              max_shard_bytes: int = 5 * 2**30, overwrite: bool = False,
+              verify_checksums: bool = True) -> list[pathlib.Path]:
+  """Writes a checkpoint back as HF safetensors in its family's original key layout, with the
+  tokenizer files it carries (as `convert_hf` took them)."""
+  out = pathlib.Path(out_dir).absolute()
+  if out.exists() and not overwrite:  # before the (long) load
+    raise FileExistsError(f"{out} already exists (pass --overwrite / overwrite=True to "
+                          "replace it)")
+  params, config = load(ckpt_dir, verify_checksums=verify_checksums)
   with _atomic_directory(out_dir, overwrite) as temp:
     tensors = ((key, hf_layout.to_hf(np.asarray(hf_layout.get_path(params, path)), transform))
                for key, (path, transform) in hf_layout.key_map(config).items())
     files = write_checkpoint(tensors, temp, max_shard_bytes)
     (temp / CONFIG_FILE).write_text(json.dumps(to_hf_config(config), indent=2))
+    _copy_tokenizer_files(pathlib.Path(ckpt_dir) / TOKENIZER_DIR, temp)
   return [pathlib.Path(out_dir) / f.name for f in files]

@@ -16,6 +16,7 @@ import sys
 
 from absl import app, flags
 
+from dllm_jax import user_errors
 from dllm_jax.eval import report
 
 _RUNS = flags.DEFINE_list("runs", None, "Run directories (output_dir of experiments/run.py).",
@@ -25,12 +26,12 @@ _BASELINES = flags.DEFINE_list("baselines", [], "Labels of the runs that are fre
                                "(random, low-confidence, tempered, TPP, EGI, ...).")
 
 
-def main(argv):
-  del argv
-  try:
-    summaries = report.summarize_runs(_RUNS.value)
-  except (OSError, ValueError) as error:
-    sys.exit(f"error: {error}")
+def _report() -> None:
+  out = pathlib.Path(_OUT.value)
+  if out.exists() and not out.is_dir():
+    raise NotADirectoryError(f"--out={out} is a file; name a directory for report.md and the "
+                             "plots")
+  summaries = report.summarize_runs(_RUNS.value)
   for s in summaries:
     for warning in s.warnings:
       print(f"warning: {s.label}: {warning}", file=sys.stderr)
@@ -43,11 +44,15 @@ def main(argv):
   if lines:
     text += "\n" + "\n".join(f"- {line}" for line in lines) + "\n"
   print(text)
-  out = pathlib.Path(_OUT.value)
   out.mkdir(parents=True, exist_ok=True)
   (out / "report.md").write_text(text)
   for path in report.plot(summaries, out):
     print(f"wrote {path}")
+
+
+def main(argv):
+  del argv
+  user_errors.exit_on_user_error(_report, "--out")
 
 
 if __name__ == "__main__":

@@ -14,10 +14,9 @@ from __future__ import annotations
 import pathlib
 import sys
 
-import jax
 from absl import app, flags, logging
 
-from dllm_jax.eval import experiment, report, runner
+# JAX and dllm_jax are imported in main(), after a line saying so: they take seconds to load.
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "dllm_jax checkpoint directory.",
                                   required=True)
@@ -94,12 +93,9 @@ _VERIFY = flags.DEFINE_bool("verify_checkpoint", True, "Check the checkpoint's f
                             "their checksums before loading (--noverify_checkpoint skips it).")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Phase lines and a progress bar on stderr.")
 
-# Errors a person can fix from the message alone: printed as one line, without a traceback.
-_USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
-                PermissionError, runner.RunInUseError)
-
 
 def _run():
+  from dllm_jax.eval import experiment  # pylint: disable=import-outside-toplevel
   streaming = {"window": _WINDOW.value, "entropy_threshold": _ENTROPY_THRESHOLD.value}
   penalty = _POSITION_PENALTY.value
   if _REMASKING.value in experiment.STREAMING_RULES:
@@ -133,20 +129,28 @@ def _run():
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # Orbax logs every step of its work at INFO
+  if _PROGRESS.value:
+    print("importing JAX and dllm_jax ...", file=sys.stderr, flush=True)
+  # pylint: disable=import-outside-toplevel
+  import jax
+  from dllm_jax import user_errors
+  from dllm_jax.eval import report, runner
+  # pylint: enable=import-outside-toplevel
   try:
     out = _run()
   except KeyboardInterrupt:
     sys.exit(f"\ninterrupted: every finished batch is saved in {_OUTPUT.value}; run the same "
              "command to resume")
-  except _USER_ERRORS as error:
-    sys.exit(f"error: {error}")
+  except (*user_errors.USER_ERRORS, runner.RunInUseError) as error:
+    # Errors a person can fix from the message alone: one line, without a traceback.
+    sys.exit(user_errors.one_line(error, "--output_dir"))
   if jax.process_index() != 0:
     return
   if jax.process_count() > 1:  # the other processes may still be writing their last batch
     print(f"done: results in {out} (one file per process); report: python -m experiments.report "
           f"--runs={out} --out=<dir>")
     return
-  summary = report.summarize(out)
+  summary = user_errors.exit_on_user_error(lambda: report.summarize(out))
   files = ", ".join(str(p) for p in runner.results_files(out))
   print(f"done: {summary.problems} problems x {summary.samples} samples, pass@1 "
         f"{summary.pass_at[1]:.3f}, {summary.seconds_per_sample:.3f} s/sample (compilation "

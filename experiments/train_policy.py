@@ -12,9 +12,11 @@ Multi-host: as experiments/run.py (--coordinator_address ... or --distributed).
 
 from __future__ import annotations
 
+import pathlib
+
 from absl import app, flags, logging
 
-from dllm_jax import policy_training
+from dllm_jax import policy_training, user_errors
 from dllm_jax.eval import experiment
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "dllm_jax checkpoint directory.",
@@ -57,6 +59,14 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "jax.distributed.initiali
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
+  # Errors a person can fix from the message alone: one line, without a traceback.
+  user_errors.exit_on_user_error(_train, "--output_dir")
+
+
+def _train():
+  if pathlib.Path(_OUTPUT.value).is_file():
+    raise NotADirectoryError(f"--output_dir {_OUTPUT.value} is a file; name a directory (a new "
+                             "one, or a training run's to resume it)")
   experiment.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                                     _DISTRIBUTED.value)
   config = policy_training.GRPOConfig(

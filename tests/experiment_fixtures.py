@@ -43,4 +43,5 @@ def write_tiny_checkpoint(directory: pathlib.Path, shared_data: pathlib.Path,
   tokenizer.save(str(directory / "tokenizer" / "tokenizer.json"))
   (directory / "tokenizer" / "tokenizer_config.json").write_text(json.dumps(
       {"pad_token": "<pad>", "eos_token": "<|endoftext|>", "mask_token": "<|mdm_mask|>"}))
+  checkpoint.update_checksums(directory)  # the tokenizer files are checked too
   return directory

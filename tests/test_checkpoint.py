@@ -304,8 +304,120 @@ def test_the_converter_command_is_quiet_and_its_errors_are_one_line(tmp_path):
       f"error: {tmp_path / 'jax'} already exists (pass --overwrite / overwrite=True to replace it)"]
 
 
-def test_a_checkpoint_without_checksums_loads_with_a_warning(tmp_path):
-  ckpt = _converted(tmp_path)
+def _converted_with_tokenizer(tmp_path):
+  cfg = fx.llada_hf_config()
+  fx.write_checkpoint(tmp_path / "hf", cfg, fx.random_tensors(cfg, seed=3))
+  (tmp_path / "hf" / "tokenizer_config.json").write_text('{"chat_template": "{{ x }}"}')
+  (tmp_path / "hf" / "tokenizer.json").write_text("{}")
+  checkpoint.convert_hf(tmp_path / "hf", tmp_path / "jax")
+  return tmp_path / "jax"
+
+
+def _one_line_error(function, kind=CheckpointError):
+  with pytest.raises(kind) as info:
+    function()
+  message = str(info.value)
+  assert "\n" not in message and len(message) < 500, message
+  return message
+
+
+@pytest.mark.parametrize("edit", ["rope_theta", "norm_eps", "tokenizer", "chat_template",
+                                  "extra_tokenizer_file"])
+def test_config_and_tokenizer_files_are_checked_too(tmp_path, edit):
+  ckpt = _converted_with_tokenizer(tmp_path)
+  checkpoint.load(ckpt)  # intact: loads
+  config_path = ckpt / "config.json"
+  if edit in ("rope_theta", "norm_eps"):  # runs, with other outputs, when nothing checks it
+    fields = json.loads(config_path.read_text())
+    fields[edit] *= 2
+    config_path.write_text(json.dumps(fields))
+    expect = "config.json"
+  elif edit == "tokenizer":
+    (ckpt / "tokenizer" / "tokenizer.json").write_text('{"model": {}}')
+    expect = "tokenizer/tokenizer.json"
+  elif edit == "chat_template":
+    (ckpt / "tokenizer" / "tokenizer_config.json").write_text('{"chat_template": "{{ y }}"}')
+    expect = "tokenizer/tokenizer_config.json"
+  else:  # a chat template dropped in beside the others would take over
+    (ckpt / "tokenizer" / "chat_template.jinja").write_text("{{ z }}")
+    expect = "not in checksums.json (tokenizer/chat_template.jinja"
+  message = _one_line_error(lambda: checkpoint.load(ckpt))
+  assert message.startswith("checkpoint corrupt:") and expect in message, message
+  checkpoint.load(ckpt, verify_checksums=False)  # the user may choose not to check
+
+
+def test_a_checkpoint_without_checksums_is_refused_unless_unchecked(tmp_path):
+  ckpt = _converted_with_tokenizer(tmp_path)
   (ckpt / checkpoint.CHECKSUMS_FILE).unlink()
-  with pytest.warns(UserWarning, match="no checksums.json"):
-    checkpoint.load(ckpt)
+  message = _one_line_error(lambda: checkpoint.load(ckpt))
+  assert "has no checksums.json" in message and "--noverify_checkpoint" in message, message
+  assert "checkpoints_convert.update_checksums" in message
+  params, _ = checkpoint.load(ckpt, verify_checksums=False)
+  checkpoint.update_checksums(ckpt)  # the user trusts the files: checked from now on
+  checkpoint.load(ckpt)
+  want = checkpoint._params_digests(params)  # pylint: disable=protected-access
+  assert json.loads((ckpt / "checksums.json").read_text())["weights"] == (
+      checkpoint._weights_digest(want))  # pylint: disable=protected-access
+
+
+def test_checksums_of_an_older_version_are_updated_only_over_intact_weights(tmp_path):
+  ckpt = _converted_with_tokenizer(tmp_path)
+  before = checkpoint.fingerprint(ckpt)
+  path = ckpt / checkpoint.CHECKSUMS_FILE
+  record = json.loads(path.read_text())
+  record["files"] = {k: v for k, v in record["files"].items() if k.startswith("params/")}
+  path.write_text(json.dumps(record))  # what dllm_jax wrote before it covered config.json
+  message = _one_line_error(lambda: checkpoint.load(ckpt))
+  assert "does not cover config.json" in message and "update_checksums" in message, message
+  victim = _biggest_params_file(ckpt)
+  intact = victim.read_bytes()
+  victim.write_bytes(intact[:-1] + bytes([intact[-1] ^ 1]))
+  message = _one_line_error(lambda: checkpoint.update_checksums(ckpt))
+  assert "params/ file(s) differ" in message, message
+  victim.write_bytes(intact)
+  checkpoint.update_checksums(ckpt)
+  checkpoint.load(ckpt)
+  assert checkpoint.fingerprint(ckpt) == before
+
+
+@pytest.mark.parametrize("name", ["countdown_tiny", "lagged_difference_tiny"])
+def test_the_built_in_models_ship_full_checksums(name):
+  from dllm_jax.tasks import builtin  # pylint: disable=import-outside-toplevel
+  directory = builtin.ASSETS / name
+  checkpoint.verify(directory)
+  assert "config.json" in json.loads((directory / "checksums.json").read_text())["files"]
+
+
+@pytest.mark.parametrize("victim", ["config.json", "checksums.json"])
+@pytest.mark.parametrize("content", [b"{not json", b"\xff\xfe\x00binary", b"[1, 2]"])
+def test_config_or_checksums_that_are_not_json_give_one_line(tmp_path, victim, content):
+  ckpt = _converted(tmp_path)
+  (ckpt / victim).write_bytes(content)
+  message = _one_line_error(lambda: checkpoint.load(ckpt))
+  assert message.startswith("checkpoint corrupt:") and victim in message, message
+  if victim == "config.json":  # unchecked too
+    message = _one_line_error(lambda: checkpoint.load(ckpt, verify_checksums=False))
+    assert victim in message and "re-convert" in message, message
+
+
+def test_a_corrupt_tokenizer_file_gives_one_line(tmp_path):
+  from dllm_jax.data import tokenize  # pylint: disable=import-outside-toplevel
+  (tmp_path / "tokenizer.json").write_bytes(b'{"version": "1.0", "model": {"type": "BPE", ')
+  message = _one_line_error(lambda: tokenize.CheckpointTokenizer.from_checkpoint(tmp_path),
+                            ValueError)
+  assert str(tmp_path / "tokenizer.json") in message and "restore it" in message, message
+
+
+def test_export_carries_the_tokenizer_files_and_refuses_an_existing_folder(tmp_path):
+  ckpt = _converted_with_tokenizer(tmp_path)
+  checkpoint.export_hf(ckpt, tmp_path / "back")
+  for name in ("tokenizer.json", "tokenizer_config.json"):
+    assert (tmp_path / "back" / name).read_bytes() == (tmp_path / "hf" / name).read_bytes()
+  message = _one_line_error(lambda: checkpoint.export_hf(ckpt, tmp_path / "back"),
+                            FileExistsError)
+  assert "already exists (pass --overwrite" in message, message
+  # The export converts back to the same checkpoint, tokenizer files included.
+  checkpoint.convert_hf(tmp_path / "back", tmp_path / "again")
+  assert checkpoint.fingerprint(tmp_path / "again") == checkpoint.fingerprint(ckpt)
+  assert sorted(p.name for p in (tmp_path / "again" / "tokenizer").iterdir()) == [
+      "tokenizer.json", "tokenizer_config.json"]

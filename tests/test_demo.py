@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from dllm_jax.tasks import countdown_demo
+from dllm_jax.tasks import countdown_demo, draws
 from tests.conftest import REPO_ROOT
 
 
@@ -51,3 +51,21 @@ def test_demo_at_reduced_size(tmp_path):
   assert (tmp_path / "table.md").read_text() in out
   assert (tmp_path / "tradeoff.png").stat().st_size > 10_000
   assert len((tmp_path / "verdicts.md").read_text().splitlines()) == len(verdicts)
+
+
+def test_the_eta_counts_imh_rows_at_their_cost():
+  """IMH's rows cost about K times a baseline's: an ETA that counted rows alone said 25 s at 124 s
+  elapsed of a run that took 201 s."""
+  model = countdown_demo.load_builtin()
+  samplers = {**countdown_demo.baseline_samplers(model), **countdown_demo.imh_samplers(model, 2.0, 8)}
+  costs = [draws.forward_passes_per_row(s) for s in samplers.values()]
+  gen = countdown_demo.countdown_data.gen_length(model.task)
+  assert costs == [gen] * 5 + [1 + 8 * gen]  # the NFE the demo measures (test above)
+  now = [0.0]
+  progress = draws.Progress(clock=lambda: now[0])
+  for cost in costs:
+    progress.add(100, cost)
+  for label, cost in list(zip(samplers, costs))[:5]:  # time in proportion to forward passes
+    now[0] += cost
+    progress.update(100, label, cost)
+  assert progress.eta() == pytest.approx(costs[-1])  # what the IMH rows will take

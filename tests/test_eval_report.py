@@ -93,3 +93,49 @@ def test_verdicts_against_baseline_runs(tmp_path):
   assert verdicts[0].holds and not verdicts[2].holds and verdicts[2].estimate < 0
   with pytest.raises(ValueError, match="--baselines names 'nope'"):
     report.verdicts(runs, labels, ["nope"])
+
+
+def test_records_of_problems_not_in_the_run_are_ignored_with_a_warning(tmp_path):
+  run = _write_run(tmp_path / "run", {"math500/a": [True, False], "math500/b": [False, False]},
+                   n=2)
+  clean = report.summarize(run)
+  assert clean.problems == 2 and clean.pass_at[1] == pytest.approx(0.25)
+  # Another benchmark's records appended to the file: 4 problems x 2 samples, all correct.
+  strays = [json.dumps(_record(f"humaneval/{i}", s, True)) for i in range(4) for s in range(2)]
+  with open(run / "results.jsonl", "a") as f:
+    f.write("\n".join(strays) + "\n")
+  again = report.summarize(run)
+  assert (again.problems, again.samples) == (2, 2)
+  assert again.pass_at == clean.pass_at
+  assert any("ignored 8 records of problems that are not in this run (first: humaneval/0)" in w
+             for w in again.warnings), again.warnings
+
+
+@pytest.mark.parametrize("line,problem", [
+    ("{}", "a record without ['problem_id', 'sample'"),
+    ("[1, 2]", "a JSON list, not a record"),
+    ('{"problem_id": "math500/a", "sample": "0", "answer": "1", "correct": true, "nfe": 8, '
+     '"seconds": 0.1, "neg_logprob": 1.0}', "['sample'] have the wrong type"),
+    ("{not json", "malformed results line")])
+def test_a_bad_results_line_names_the_file_and_line(tmp_path, line, problem):
+  from dllm_jax.eval import runner  # pylint: disable=import-outside-toplevel
+  run = _write_run(tmp_path / "run", RUN, n=4)
+  text = (run / "results.jsonl").read_text().splitlines()
+  text.insert(3, line)  # not the last line: a cut-off last line is an interruption, skipped
+  (run / "results.jsonl").write_text("\n".join(text) + "\n")
+  for read in (report.summarize, runner.read_results):  # the report, and a run's resume
+    with pytest.raises(ValueError) as info:
+      read(run)
+    message = str(info.value)
+    assert message.startswith(f"{run / 'results.jsonl'}:4: ") and problem in message, message
+    assert "\n" not in message and "fix that line" in message
+
+
+@pytest.mark.parametrize("content", [b"{broken", b"\x00\xff binary", b"[]"])
+def test_a_run_config_that_is_not_a_record_gives_one_line(tmp_path, content):
+  run = _write_run(tmp_path / "run", RUN, n=4)
+  (run / "config.json").write_bytes(content)
+  with pytest.raises(ValueError) as info:
+    report.summarize(run)
+  message = str(info.value)
+  assert message.startswith(str(run / "config.json")) and "\n" not in message, message

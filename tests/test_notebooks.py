@@ -59,3 +59,43 @@ def test_the_install_cell_finds_the_repository_without_a_placeholder(path, tmp_p
                                if k not in ("PYTHONPATH", "DLLM_JAX_SOURCE")})
   assert result.returncode != 0
   assert "upload the repository folder" in result.stderr, result.stderr[-1000:]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_the_install_cell_takes_a_git_url_or_a_wheel_and_says_so(path):
+  notebook = nbformat.read(path, as_version=4)
+  intro = notebook.cells[0].source
+  assert notebook.cells[0].cell_type == "markdown"
+  for words in ("DLLM_JAX_SOURCE", "git URL", "wheel"):
+    assert words in intro, (path.name, words)
+  namespace = {}
+  exec(_install_cell(path), namespace)  # pylint: disable=exec-used  (installed here: no pip)
+  extras = "[convert]" if path.stem == "quickstart_tpu" else ""
+  requirement = namespace["requirement"]
+  assert requirement("https://github.com/o/dllm_jax.git") == (
+      f"dllm_jax{extras} @ git+https://github.com/o/dllm_jax.git")
+  assert requirement("git+https://github.com/o/dllm_jax.git@v1") == (
+      f"dllm_jax{extras} @ git+https://github.com/o/dllm_jax.git@v1")
+  assert requirement("/content/dllm_jax-0.1.0-py3-none-any.whl") == (
+      f"/content/dllm_jax-0.1.0-py3-none-any.whl{extras}")
+  assert requirement("https://x.org/dllm_jax-0.1.0-py3-none-any.whl") == (
+      f"dllm_jax{extras} @ https://x.org/dllm_jax-0.1.0-py3-none-any.whl")
+
+
+@pytest.mark.slow
+def test_a_bad_install_source_fails_with_the_instruction(tmp_path):
+  """Where dllm_jax is missing: DLLM_JAX_SOURCE naming nothing, or a file pip cannot install,
+  stops the cell with what to set (pip runs only on the broken file: nothing gets installed)."""
+  source = _install_cell(NOTEBOOKS[0])
+  broken = tmp_path / "dllm_jax-0.1.0-py3-none-any.whl"
+  broken.write_bytes(b"not a zip archive")
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  for value, expected in ((str(tmp_path / "missing.whl"), "does not exist"),
+                          (str(broken), "pip could not install dllm_jax from")):
+    result = subprocess.run([sys.executable, "-S", "-c", source], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120, check=False,
+                            env={**env, "DLLM_JAX_SOURCE": value})
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert expected in last and "set DLLM_JAX_SOURCE to a git URL" in last, last
+    assert "wheel (.whl)" in last, last

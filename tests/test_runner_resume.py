@@ -10,7 +10,7 @@ import pytest
 
 from dllm_jax import checkpoint, models, sampling, sharding
 from dllm_jax.data import jsonl, prompts, tokenize
-from dllm_jax.eval import experiment, runner
+from dllm_jax.eval import experiment, run_record, runner
 from tests.experiment_fixtures import write_tiny_checkpoint
 
 
@@ -206,3 +206,72 @@ def test_a_relative_output_dir_works(setup, tmp_path, monkeypatch):
   out = _run(setup, "runs/rel", _random_sampler(config))
   assert out == tmp_path / "runs" / "rel"
   assert len(runner.read_results(tmp_path / "runs" / "rel")) == 15
+
+
+def _benchmark(ckpt, shared_data, out, **changes):
+  kwargs = dict(checkpoint_dir=ckpt, tokenizer_dir=None, benchmark="math500",
+                data_path=str(shared_data), limit=1, chat_template="auto", mesh_spec="data=-1",
+                output_dir=str(out), n_samples=1, batch_size=8, seed=0, allow_greedy=False,
+                rule={"name": "low_confidence"}, sampler_fields={"gen_length": 8},
+                progress=False)
+  return experiment.run_benchmark(**{**kwargs, **changes})
+
+
+def test_a_moved_checkpoint_with_identical_files_resumes_its_run(shared_data, tmp_path):
+  write_tiny_checkpoint(tmp_path / "a" / "ckpt", shared_data)
+  out = tmp_path / "out"
+  _benchmark(tmp_path / "a" / "ckpt", shared_data, out)
+  shutil.move(tmp_path / "a", tmp_path / "b")
+  _benchmark(tmp_path / "b" / "ckpt", shared_data, out)  # the same files elsewhere: resumes
+  assert len(runner.read_results(out)) == 1
+  # Other tokenizer files are another run, wherever they lie.
+  config_path = tmp_path / "b" / "ckpt" / "tokenizer" / "tokenizer_config.json"
+  config_path.write_text(json.dumps({**json.loads(config_path.read_text()),
+                                     "model_max_length": 64}))
+  checkpoint.update_checksums(tmp_path / "b" / "ckpt")
+  with pytest.raises(ValueError, match=r"differs in \['tokenizer'\]"):
+    _benchmark(tmp_path / "b" / "ckpt", shared_data, out)
+
+
+def test_an_older_record_with_fewer_defaulted_fields_resumes(shared_data, tmp_path):
+  ckpt = write_tiny_checkpoint(tmp_path / "ckpt", shared_data)
+  out = tmp_path / "out"
+  _benchmark(ckpt, shared_data, out)
+  new = json.loads((out / "config.json").read_text())
+  template = prompts.load_chat_template(ckpt / "tokenizer", family="llada")
+  # What an older dllm_jax wrote: fields added since are absent (a model-config field, the
+  # sampler's cache), and paths stand where content fingerprints now do.
+  old = {k: v for k, v in new.items() if k != "tokenizer"}
+  old["model"] = {k: v for k, v in new["model"].items() if k != "topological_causal"}
+  assert ", cache=None)" in new["sampler"]
+  old["sampler"] = new["sampler"].replace(", cache=None)", ")")
+  old["checkpoint"], old["chat_template"] = str(ckpt), template.source
+
+  def resume(record, **changes):
+    (out / "config.json").write_text(json.dumps(record))
+    return _benchmark(ckpt, shared_data, out, **changes)
+
+  resume(old)
+  assert json.loads((out / "config.json").read_text()) == new  # rewritten in the current form
+  assert len(runner.read_results(out)) == 1
+  # Not the same run: a field missing that has no default, a new field away from its default,
+  # another checkpoint path in an older record.
+  with pytest.raises(ValueError, match=r"differs in \['model'\]"):
+    resume({**old, "model": {k: v for k, v in old["model"].items() if k != "rope_theta"}})
+  with pytest.raises(ValueError, match=r"differs in \['sampler'\]"):
+    resume(old, cache="prefix")
+  with pytest.raises(ValueError, match=r"differs in \['chat_template', 'checkpoint', 'tok"):
+    resume({**old, "checkpoint": str(tmp_path / "elsewhere")})
+  resume(old)  # the refusals changed nothing
+
+
+def test_an_older_sampler_record_matches_at_any_depth():
+  config = models.llada_tiny(vocab_size=600)
+  sampler = sampling.Sampler.for_model(config, gen_length=8, remasking=sampling.LowConfidence())
+  text = repr(sampler)
+  assert run_record.same_sampler(text, sampler)
+  older = text.replace("LowConfidence(alg_temp=0.0)", "LowConfidence()")
+  assert older != text and run_record.same_sampler(older, sampler)
+  assert not run_record.same_sampler(older, sampler.replace(
+      remasking=sampling.LowConfidence(alg_temp=0.5)))
+  assert not run_record.same_sampler(text.replace("gen_length=8, ", ""), sampler)  # no default

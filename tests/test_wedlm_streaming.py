@@ -377,6 +377,7 @@ def test_benchmark_run_with_streaming_decoding(shared_data, tmp_path):
   tokenizer.save(str(ckpt / "tokenizer" / "tokenizer.json"))
   (ckpt / "tokenizer" / "tokenizer_config.json").write_text(json.dumps(
       {"pad_token": "<pad>", "eos_token": "<|endoftext|>", "mask_token": "<|mdm_mask|>"}))
+  checkpoint.update_checksums(ckpt)  # the tokenizer files are checked too
   fields = dict(gen_length=16, block_length=None, steps=None, temperature=None, top_p=None,
                 top_k=None, cfg_scale=0.0, forbid_eos=False, eos_confidence_inf=False)
   experiment.run_benchmark(

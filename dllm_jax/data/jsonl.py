@@ -118,8 +118,15 @@ def read_records(path: PathLike) -> list[RawRecord]:
   """Rows of a `.jsonl`, `.jsonl.gz` or `.json` (array of objects) file, blank lines skipped."""
   path = pathlib.Path(path)
   opener: Callable[..., Any] = gzip.open if path.suffix == ".gz" else open
-  with opener(path, "rt", encoding="utf-8") as f:
-    text = f.read()
+  try:
+    with opener(path, "rt", encoding="utf-8") as f:
+      text = f.read()
+  except UnicodeDecodeError as e:
+    raise DataFormatError(f"{path}: not a UTF-8 text file (byte {e.object[e.start]:#04x} at offset "
+                          f"{e.start}); give a .jsonl or .json file of records") from None
+  except (gzip.BadGzipFile, EOFError) as e:
+    raise DataFormatError(f"{path}: not a readable gzip file ({e}); give a .jsonl.gz file of "
+                          "records, or a plain .jsonl") from None
   if path.suffix == ".json":
     try:
       rows = json.loads(text)

@@ -54,6 +54,8 @@ def read_json_object(path: pathlib.Path) -> dict[str, Any]:
     value = json.loads(path.read_text(encoding="utf-8"))
   except json.JSONDecodeError as e:
     raise ValueError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from e
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{path}: not a UTF-8 text file (byte offset {e.start}); restore it") from None
   if not isinstance(value, dict):
     raise ValueError(f"{path}: expected a JSON object")
   return value
@@ -106,7 +108,13 @@ class CheckpointTokenizer:
     unknown = set(overrides) - {"pad_id", "eos_id", "mask_id", "bos_id"}
     if unknown:
       raise TypeError(f"unknown special ids {sorted(unknown)}")
-    tokenizer = tokenizers.Tokenizer.from_file(str(tokenizer_path))
+    try:
+      tokenizer = tokenizers.Tokenizer.from_file(str(tokenizer_path))
+    except Exception as e:  # pylint: disable=broad-except  (the Rust library raises Exception)
+      first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+      raise ValueError(f"{tokenizer_path} is not a readable tokenizer ({first}); restore it, "
+                       "re-convert the checkpoint, or point --tokenizer_dir at good files"
+                       ) from None
     configs = [(directory / name) for name in
                ("tokenizer_config.json", "special_tokens_map.json")]
     token_configs = [read_json_object(path) for path in configs if path.is_file()]

@@ -3,7 +3,6 @@ the sampler, and hand everything to `runner.run`. What `experiments/run.py` call
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import pathlib
 import sys
@@ -13,7 +12,7 @@ import jax
 
 from dllm_jax import checkpoint, models, sampling, sharding
 from dllm_jax.data import jsonl, prompts, tokenize
-from dllm_jax.eval import runner
+from dllm_jax.eval import run_record, runner
 from dllm_jax.sampling.by_name import rule_from_name
 from dllm_jax.sampling.imh import IMH
 from dllm_jax.sampling.streaming import StreamingSampler
@@ -93,12 +92,10 @@ def run_benchmark(*, checkpoint_dir: pathlib.Path, tokenizer_dir: str | None, be
         cache=None if cache == "none" else sampling.BlockCache(cache), **sampler_fields)
   stop_ids = [t for t in (config.eos_token_id, config.eot_token_id) if t is not None]
   stop_sequences = [tokenizer.encode(text) for text in stop_strings]
-  run_config = {"checkpoint": str(checkpoint_dir),
-                "weights": checkpoint.fingerprint(checkpoint_dir),
-                "model": dataclasses.asdict(config),
-                "benchmark": benchmark, "problems": [p.id for p in problems],
-                "chat_template": template.source if template else None,
-                "sampler": repr(sampler), "n_samples": n_samples, "seed": seed}
+  run_config = run_record.build(
+      checkpoint_dir=checkpoint_dir, tokenizer_dir=tokenizer_dir, config=config,
+      benchmark=benchmark, problem_ids=[p.id for p in problems], template=template,
+      sampler=sampler, n_samples=n_samples, seed=seed)
   if stop_strings:  # absent otherwise, so that earlier runs still resume
     run_config["stop_strings"] = list(stop_strings)
   return runner.run(
@@ -109,7 +106,9 @@ def run_benchmark(*, checkpoint_dir: pathlib.Path, tokenizer_dir: str | None, be
       model=runner.Model(models.make_denoise(config), params, config.max_length),
       sampler=sampler, n_samples=n_samples, output_dir=output_dir, run_config=run_config,
       mesh=mesh, batch_size=batch_size, seed=seed, allow_greedy=allow_greedy, progress=progress,
-      log=log if jax.process_index() == 0 else None)
+      log=log if jax.process_index() == 0 else None,
+      equivalent=run_record.equivalence(sampler=sampler, checkpoint_dir=checkpoint_dir,
+                                        template=template))
 
 
 STREAMING_RULES = ("wedlm_streaming", "wedlm_streaming_imh")

@@ -2,8 +2,9 @@
 
 A run is an output directory of `runner.run`: its `config.json` and its own results files
 (`runner.read_results`: other files there, such as a backup copy, are ignored, and each
-(problem, sample) counts once). Samples beyond the run's `n_samples` are left out; a run with
-problems missing or short of samples gets a warning. Its label is the directory name, with as
+(problem, sample) counts once). Samples beyond the run's `n_samples` and records of problems that
+are not the run's are left out (the latter with a warning); a run with problems missing or short
+of samples gets a warning. Its label is the directory name, with as
 many parent directories as it takes to tell the runs of one report apart.
 
 Every figure has its bootstrap standard error over problems (`compare`), NFE stands beside it,
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import pathlib
 import re
 from typing import Any, Sequence
@@ -48,20 +48,24 @@ BOOTSTRAP_RESAMPLES = 1000
 
 def summarize(run_dir: str | pathlib.Path) -> RunSummary:
   run_dir = pathlib.Path(run_dir)
-  config_path = run_dir / runner.CONFIG_FILE
-  if not config_path.is_file():
-    raise FileNotFoundError(f"{run_dir} is not a run directory (no {runner.CONFIG_FILE})")
-  config = json.loads(config_path.read_text())
+  config = runner.read_run_config(run_dir)
   n_config = config.get("n_samples")
+  expected = config.get("problems")
   records = [r for r in runner.read_results(run_dir)
              if n_config is None or r["sample"] < n_config]
+  warnings = []
+  if expected is not None:
+    in_run = set(expected)
+    strays = [r["problem_id"] for r in records if r["problem_id"] not in in_run]
+    if strays:
+      warnings.append(f"ignored {len(strays)} records of problems that are not in this run "
+                      f"(first: {strays[0]}); they were appended from elsewhere")
+      records = [r for r in records if r["problem_id"] in in_run]
   if not records:
     raise ValueError(f"{run_dir} has no results yet")
   by_problem: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
   for record in records:
     by_problem[record["problem_id"]].append(record)
-  warnings = []
-  expected = config.get("problems")
   if expected is not None:
     missing = [p for p in expected if p not in by_problem]
     if missing:

@@ -21,6 +21,7 @@ directory is refused). Everything is validated before anything is written.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fcntl
 import json
 import os
@@ -48,6 +49,7 @@ from dllm_jax.sampling.remasking import (DreamOrigin, Entropy, LowConfidence, Ma
                                          Threshold, TopKMargin, WeDLMEntropy)
 
 CONFIG_FILE, VERSIONS_FILE, LOCK_FILE = "config.json", "versions.json", "run.lock"
+ABSENT = object()  # what a run's `equivalent` gets for a key that one of two records lacks
 _RESULTS_NAME = re.compile(r"results(\.process-\d{5}-of-\d{5})?\.jsonl")
 
 
@@ -105,20 +107,45 @@ def results_files(output_dir: pathlib.Path) -> list[pathlib.Path]:
   return sorted(p for p in pathlib.Path(output_dir).iterdir() if _RESULTS_NAME.fullmatch(p.name))
 
 
+# What every results record holds, with its type (the report reads all of these).
+RECORD_FIELDS = {"problem_id": str, "sample": int, "answer": (str, type(None)), "correct": bool,
+                 "nfe": int, "seconds": (int, float), "neg_logprob": (int, float)}
+
+
+def _record_problem(record: Any) -> str | None:
+  """What is wrong with a parsed results line, or None when it is a whole record."""
+  if not isinstance(record, dict):
+    return f"a JSON {type(record).__name__}, not a record"
+  missing = [k for k in RECORD_FIELDS if k not in record]
+  if missing:
+    return f"a record without {missing}"
+  wrong = [k for k, kind in RECORD_FIELDS.items()
+           if not isinstance(record[k], kind) or (kind is int and isinstance(record[k], bool))]
+  return f"a record whose {wrong} have the wrong type" if wrong else None
+
+
 def _parse_lines(path: pathlib.Path) -> list[dict[str, Any]]:
   """The records of one file. A last line cut off by an interruption (not valid JSON) is
-  skipped; a complete last record without its newline is kept; a malformed line elsewhere is an
-  error."""
+  skipped; a complete last record without its newline is kept; a malformed line elsewhere, or
+  any line that is not a whole record, is an error naming the file and line."""
   records = []
-  lines = path.read_text(encoding="utf-8").splitlines()
+  try:
+    lines = path.read_text(encoding="utf-8").splitlines()
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{path} is not a text file of results ({e.reason} at byte {e.start}); "
+                     "move it away") from None
   for number, line in enumerate(lines, 1):
     try:
-      records.append(json.loads(line))
+      record = json.loads(line)
     except json.JSONDecodeError as e:
       if number == len(lines):
         break
       raise ValueError(f"{path}:{number}: malformed results line ({e}); move the file away or "
-                       "fix that line") from e
+                       "fix that line") from None
+    problem = _record_problem(record)
+    if problem:
+      raise ValueError(f"{path}:{number}: {problem}; move the file away or fix that line")
+    records.append(record)
   return records
 
 
@@ -134,17 +161,35 @@ def read_results(output_dir: str | os.PathLike) -> list[dict[str, Any]]:
   return records
 
 
+def read_run_config(output_dir: str | os.PathLike) -> dict[str, Any]:
+  """The run's config.json (what defines it), checked to be a JSON object."""
+  path = pathlib.Path(output_dir) / CONFIG_FILE
+  if not path.is_file():
+    raise FileNotFoundError(f"{output_dir} is not a run directory (no {CONFIG_FILE})")
+  try:
+    record = json.loads(path.read_text(encoding="utf-8"))
+  except (ValueError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path} is not valid JSON ({e}); restore it, or use another "
+                     "--output_dir") from None
+  if not isinstance(record, dict):
+    raise ValueError(f"{path} is not a run's record (a JSON {type(record).__name__}); restore "
+                     "it, or use another --output_dir")
+  return record
+
+
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
   return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
-def _check_config(output_dir: pathlib.Path, run_config: dict[str, Any]) -> None:
+def _check_config(output_dir: pathlib.Path, run_config: dict[str, Any],
+                  equivalent: Callable[[dict[str, Any], str, Any, Any], bool] | None) -> None:
   """Refuses a run whose configuration differs from the one already in `output_dir`, except for a
-  larger `n_samples` (recorded)."""
+  larger `n_samples` (recorded) and differences `equivalent` accepts (an older record's form of
+  the same run: the record is then rewritten in the current form)."""
   path = output_dir / CONFIG_FILE
   new = json.loads(json.dumps(run_config, sort_keys=True, default=str))
   if path.exists():
-    old = json.loads(path.read_text())
+    old = read_run_config(output_dir)
     if "weights" in old and old.get("weights") != new.get("weights"):
       raise ValueError(
           f"{output_dir} holds samples of other weights (fingerprint {old['weights']}; the "
@@ -152,6 +197,9 @@ def _check_config(output_dir: pathlib.Path, run_config: dict[str, Any]) -> None:
           "--output_dir, or convert the new weights to another checkpoint path")
     changed = _differences({k: v for k, v in old.items() if k != "n_samples"},
                            {k: v for k, v in new.items() if k != "n_samples"})
+    if equivalent is not None:
+      changed = [k for k in changed
+                 if not equivalent(old, k, old.get(k, ABSENT), new.get(k, ABSENT))]
     if changed:
       raise ValueError(f"{output_dir} holds a run with a different configuration (differs in "
                        f"{changed}); use another --output_dir or the same flags")
@@ -176,10 +224,14 @@ def _lock(output_dir: pathlib.Path):
     f.close()
     raise RunInUseError(f"{output_dir} is in use by another run ({holder}); wait for it to end, "
                         "or stop it, or use another --output_dir") from None
-  f.truncate(0)
-  f.write(f"pid {os.getpid()} on {socket.gethostname()} since "
-          f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n")
-  f.flush()
+  try:
+    f.truncate(0)
+    f.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n")
+    f.flush()
+  except OSError as e:  # a full disk: name the file
+    f.close()
+    raise OSError(e.errno, e.strerror, str(output_dir / name)) from None
   return f
 
 
@@ -243,6 +295,12 @@ def _progress_bar(total: int, already: int, enabled: bool) -> tqdm.tqdm:
                    smoothing=0.0, ascii=not tty)
 
 
+def _results_name() -> str:
+  """This process's results file."""
+  return ("results.jsonl" if jax.process_count() == 1 else
+          f"results.process-{jax.process_index():05d}-of-{jax.process_count():05d}.jsonl")
+
+
 def _batches(items: list, size: int) -> Iterator[list]:
   for start in range(0, len(items), size):
     yield items[start:start + size]
@@ -256,13 +314,17 @@ def run(*, problems: Sequence[Problem], prompts: Sequence[Sequence[int]],
         batch_size: int = 8, seed: int = 0, allow_greedy: bool = False,
         progress: bool = True, grade_workers: int | None = None,
         after_batch: Callable[[int], None] | None = None,
-        log: Callable[[str], None] | None = None) -> pathlib.Path:
+        log: Callable[[str], None] | None = None,
+        equivalent: Callable[[dict[str, Any], str, Any, Any], bool] | None = None
+        ) -> pathlib.Path:
   """Decodes, grades and records `n_samples` samples of every problem; returns the results dir.
 
   `prompts[i]` are the token ids of problem i's prompt; `decode` turns generated ids (cut at the
   first of `stop_ids`, and after the first of `stop_sequences`: `cut_response`) into the
-  response text; `run_config` is what defines the run (compared
-  on resume). `after_batch(batches_done)` is called after each batch is written; `log` gets a
+  response text; `run_config` is what defines the run (compared on resume;
+  `equivalent(old_record, key, old_value, new_value)` may accept a difference as an older
+  record's form of the same run, `ABSENT` standing for a missing key).
+  `after_batch(batches_done)` is called after each batch is written; `log` gets a
   line for each phase (default: stderr when `progress`). A record's `seconds` is decoding time per
   row of its batch, without compilation (done once, before the first batch).
   """
@@ -290,10 +352,13 @@ def run(*, problems: Sequence[Problem], prompts: Sequence[Sequence[int]],
                      "lower --gen_length or --limit the problems")
   mesh = mesh or sharding.make_mesh(data=-1, model=1)
   output_dir = pathlib.Path(output_dir).absolute()
+  if output_dir.exists() and not output_dir.is_dir():
+    raise NotADirectoryError(f"--output_dir {output_dir} is a file; name a directory (a new one, "
+                             "or a run's to resume it)")
   output_dir.mkdir(parents=True, exist_ok=True)
   lock = _lock(output_dir)
   try:
-    _check_config(output_dir, run_config)
+    _check_config(output_dir, run_config, equivalent)
     if jax.process_index() == 0:
       (output_dir / VERSIONS_FILE).write_text(json.dumps(software_versions(), indent=2))
 
@@ -302,8 +367,7 @@ def run(*, problems: Sequence[Problem], prompts: Sequence[Sequence[int]],
              if (problem.id, s) not in done]
     data = mesh.shape[sharding.DATA]
     batch_size = -(-batch_size // data) * data  # a multiple of the data axis
-    name = ("results.jsonl" if jax.process_count() == 1 else
-            f"results.process-{jax.process_index():05d}-of-{jax.process_count():05d}.jsonl")
+    name = _results_name()
     total = len(problems) * n_samples
     if jax.process_index() != 0:
       log = lambda _: None
@@ -355,5 +419,10 @@ def run(*, problems: Sequence[Problem], prompts: Sequence[Sequence[int]],
     if bar is not None:
       bar.close()
     return output_dir
+  except OSError as error:
+    # A full disk: name the file (a failed write names none). Resuming loses nothing.
+    if error.filename is None and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+      raise OSError(error.errno, error.strerror, str(output_dir / _results_name())) from error
+    raise
   finally:
     lock.close()

@@ -140,17 +140,26 @@ def compare_samplers(model: builtin.BuiltinModel, problems: Sequence,
   sampler against the hull of the baselines other than itself."""
   if not baselines:
     raise ValueError("need at least one baseline")
-  progress = draws.Progress(0)
+  progress = draws.Progress()
+  cost = draws.forward_passes_per_row
+  for sampler in claimed.values():
+    progress.add(len(problems) * samples, cost(sampler))
+  expected = baseline_samples or max(  # what compute matching will ask, for the ETA
+      [samples] + [math.ceil(samples * cost(s) / min(cost(b) for b in baselines.values()))
+                   for s in claimed.values()])
+  planned = [(len(problems) * expected, cost(b)) for b in baselines.values()]
+  for rows, per_row in planned:
+    progress.add(rows, per_row)
   results: dict[str, draws.Draw] = {}
   for index, (label, sampler) in enumerate(claimed.items()):
-    progress.total += len(problems) * samples
     results[label] = draws.draw(model, sampler, problems, samples, batch_rows, seed + 1 + index,
                                 label, baseline=False, progress=progress)
   if baseline_samples is None:
     costliest = max([d.samples.nfe for d in results.values()], default=0.0)
     cheapest = min(s.total_steps for s in baselines.values())
     baseline_samples = max(samples, math.ceil(samples * costliest / cheapest - 1e-9))
-  progress.total += len(baselines) * len(problems) * baseline_samples
+  for rows, per_row in planned:  # the measured NFE set the baselines' samples: re-plan
+    progress.add(len(problems) * baseline_samples - rows, per_row)
   for index, (label, sampler) in enumerate(baselines.items()):
     results[label] = draws.draw(model, sampler, problems, baseline_samples, batch_rows,
                                 seed + 101 + index, label, baseline=True, progress=progress)
