@@ -7,6 +7,10 @@ Prints one markdown table per comparison (ratios measured in this run, the two s
 alternately) and writes everything to --out_json. Goals (issue 26): cache >= 3x at gen 256,
 ragged >= 10x at 256 experts. Random weights: the decoder commits the scheduled token per step
 (threshold 0.95 is never met), so both sides make the same number of forward passes.
+
+Measured (2 shared CPU cores, load ~10, --hidden_size=128 --num_layers=2 --repeats=1
+--moe_tokens=256): cache 4.99x (2.35 s vs 11.7 s, same tokens); ragged_dot 0.21x the dense
+oracle (2.37 s vs 0.49 s): XLA:CPU's ragged_dot does not beat computing every expert.
 """
 
 from __future__ import annotations
