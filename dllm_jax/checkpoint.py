@@ -309,8 +309,7 @@ def _check_hf_tensors(infos: dict[str, Any], config: ModelConfig) -> None:
   if unexpected:
     problems.append(f"unexpected tensors: {_format_keys(unexpected)}")
   for key in sorted(set(expected) & set(infos)):
-    path, transform = expected[key]
-    want = hf_layout.hf_shape(hf_layout.get_path(abstract, path).shape, transform)
+    want = hf_layout.expected_shape(expected[key], abstract)
     if infos[key].shape != want:
       problems.append(f"{key}: shape {list(infos[key].shape)}, expected {list(want)} "
                       f"(in {infos[key].file.name})")
@@ -325,7 +324,7 @@ def convert_hf(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                param_dtype: str | None = None, dtype: str | None = None,
                overwrite: bool = False, buffer_bytes: int = 64 * 2**20,
                progress: Callable[[int, int], None] | None = None) -> ModelConfig:
-  """Converts a LLaDA or Dream HF checkpoint directory to an Orbax checkpoint.
+  """Converts a HF checkpoint directory (any family of `from_hf_config`) to an Orbax checkpoint.
 
   Every header, key, shape and dtype is checked before anything is written. Tensors are then
   read one by one (in row chunks) and written with Orbax partial saves whenever `buffer_bytes`
@@ -346,22 +345,28 @@ def convert_hf(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
   config = config.replace(param_dtype=param_dtype, dtype=dtype or param_dtype)
   target_dtype = np.dtype(config.weight_dtype)
   expected = hf_layout.key_map(config)
+  assembler = hf_layout.HFAssembler(config)
   with _atomic_directory(out_dir, overwrite) as temp:
     buffer: dict[Any, Any] = {}
     buffered = 0
     digests = {}
     # File order keeps reads sequential within each shard.
     for n, key in enumerate(sorted(infos, key=lambda k: (infos[k].file.name, k))):
-      path, transform = expected[key]
-      array = read_tensor(key, infos[key], transpose=transform == "transpose",
-                          dtype=target_dtype)
-      name = "/".join(str(k) for k in path)
-      digests[name] = _tensor_digest(name, array)
-      # Orbax copies numpy leaves while saving, jax arrays it writes in place: one copy now,
-      # and the numpy array is freed at once.
-      hf_layout.set_path(buffer, path, jax.device_put(array))
-      buffered += array.nbytes
-      del array
+      entry = expected[key]
+      if entry.transform == "transpose" and entry.expert is None:
+        # Read straight into the transposed array (chunked): no second copy.
+        done = [(entry.path, read_tensor(key, infos[key], transpose=True, dtype=target_dtype))]
+      else:
+        done = assembler.add(key, read_tensor(key, infos[key], dtype=target_dtype))
+      for path, array in done:
+        array = np.ascontiguousarray(array)
+        name = "/".join(str(k) for k in path)
+        digests[name] = _tensor_digest(name, array)
+        # Orbax copies numpy leaves while saving, jax arrays it writes in place: one copy now,
+        # and the numpy array is freed at once.
+        hf_layout.set_path(buffer, path, jax.device_put(array))
+        buffered += array.nbytes
+      del done
       if buffered >= buffer_bytes or n == len(infos) - 1:
         ocp.partial.save(temp / PARAMS_DIR, buffer)
         if progress:
@@ -394,9 +399,7 @@ def export_hf(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                           "replace it)")
   params, config = load(ckpt_dir, verify_checksums=verify_checksums)
   with _atomic_directory(out_dir, overwrite) as temp:
-    tensors = ((key, hf_layout.to_hf(np.asarray(hf_layout.get_path(params, path)), transform))
-               for key, (path, transform) in hf_layout.key_map(config).items())
-    files = write_checkpoint(tensors, temp, max_shard_bytes)
+    files = write_checkpoint(hf_layout.hf_tensors(params, config), temp, max_shard_bytes)
     (temp / CONFIG_FILE).write_text(json.dumps(to_hf_config(config), indent=2))
     _copy_tokenizer_files(pathlib.Path(ckpt_dir) / TOKENIZER_DIR, temp)
   return [pathlib.Path(out_dir) / f.name for f in files]

@@ -9,6 +9,12 @@ forbid mixed-sharding `where`/`concatenate`, i.e. a second code path through eve
 Parameters are split Megatron-style over "model": attention by heads (q/k/v columns, o rows),
 the MLP by its hidden width, embedding and LM head by vocabulary. A dimension that the model axis
 does not divide is replicated instead. Prompts x samples are split over "data".
+
+Mixture-of-experts layers (LLaDA2.x) reuse the "model" axis for expert parallelism: the stacked
+expert weights [E, ...] are split by expert, the router, expert bias and shared expert as the
+dense MLP. A third mesh axis would only pay if experts and attention heads wanted different
+degrees of parallelism; with 256 experts and 16-32 heads, every model-axis size a user picks for
+the heads (1-16) also divides the experts, and one axis keeps one code path and one mesh.
 """
 
 from __future__ import annotations
@@ -59,6 +65,16 @@ def _param_spec(path: tuple[Any, ...], shape: tuple[int, ...], config: ModelConf
       "mlp/up_proj/kernel": P(None, MODEL),
       "mlp/down_proj/kernel": P(MODEL, None),
       "lm_head/kernel": P(None, MODEL),
+      # MoE (LLaDA2.x): experts split over the model axis (expert parallelism).
+      "mlp/gate_kernel": P(MODEL, None, None),
+      "mlp/up_kernel": P(MODEL, None, None),
+      "mlp/down_kernel": P(MODEL, None, None),
+      "mlp/router": P(),
+      "mlp/expert_bias": P(),
+      "mlp/shared/gate_proj/kernel": P(None, MODEL),
+      "mlp/shared/up_proj/kernel": P(None, MODEL),
+      "mlp/shared/down_proj/kernel": P(MODEL, None),
+      "attn/o_proj/bias": P(),
   }
   key = name.removeprefix("layers/")
   spec = rules.get(key, P())

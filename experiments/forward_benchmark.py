@@ -29,8 +29,7 @@ def _hf_forward(config: ModelConfig, params: models.Params,
                 dtype: torch.dtype) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
   """`transformers` Llama (bidirectional through a 4-D mask) with SDPA attention."""
   from tests.torch_ref import hf_reference  # pylint: disable=import-outside-toplevel
-  tensors = {key: hf_layout.to_hf(np.asarray(hf_layout.get_path(params, path)), transform)
-             for key, (path, transform) in hf_layout.key_map(config).items()}
+  tensors = dict(hf_layout.hf_tensors(params, config))
   model = hf_reference.reference_model(to_hf_config(config), tensors)
   model.set_attn_implementation("sdpa")
   model = model.to(dtype).requires_grad_(False)

@@ -73,6 +73,10 @@ def run_benchmark(*, checkpoint_dir: pathlib.Path, tokenizer_dir: str | None, be
   checkpoint_dir = pathlib.Path(checkpoint_dir).absolute()
   tokenizer_dir = pathlib.Path(tokenizer_dir or checkpoint_dir / "tokenizer")
   params, config = checkpoint.load(checkpoint_dir, mesh=mesh, verify_checksums=verify_checkpoint)
+  if config.attention_block:
+    raise ValueError(f"{checkpoint_dir} is a block diffusion model ({config.family}); this runner "
+                     "does not decode those yet: use dllm_jax.sampling.block_diffusion."
+                     "generate_blocks (README, 'LLaDA2.x and SDAR')")
   # The model's mask id wins: WeDLM's tokenizer files name no mask token.
   tokenizer = tokenize.CheckpointTokenizer.from_checkpoint(tokenizer_dir,
                                                            mask_id=config.mask_token_id)

@@ -1,8 +1,10 @@
-"""Model configuration: one frozen dataclass for LLaDA, Dream and WeDLM, presets, HF config parsing.
+"""Model configuration: one frozen dataclass for every family, presets, HF config parsing.
 
 The families share one transformer; they differ in dimensions, biases, RoPE theta, norm epsilon,
-how positions are counted under padding, Dream's one-position logit shift, and WeDLM's per-head
-q/k RMSNorm and causal attention in topological order (observed tokens first, masks after).
+how positions are counted under padding, Dream's one-position logit shift, WeDLM's per-head
+q/k RMSNorm and causal attention in topological order (observed tokens first, masks after), and
+the block diffusion models' block-causal attention (LLaDA2.x, SDAR); LLaDA2.x also has partial
+RoPE and mixture-of-experts feed-forward layers after its first dense ones.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 import jax.numpy as jnp
 from absl import logging
 
-FAMILIES = ("llada", "dream", "wedlm")
+FAMILIES = ("llada", "dream", "wedlm", "llada2_moe", "sdar")
 # WeDLM releases `"mask_token_id": null`; Tencent's engine and fine-tuning code then use this id.
 WEDLM_DEFAULT_MASK_ID = 151665
 DTYPES = ("float32", "bfloat16", "float16")
@@ -54,6 +56,21 @@ class ModelConfig:
   # WeDLM: causal attention in topological order. Observed tokens come before masks, each group in
   # logical order; every token keeps its logical position for RoPE (see transformer.py).
   topological_causal: bool = False
+  # Block diffusion (LLaDA2.x, SDAR): attention is bidirectional inside blocks of this many
+  # positions (counted from the first real token) and causal across them; 0 = off. Decoding
+  # uses the same block length.
+  attention_block: int = 0
+  rotary_dim: int | None = None  # RoPE on the first `rotary_dim` dims of each head (None: all)
+  out_bias: bool = False  # LLaDA2 `use_bias`: a bias on the attention output projection
+  # Mixture of experts (LLaDA2.x; see moe.py): layers from `dense_layers` on are MoE.
+  num_experts: int = 0
+  experts_per_token: int = 0
+  num_shared_experts: int = 0
+  expert_hidden_size: int = 0
+  dense_layers: int = 0
+  expert_groups: int = 1
+  groups_per_token: int = 1
+  routed_scaling: float = 1.0
   dtype: str = "float32"
   param_dtype: str = "float32"
 
@@ -78,9 +95,34 @@ class ModelConfig:
         raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}; expected one of {DTYPES}")
     if self.rope_theta <= 0 or self.norm_eps <= 0:
       raise ValueError("rope_theta and norm_eps must be positive")
+    if self.attention_block < 0:
+      raise ValueError(f"attention_block must be >= 0, got {self.attention_block}")
+    if self.attention_block and (self.topological_causal or self.shift_logits):
+      raise ValueError("attention_block (block-causal attention) cannot be combined with "
+                       "topological_causal or shift_logits")
+    if self.rotary_dim is not None and not (0 < self.rotary_dim <= self.head_dim
+                                            and self.rotary_dim % 2 == 0):
+      raise ValueError(f"rotary_dim must be even and in (0, head_dim={self.head_dim}], got "
+                       f"{self.rotary_dim}")
+    if self.num_experts:
+      E, k, groups = self.num_experts, self.experts_per_token, self.expert_groups
+      if not 1 <= k <= E or self.expert_hidden_size < 1:
+        raise ValueError(f"a MoE config needs 1 <= experts_per_token ({k}) <= num_experts ({E}) "
+                         f"and expert_hidden_size >= 1 ({self.expert_hidden_size})")
+      if groups < 1 or E % groups or E // groups < 2:
+        raise ValueError(f"num_experts ({E}) must split into expert_groups ({groups}) of at "
+                         "least 2 experts each")
+      if not 1 <= self.groups_per_token <= groups or self.groups_per_token * (E // groups) < k:
+        raise ValueError(f"groups_per_token ({self.groups_per_token}) must be in [1, "
+                         f"{groups}] and its groups must hold >= experts_per_token ({k}) experts")
+      if not 0 <= self.dense_layers <= self.num_layers:
+        raise ValueError(f"dense_layers must be in [0, num_layers], got {self.dense_layers}")
     if self.topological_causal and self.shift_logits:
       raise ValueError("topological_causal (WeDLM) predicts each masked slot in place; it cannot "
                        "be combined with shift_logits")
+
+  def is_moe_layer(self, layer: int) -> bool:
+    return self.num_experts > 0 and layer >= self.dense_layers
 
   @property
   def compute_dtype(self) -> jnp.dtype:
@@ -199,9 +241,53 @@ def llada_sized(hidden_size: int, num_layers: int, vocab_size: int = 32000,
   return config.replace(**changes)
 
 
+def llada2_mini(**changes: Any) -> ModelConfig:
+  """LLaDA2.0-mini / LLaDA2.1-mini (16B total, 1.4B active), from the released config.json."""
+  config = ModelConfig(
+      family="llada2_moe", vocab_size=157184, hidden_size=2048, num_layers=20, num_heads=16,
+      num_kv_heads=4, head_dim=128, mlp_hidden_size=5120, rope_theta=600000.0, norm_eps=1e-6,
+      max_length=32768, mask_token_id=156895, eos_token_id=156892, pad_token_id=156892,
+      qk_norm=True, positions_from_mask=True, attention_block=32, rotary_dim=64,
+      num_experts=256, experts_per_token=8, num_shared_experts=1, expert_hidden_size=512,
+      dense_layers=1, expert_groups=8, groups_per_token=4, routed_scaling=2.5)
+  return config.replace(**changes)
+
+
+def llada2_flash(**changes: Any) -> ModelConfig:
+  """LLaDA2.0-flash / LLaDA2.1-flash (100B total, 6.1B active): 32 layers of width 4096, 256
+  experts of width 1024 (from the model card and deployment reports); heads 32:4 and the dense
+  layer's width 9216 are the Ling-flash-2.0 base model's (not read from a released LLaDA2 file)."""
+  return llada2_mini(hidden_size=4096, num_layers=32, num_heads=32, num_kv_heads=4,
+                     mlp_hidden_size=9216, expert_hidden_size=1024).replace(**changes)
+
+
+def llada2_tiny(**changes: Any) -> ModelConfig:
+  """A 2-layer LLaDA2-layout model for tests: layer 0 dense, layer 1 MoE with 8 experts in 4
+  groups (2 kept per token, top-2), one shared expert, partial RoPE, q/k norm, block 4."""
+  config = ModelConfig(
+      family="llada2_moe", vocab_size=160, hidden_size=32, num_layers=2, num_heads=4,
+      num_kv_heads=2, head_dim=16, mlp_hidden_size=64, rope_theta=600000.0, norm_eps=1e-6,
+      max_length=128, mask_token_id=150, eos_token_id=151, pad_token_id=151, qk_norm=True,
+      positions_from_mask=True, attention_block=4, rotary_dim=8, num_experts=8,
+      experts_per_token=2, num_shared_experts=1, expert_hidden_size=16, dense_layers=1,
+      expert_groups=4, groups_per_token=2, routed_scaling=2.5)
+  return config.replace(**changes)
+
+
+def sdar_tiny(**changes: Any) -> ModelConfig:
+  """A 2-layer SDAR-layout model for tests (Qwen3: GQA 4:2, q/k norm; block-causal, block 4)."""
+  config = ModelConfig(
+      family="sdar", vocab_size=176, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+      head_dim=16, mlp_hidden_size=64, rope_theta=1e6, norm_eps=1e-6, max_length=128,
+      mask_token_id=170, eos_token_id=171, pad_token_id=171, qk_norm=True,
+      positions_from_mask=True, attention_block=4)
+  return config.replace(**changes)
+
+
 PRESETS = {"llada_8b": llada_8b, "dream_7b": dream_7b, "wedlm_8b": wedlm_8b, "wedlm_7b": wedlm_7b,
            "llada_tiny": llada_tiny, "dream_tiny": dream_tiny, "wedlm_tiny": wedlm_tiny,
-           "wedlm_7b_tiny": wedlm_7b_tiny}
+           "wedlm_7b_tiny": wedlm_7b_tiny, "llada2_mini": llada2_mini,
+           "llada2_flash": llada2_flash, "llada2_tiny": llada2_tiny, "sdar_tiny": sdar_tiny}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -336,6 +422,99 @@ def _wedlm_from_hf(fields: dict[str, Any], source: str) -> ModelConfig:
       positions_from_mask=True, topological_causal=True)
 
 
+# Every field of a released LLaDA2.x config.json (and LLaDA2MoeConfig's own) this reader knows:
+# the architecture fields it reads or checks, and ones that do not change the forward pass.
+_LLADA2_KNOWN = {
+    "model_type", "architectures", "auto_map", "vocab_size", "hidden_size", "intermediate_size",
+    "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim", "hidden_act",
+    "use_qkv_bias", "use_qk_norm", "use_bias", "rms_norm_eps", "norm_head", "tie_word_embeddings",
+    "embedding_dropout", "attention_dropout", "output_dropout", "initializer_range",
+    "max_position_embeddings", "rope_theta", "rope_scaling", "rope_parameters", "use_cache",
+    "use_sliding_window", "sliding_window", "max_window_layers", "pad_token_id", "eos_token_id",
+    "bos_token_id", "mask_token_id", "num_experts", "num_shared_experts", "num_experts_per_tok",
+    "n_group", "topk_group", "routed_scaling_factor", "moe_intermediate_size",
+    "first_k_dense_replace", "output_router_logits", "partial_rotary_factor", "norm_topk_prob",
+    "score_function", "moe_router_enable_expert_bias", "router_dtype", "torch_dtype", "dtype",
+    "transformers_version", "num_nextn_predict_layers", "mtp_loss_scaling_factor",
+    "using_split_qkv_in_self_attention", "rotary_dim", "moe_shared_expert_intermediate_size",
+    "block_size", "attention_block"}
+# LLaDA2.x's token ids (the released tokenizer): mask and EOS, which its config.json omits.
+LLADA2_MASK_ID, LLADA2_EOS_ID = 156895, 156892
+
+
+def _llada2_from_hf(fields: dict[str, Any], source: str) -> ModelConfig:
+  unknown = sorted(set(fields) - _LLADA2_KNOWN)
+  if unknown:
+    raise ValueError(f"{source}: unknown llada2_moe config fields {unknown}; they may change the "
+                     "architecture, so this reader refuses them (remove them if they do not)")
+  _expect(fields, source, "hidden_act", ("silu",))
+  _expect(fields, source, "tie_word_embeddings", (False,))
+  _expect(fields, source, "rope_scaling", (None,))
+  _expect(fields, source, "use_sliding_window", (False,))
+  _expect(fields, source, "norm_head", (False,))
+  _expect(fields, source, "use_qk_norm", (True,))
+  _expect(fields, source, "score_function", ("sigmoid",))
+  _expect(fields, source, "norm_topk_prob", (True,))
+  _expect(fields, source, "router_dtype", ("fp32", "float32", None))
+  _expect(fields, source, "moe_router_enable_expert_bias", (True,))
+  _expect(fields, source, "using_split_qkv_in_self_attention", (False, None))
+  _expect(fields, source, "num_nextn_predict_layers", (0, None))
+  if fields.get("rope_parameters") and fields["rope_parameters"].get("rope_type",
+                                                                      "default") != "default":
+    raise ValueError(f"{source}: rope_parameters {fields['rope_parameters']} is not supported "
+                     "(only rope_type 'default')")
+  hidden = _require(fields, source, "hidden_size")
+  n_heads = _require(fields, source, "num_attention_heads")
+  head_dim = fields.get("head_dim") or hidden // n_heads
+  experts = _require(fields, source, "num_experts")
+  shared = fields.get("num_shared_experts")
+  if not shared:
+    raise ValueError(f"{source}: num_shared_experts={shared!r} is not supported (LLaDA2 has 1; "
+                     "the official code builds a shared expert whenever it is not null)")
+  rope = fields.get("rope_parameters") or {}
+  factor = float(rope.get("partial_rotary_factor", fields.get("partial_rotary_factor", 0.5)))
+  vocab = _require(fields, source, "vocab_size")
+  eos = fields.get("eos_token_id", LLADA2_EOS_ID if vocab > LLADA2_MASK_ID else None)
+  if isinstance(eos, list):
+    eos = eos[0]
+  mask_id = fields.get("mask_token_id", LLADA2_MASK_ID if vocab > LLADA2_MASK_ID else None)
+  if eos is None or mask_id is None:
+    raise ValueError(f"{source}: set mask_token_id and eos_token_id (the released vocabulary's "
+                     f"{LLADA2_MASK_ID} / {LLADA2_EOS_ID} do not fit vocab_size={vocab})")
+  return ModelConfig(
+      family="llada2_moe", vocab_size=vocab, hidden_size=hidden,
+      num_layers=_require(fields, source, "num_hidden_layers"), num_heads=n_heads,
+      num_kv_heads=fields.get("num_key_value_heads") or n_heads, head_dim=head_dim,
+      mlp_hidden_size=_require(fields, source, "intermediate_size"),
+      rope_theta=float(rope.get("rope_theta", fields.get("rope_theta", 10000.0))),
+      norm_eps=float(fields.get("rms_norm_eps", 1e-5)),
+      max_length=_require(fields, source, "max_position_embeddings"), mask_token_id=mask_id,
+      eos_token_id=eos, pad_token_id=fields.get("pad_token_id", eos),
+      qkv_bias=bool(fields.get("use_qkv_bias", False)),
+      out_bias=bool(fields.get("use_bias", True)),  # LLaDA2MoeConfig's default is True
+      qk_norm=True, positions_from_mask=True,
+      attention_block=int(fields.get("attention_block") or 32),
+      rotary_dim=int(head_dim * factor), num_experts=experts,
+      experts_per_token=_require(fields, source, "num_experts_per_tok"),
+      num_shared_experts=shared,
+      expert_hidden_size=_require(fields, source, "moe_intermediate_size"),
+      dense_layers=int(fields.get("first_k_dense_replace", 0)),
+      expert_groups=int(fields.get("n_group") or 1),
+      groups_per_token=int(fields.get("topk_group") or 1),
+      routed_scaling=float(fields.get("routed_scaling_factor", 1.0)))
+
+
+def _sdar_from_hf(fields: dict[str, Any], source: str) -> ModelConfig:
+  """SDAR's config.json (Qwen3 layout plus `block_size` and `mask_token_id`)."""
+  for name in ("num_experts", "num_experts_per_tok"):
+    if fields.get(name):
+      raise ValueError(f"{source}: {name}={fields[name]} (SDAR MoE) is not supported; only the "
+                       "dense SDAR models are")
+  base = _wedlm_from_hf({**fields, "model_type": "qwen3"}, source)
+  block = _require(fields, source, "block_size")
+  return base.replace(family="sdar", topological_causal=False, attention_block=int(block))
+
+
 def from_hf_config(path: str | pathlib.Path, **changes: Any) -> ModelConfig:
   """Reads a LLaDA (OLMo-style fields), Dream (Qwen2-style) or WeDLM (Qwen3-style) `config.json`.
 
@@ -358,9 +537,14 @@ def from_hf_config(path: str | pathlib.Path, **changes: Any) -> ModelConfig:
     config = _dream_from_hf(fields, str(path))
   elif model_type in ("wedlm", "qwen3"):
     config = _wedlm_from_hf(fields, str(path))
+  elif model_type == "llada2_moe":
+    config = _llada2_from_hf(fields, str(path))
+  elif model_type == "sdar":
+    config = _sdar_from_hf(fields, str(path))
   else:
     raise ValueError(f"{path}: unknown model_type {fields.get('model_type')!r}; "
-                     "expected 'llada' (LLaDA), 'Dream' (Dream) or 'wedlm' / 'qwen3' (WeDLM)")
+                     "expected 'llada' (LLaDA), 'Dream' (Dream), 'wedlm' / 'qwen3' (WeDLM), "
+                     "'llada2_moe' (LLaDA2.x) or 'sdar' (SDAR)")
   return config.replace(**changes)
 
 
@@ -382,6 +566,39 @@ def to_hf_config(config: ModelConfig) -> dict[str, Any]:
         "include_bias": False, "include_qkv_bias": config.qkv_bias,
         "attention_layer_norm": False, "input_emb_norm": False, "scale_logits": False,
         "torch_dtype": torch_dtype}
+  if config.family == "llada2_moe":
+    return {
+        "model_type": "llada2_moe", "architectures": ["LLaDA2MoeModelLM"],
+        "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
+        "intermediate_size": config.mlp_hidden_size, "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads, "num_key_value_heads": config.num_kv_heads,
+        "head_dim": config.head_dim, "hidden_act": "silu", "use_qkv_bias": config.qkv_bias,
+        "use_qk_norm": True, "use_bias": config.out_bias, "rms_norm_eps": config.norm_eps,
+        "norm_head": False, "tie_word_embeddings": False,
+        "max_position_embeddings": config.max_length, "rope_theta": config.rope_theta,
+        "rope_scaling": None, "partial_rotary_factor": (config.rotary_dim or config.head_dim)
+        / config.head_dim, "pad_token_id": config.pad_token_id,
+        "eos_token_id": config.eos_token_id, "mask_token_id": config.mask_token_id,
+        "num_experts": config.num_experts, "num_shared_experts": config.num_shared_experts,
+        "num_experts_per_tok": config.experts_per_token, "n_group": config.expert_groups,
+        "topk_group": config.groups_per_token, "routed_scaling_factor": config.routed_scaling,
+        "moe_intermediate_size": config.expert_hidden_size,
+        "first_k_dense_replace": config.dense_layers, "norm_topk_prob": True,
+        "score_function": "sigmoid", "attention_block": config.attention_block,
+        "torch_dtype": torch_dtype}
+  if config.family == "sdar":
+    return {
+        "model_type": "sdar", "architectures": ["SDARForCausalLM"],
+        "hidden_size": config.hidden_size, "num_attention_heads": config.num_heads,
+        "num_key_value_heads": config.num_kv_heads, "num_hidden_layers": config.num_layers,
+        "intermediate_size": config.mlp_hidden_size, "head_dim": config.head_dim,
+        "vocab_size": config.vocab_size, "rope_theta": config.rope_theta,
+        "rms_norm_eps": config.norm_eps, "max_position_embeddings": config.max_length,
+        "mask_token_id": config.mask_token_id, "eos_token_id": config.eos_token_id,
+        "pad_token_id": config.pad_token_id, "bos_token_id": config.bos_token_id,
+        "attention_bias": config.qkv_bias, "block_size": config.attention_block,
+        "hidden_act": "silu", "tie_word_embeddings": False, "rope_scaling": None,
+        "use_sliding_window": False, "torch_dtype": torch_dtype}
   if config.family == "wedlm":
     return {
         "model_type": "wedlm", "architectures": ["WeDLMForCausalLM"],

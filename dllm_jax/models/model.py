@@ -89,6 +89,11 @@ class Denoiser:
     """Logits [B, width, V] of positions [start, start + width) against `cache`."""
     return self._model(params).window(tokens_BL, mask_BL, cache, start, width)
 
+  def window_with_cache(self, params: Params, cache, tokens_BL: jax.Array, mask_BL: jax.Array,
+                        start: jax.Array, width: int):
+    """`window`'s logits and the cache with the window's fresh keys and values written in."""
+    return self._model(params).window_with_cache(tokens_BL, mask_BL, cache, start, width)
+
   def suffix_window(self, params: Params, cache, tokens_BL: jax.Array, mask_BL: jax.Array,
                     start: jax.Array, width: int, suffix_length: int) -> jax.Array:
     """Logits [B, width, V] of positions [start, start + width), recomputing the canvas's last

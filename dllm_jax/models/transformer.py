@@ -19,6 +19,14 @@ logits back, the same function is computed in logical order with the mask
 slot thus sees every observed token and the masks before it; an observed token sees the observed
 tokens before it. Its optional per-head q/k RMSNorm (`qk_norm`, Qwen3) precedes RoPE.
 
+Block diffusion (`attention_block` B > 0: LLaDA2.x, SDAR) attends bidirectionally inside blocks of
+B positions and causally across them: key j is visible to query i iff block(j) <= block(i), with
+block(t) = position(t) // B counted from the row's first real token, so left padding neither
+shifts the blocks nor is seen. A finished block's keys and values therefore never change
+(`dllm_jax.sampling.block_diffusion` caches them exactly). LLaDA2.x's feed-forward layers after
+its first `dense_layers` are mixtures of experts (moe.py), and its RoPE turns only the first
+`rotary_dim` dims of each head.
+
 `forward_with_cache` also returns every layer's keys and values; `window` then recomputes only a
 window of W tokens against them, or the canvas's last tokens (the dual and prefix modes of the
 block cache of `dllm_jax.sampling`). Both can apply the LM head to a window of positions only,
@@ -34,6 +42,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dllm_jax.models.config import ModelConfig
+from dllm_jax.models.moe import MoE
 
 KV = tuple[jax.Array, jax.Array]  # one layer's keys and values, each [B, L, K, H]
 
@@ -51,8 +60,13 @@ class RMSNorm(nnx.Module):
     return self.scale[...].astype(x.dtype) * normed.astype(x.dtype)
 
 
-def rotary_embedding(x_BLNH: jax.Array, positions_BL: jax.Array, theta: float) -> jax.Array:
-  """Rotates the two halves of each head (the HF-Llama "rotate_half" layout), in float32."""
+def rotary_embedding(x_BLNH: jax.Array, positions_BL: jax.Array, theta: float,
+                     rotary_dim: int | None = None) -> jax.Array:
+  """Rotates the two halves of each head (the HF-Llama "rotate_half" layout), in float32; with
+  `rotary_dim`, only the head's first `rotary_dim` dims (partial RoPE), the rest pass."""
+  if rotary_dim is not None and rotary_dim < x_BLNH.shape[-1]:
+    turned = rotary_embedding(x_BLNH[..., :rotary_dim], positions_BL, theta)
+    return jnp.concatenate([turned, x_BLNH[..., rotary_dim:]], axis=-1)
   half = x_BLNH.shape[-1] // 2
   inv_freq = 1.0 / theta ** (jnp.arange(half, dtype=jnp.float32) / half)
   angles_BLH = positions_BL.astype(jnp.float32)[..., None] * inv_freq
@@ -83,6 +97,15 @@ def topological_mask(tokens_BL: jax.Array, valid_BL: jax.Array, mask_token_id: i
   return visible_BLL | jnp.eye(tokens_BL.shape[1], dtype=bool)[None]
 
 
+def block_causal_mask(positions_BL: jax.Array, valid_BL: jax.Array, block: int) -> jax.Array:
+  """The block diffusion mask [B, L, L]: query i sees key j iff block(j) <= block(i) and j is
+  real, block(t) = position(t) // block. Every query also sees itself (a padded query row is
+  never empty)."""
+  block_BL = positions_BL // block
+  visible_BLL = (block_BL[:, None, :] <= block_BL[:, :, None]) & valid_BL[:, None, :]
+  return visible_BLL | jnp.eye(positions_BL.shape[1], dtype=bool)[None]
+
+
 class Attention(nnx.Module):
   """Grouped-query self-attention with RoPE (and WeDLM-8B's q/k norm).
 
@@ -94,7 +117,7 @@ class Attention(nnx.Module):
     self.q_proj = _linear(c, c.hidden_size, c.num_heads * c.head_dim, c.qkv_bias, rngs)
     self.k_proj = _linear(c, c.hidden_size, c.num_kv_heads * c.head_dim, c.qkv_bias, rngs)
     self.v_proj = _linear(c, c.hidden_size, c.num_kv_heads * c.head_dim, c.qkv_bias, rngs)
-    self.o_proj = _linear(c, c.num_heads * c.head_dim, c.hidden_size, False, rngs)
+    self.o_proj = _linear(c, c.num_heads * c.head_dim, c.hidden_size, c.out_bias, rngs)
     if c.qk_norm:
       self.q_norm = RMSNorm(c.head_dim, c.norm_eps, c.weight_dtype)
       self.k_norm = RMSNorm(c.head_dim, c.norm_eps, c.weight_dtype)
@@ -109,8 +132,8 @@ class Attention(nnx.Module):
     v_BTKH = self.v_proj(x_BTD).reshape(B, T, c.num_kv_heads, c.head_dim)
     if c.qk_norm:
       q_BTNH, k_BTKH = self.q_norm(q_BTNH), self.k_norm(k_BTKH)
-    return (rotary_embedding(q_BTNH, positions_BT, c.rope_theta),
-            rotary_embedding(k_BTKH, positions_BT, c.rope_theta), v_BTKH)
+    return (rotary_embedding(q_BTNH, positions_BT, c.rope_theta, c.rotary_dim),
+            rotary_embedding(k_BTKH, positions_BT, c.rope_theta, c.rotary_dim), v_BTKH)
 
   def attend(self, q_BTNH: jax.Array, k_BSKH: jax.Array, v_BSKH: jax.Array,
              mask: jax.Array) -> jax.Array:
@@ -128,13 +151,14 @@ class Attention(nnx.Module):
 
 
 class MLP(nnx.Module):
-  """SwiGLU: down(silu(gate(x)) * up(x))."""
+  """SwiGLU: down(silu(gate(x)) * up(x)), of width `hidden_size` (default: the config's)."""
 
-  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, hidden_size: int | None = None):
     c = config
-    self.gate_proj = _linear(c, c.hidden_size, c.mlp_hidden_size, False, rngs)
-    self.up_proj = _linear(c, c.hidden_size, c.mlp_hidden_size, False, rngs)
-    self.down_proj = _linear(c, c.mlp_hidden_size, c.hidden_size, False, rngs)
+    F = hidden_size or c.mlp_hidden_size
+    self.gate_proj = _linear(c, c.hidden_size, F, False, rngs)
+    self.up_proj = _linear(c, c.hidden_size, F, False, rngs)
+    self.down_proj = _linear(c, F, c.hidden_size, False, rngs)
 
   def __call__(self, x_BLD: jax.Array) -> jax.Array:
     return self.down_proj(jax.nn.silu(self.gate_proj(x_BLD)) * self.up_proj(x_BLD))
@@ -142,11 +166,11 @@ class MLP(nnx.Module):
 
 class Block(nnx.Module):
 
-  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, layer: int = 0):
     self.attn_norm = RMSNorm(config.hidden_size, config.norm_eps, config.weight_dtype)
     self.attn = Attention(config, rngs=rngs)
     self.mlp_norm = RMSNorm(config.hidden_size, config.norm_eps, config.weight_dtype)
-    self.mlp = MLP(config, rngs=rngs)
+    self.mlp = MoE(config, rngs=rngs) if config.is_moe_layer(layer) else MLP(config, rngs=rngs)
 
   def __call__(self, x_BLD: jax.Array, positions_BL: jax.Array, mask: jax.Array
                ) -> tuple[jax.Array, KV]:
@@ -157,10 +181,12 @@ class Block(nnx.Module):
     return h_BLD + self.mlp(self.mlp_norm(h_BLD)), (k_BLKH, v_BLKH)
 
   def window(self, x_BWD: jax.Array, positions_BW: jax.Array, mask: jax.Array,
-             cache: KV, start: jax.Array, fresh_W: jax.Array | None = None) -> jax.Array:
+             cache: KV, start: jax.Array, fresh_W: jax.Array | None = None
+             ) -> tuple[jax.Array, KV]:
     """The block for the W tokens at [start, start + W): their fresh keys and values replace
     the cached ones there (only where `fresh_W`, if given), and the rest of the canvas is read
-    from the cache. `mask` is [B, L] or the window's rows [B, W, L]."""
+    from the cache. `mask` is [B, L] or the window's rows [B, W, L]. Also returns the cache
+    with the fresh keys and values written in."""
     q_BWNH, k_BWKH, v_BWKH = self.attn.project(self.attn_norm(x_BWD), positions_BW)
 
     def keep(fresh_BWKH, cached_BLKH):
@@ -173,7 +199,7 @@ class Block(nnx.Module):
 
     k_BLKH, v_BLKH = keep(k_BWKH, cache[0]), keep(v_BWKH, cache[1])
     h_BWD = x_BWD + self.attn.attend(q_BWNH, k_BLKH, v_BLKH, mask)
-    return h_BWD + self.mlp(self.mlp_norm(h_BWD))
+    return h_BWD + self.mlp(self.mlp_norm(h_BWD)), (k_BLKH, v_BLKH)
 
   def extend(self, x_BTD: jax.Array, positions_BT: jax.Array, visible_BTX: jax.Array,
              cache: KV) -> tuple[jax.Array, KV]:
@@ -194,7 +220,7 @@ class Transformer(nnx.Module):
     self.embed = nnx.Embed(config.vocab_size, config.hidden_size, dtype=config.compute_dtype,
                            param_dtype=config.weight_dtype,
                            embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
-    self.layers = nnx.List([Block(config, rngs=rngs) for _ in range(config.num_layers)])
+    self.layers = nnx.List([Block(config, rngs=rngs, layer=i) for i in range(config.num_layers)])
     self.final_norm = RMSNorm(config.hidden_size, config.norm_eps, config.weight_dtype)
     self.lm_head = _linear(config, config.hidden_size, config.vocab_size, False, rngs,
                            preferred_element_type=jnp.float32)
@@ -206,9 +232,12 @@ class Transformer(nnx.Module):
     return jnp.broadcast_to(jnp.arange(mask_BL.shape[1]), mask_BL.shape)
 
   def attention_mask(self, tokens_BL: jax.Array, mask_BL: jax.Array) -> jax.Array:
-    """The key padding mask [B, L], or WeDLM's topological causal mask [B, L, L]."""
+    """The key padding mask [B, L], WeDLM's topological causal mask or the block-causal mask
+    [B, L, L]."""
     if self.config.topological_causal:
       return topological_mask(tokens_BL, mask_BL, self.config.mask_token_id)
+    if self.config.attention_block:
+      return block_causal_mask(self.positions(mask_BL), mask_BL, self.config.attention_block)
     return mask_BL
 
   def _logits_at(self, x_BTD: jax.Array, start: jax.Array | int, width: int) -> jax.Array:
@@ -252,6 +281,13 @@ class Transformer(nnx.Module):
     one for shifted logits) are recomputed instead; among them, those before the window (before
     the one before it for shifted logits) keep their cached keys and values.
     """
+    return self.window_with_cache(tokens_BL, mask_BL, cache, start, width, suffix_length)[0]
+
+  def window_with_cache(self, tokens_BL: jax.Array, mask_BL: jax.Array, cache: list[KV],
+                        start: jax.Array, width: int, suffix_length: int | None = None
+                        ) -> tuple[jax.Array, list[KV]]:
+    """`window`'s logits, and the cache with the recomputed positions' keys and values written
+    in (the block diffusion decoder keeps them: exact under block-causal attention)."""
     shift = int(self.config.shift_logits)
     fresh_from = start - shift
     fresh_W = None
@@ -267,10 +303,12 @@ class Transformer(nnx.Module):
     if attn_mask.ndim == 3:  # the window's query rows
       attn_mask = jax.lax.dynamic_slice_in_dim(attn_mask, first, count, 1)
     x_BWD = self.embed(jax.lax.dynamic_slice_in_dim(tokens_BL, first, count, 1))
+    new_cache = []
     for layer, kv in zip(self.layers, cache):
-      x_BWD = layer.window(x_BWD, positions_BW, attn_mask, kv, first, fresh_W)
+      x_BWD, kv = layer.window(x_BWD, positions_BW, attn_mask, kv, first, fresh_W)
+      new_cache.append(kv)
     # The states start at `first`, so position `start` is at `start - first` among them.
-    return self._logits_at(x_BWD, start - first, width)
+    return self._logits_at(x_BWD, start - first, width), new_cache
 
   def extend(self, tokens_BT: jax.Array, positions_BT: jax.Array, visible_BTX: jax.Array,
              cache: list[KV], start: int = 0, width: int | None = None
