@@ -34,6 +34,7 @@ import dataclasses
 import functools
 import json
 import pathlib
+import sys
 from typing import Any, Callable, Sequence
 
 import jax
@@ -453,6 +454,7 @@ def train_from_checkpoint(*, checkpoint_dir: str | pathlib.Path, tokenizer_dir: 
   """GRPO on a converted dLLM checkpoint with the user's problems: what
   `experiments/train_policy.py` calls. The dLLM is sharded over the mesh as in `experiments/run`."""
   mesh = experiment.parse_mesh(mesh_spec)
+  log = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else (lambda _: None)
   checkpoint_dir = pathlib.Path(checkpoint_dir)
   tokenizer_dir = pathlib.Path(tokenizer_dir or checkpoint_dir / "tokenizer")
   problems = read_problems(data_path, limit)
@@ -464,9 +466,17 @@ def train_from_checkpoint(*, checkpoint_dir: str | pathlib.Path, tokenizer_dir: 
   sampler = sampling.Sampler.for_model(
       model_config, remasking=LearnedPolicy(temperature=policy_temperature), **sampler_fields)
   stop_ids = [t for t in (model_config.eos_token_id, model_config.eot_token_id) if t is not None]
-  train(sampler, models.make_denoise(model_config), dllm_params, prompt_ids,
-        math_grader(problems, tokenizer.decode, stop_ids), config, output_dir,
-        pad_id=model_config.pad_token_id, mesh=mesh, progress=progress,
-        run_config={"checkpoint": str(checkpoint_dir), "data": str(data_path),
-                    "problems": len(problems), "chat_template": chat_template})
-  return pathlib.Path(output_dir)
+  log(f"{len(problems)} problems; the first training step compiles the decoder (minutes on CPU)")
+  params, _ = train(sampler, models.make_denoise(model_config), dllm_params, prompt_ids,
+                    math_grader(problems, tokenizer.decode, stop_ids), config, output_dir,
+                    pad_id=model_config.pad_token_id, mesh=mesh, progress=progress,
+                    run_config={"checkpoint": str(checkpoint_dir), "data": str(data_path),
+                                "problems": len(problems), "chat_template": chat_template})
+  path = pathlib.Path(output_dir) / "policy.safetensors"
+  if jax.process_index() == 0:
+    sampling.save_policy_params(path, params, {
+        "gen_length": sampler.gen_length, "block_length": sampler.block_length,
+        "temperature": policy_temperature, "grpo": dataclasses.asdict(config),
+        "checkpoint": checkpoint_dir.name, "data": pathlib.Path(data_path).name,
+        "problems": len(problems)})
+  return path
