@@ -220,10 +220,12 @@ def imitation_update(params: PolicyParams, opt_state, rule: LearnedPolicy, confi
 def imitate_threshold(sampler: sampling.Sampler, denoise_fn, dllm_params,
                       prompts: Sequence[Sequence[int]], config: GRPOConfig, params: PolicyParams,
                       *, pad_id: int, mesh: jax.sharding.Mesh | None = None,
-                      progress: bool = True) -> tuple[PolicyParams, list[dict[str, float]]]:
+                      progress: bool = True, log_path: pathlib.Path | None = None
+                      ) -> tuple[PolicyParams, list[dict[str, float]]]:
   """`config.imitation_steps` steps of behaviour cloning of Threshold(config.imitate_threshold):
   each step rolls out the current policy (so the states are the policy's own, as in DAgger) on
-  `prompts_per_step * group_size` rows and takes 4 Adam steps on `imitation_loss`."""
+  `prompts_per_step * group_size` rows and takes 4 Adam steps on `imitation_loss`. Each step's
+  metrics are appended to `log_path` if given."""
   rule = sampler.remasking
   optimizer_state = optax.adam(config.imitation_learning_rate).init(params)
   rows = config.prompts_per_step * config.group_size
@@ -242,6 +244,9 @@ def imitate_threshold(sampler: sampling.Sampler, denoise_fn, dllm_params,
                                                         trace)
     history.append({"step": step + 1, "nfe": float(np.asarray(trace.active_BS).sum(1).mean()),
                     **{k: float(v) for k, v in jax.device_get(metrics).items()}})
+    if log_path is not None:
+      with open(log_path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(history[-1]) + "\n")
   return params, history
 
 
@@ -350,12 +355,13 @@ def train(sampler: sampling.Sampler, denoise_fn, dllm_params, prompts: Sequence[
       abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
       state = manager.restore(start, args=ocp.args.StandardRestore(abstract))
     elif config.imitation_steps:
-      params, imitation = imitate_threshold(sampler, denoise_fn, dllm_params, prompts, config,
-                                            params, pad_id=pad_id, mesh=mesh, progress=progress)
-      state = {**state, "params": params}
+      log_path = directory / "imitation.jsonl"
       if jax.process_index() == 0:
-        (directory / "imitation.jsonl").write_text(
-            "".join(json.dumps(r) + "\n" for r in imitation))
+        log_path.write_text("")  # a warm start killed before the first checkpoint reruns
+      params, _ = imitate_threshold(sampler, denoise_fn, dllm_params, prompts, config, params,
+                                    pad_id=pad_id, mesh=mesh, progress=progress,
+                                    log_path=log_path if jax.process_index() == 0 else None)
+      state = {**state, "params": params}
     start = start or 0
     if jax.process_index() == 0:
       _metric_lines(metrics_path, start)
@@ -418,6 +424,9 @@ def read_problems(path: str | pathlib.Path, limit: int | None = None) -> list[Pr
   """Training problems from a JSONL/JSON file: each record has `question` (or `problem`) and
   `answer` (GSM8K's "... #### 42" keeps the part after ####). They are prompted and graded as
   math problems (final answer in \\boxed{})."""
+  if not pathlib.Path(path).is_file():
+    raise FileNotFoundError(f"no problems file at {path}; pass --data_path=<JSONL of "
+                            "question/answer records>")
   problems = []
   for index, record in enumerate(jsonl.read_records(path)[:limit]):
     field = "question" if "question" in record.fields else "problem"
