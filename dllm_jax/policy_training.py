@@ -484,7 +484,8 @@ def train_from_checkpoint(*, checkpoint_dir: str | pathlib.Path, tokenizer_dir: 
   path = pathlib.Path(output_dir) / "policy.safetensors"
   if jax.process_index() == 0:
     sampling.save_policy_params(path, params, {
-        "gen_length": sampler.gen_length, "block_length": sampler.block_length,
+        "gen_length": sampler.gen_length,
+        "block_length": sampler.block_length or sampler.gen_length,
         "temperature": policy_temperature, "grpo": dataclasses.asdict(config),
         "checkpoint": checkpoint_dir.name, "data": pathlib.Path(data_path).name,
         "problems": len(problems)})

@@ -152,7 +152,8 @@ def policy_metadata(model: BuiltinModel, model_name: str, layout: str, alpha: fl
                     recipe: Recipe, train_seconds: float | None = None) -> dict[str, Any]:
   """What an exported policy file records: the decoding it was trained for and how."""
   sampler = policy_sampler(model, layout, recipe.temperature)
-  return {"gen_length": sampler.gen_length, "block_length": sampler.block_length,
+  return {"gen_length": sampler.gen_length,
+          "block_length": sampler.block_length or sampler.gen_length,
           "temperature": recipe.temperature, "alpha": alpha, "layout": layout,
           "model": model_name,
           "grpo": dataclasses.asdict(grpo_config(recipe, alpha)),
