@@ -328,6 +328,9 @@ def pareto_plot(rows: Sequence[dict[str, Any]], path: pathlib.Path) -> pathlib.P
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   layouts = list(dict.fromkeys(r["layout"] for r in rows))
+  sources = list(dict.fromkeys(r["decoding"].rsplit(",", 1)[0] for r in rows
+                               if r["kind"] == "learned"))
+  colors = {source: f"C{3 + i}" for i, source in enumerate(sources)}  # C0-C2: heuristics
   fig, axes = plt.subplots(1, len(layouts), figsize=(6 * len(layouts), 4.5), squeeze=False,
                            sharey=True)
   for ax, layout in zip(axes[0], layouts):
@@ -345,11 +348,11 @@ def pareto_plot(rows: Sequence[dict[str, Any]], path: pathlib.Path) -> pathlib.P
       points = sorted((r["nfe"], r["accuracy"], r["stderr"]) for r in mine
                       if r["kind"] == "learned" and r["decoding"].startswith(source + ","))
       ax.errorbar([p[0] for p in points], [p[1] for p in points], [p[2] for p in points],
-                  fmt="*", markersize=11, capsize=3, label=source)
+                  fmt="*", markersize=11, capsize=3, label=source, color=colors[source])
     ax.set(xlabel="NFE", xscale="log", title=layout.replace("_", "-"))
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
   axes[0][0].set_ylabel("accuracy (held-out)")
-  axes[0][-1].legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
