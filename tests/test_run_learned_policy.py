@@ -78,7 +78,7 @@ def test_run_script_decodes_with_a_policy(tmp_path, shared_data):
   ckpt = write_tiny_checkpoint(tmp_path / "ckpt", shared_data)
   base = [sys.executable, "-m", "experiments.run", f"--checkpoint={ckpt}", "--benchmark=math500",
           f"--data_path={shared_data}", "--limit=2", f"--gen_length={GEN}",
-          f"--block_length={BLOCK}", "--batch_size=2", "--mesh=data=2,model=1",
+          f"--block_length={BLOCK}", "--batch_size=2", "--mesh=data=2,model=4",
           "--remasking=learned_policy"]
   fast = _policy_file(tmp_path / "fast.safetensors", 30.0)
   result = subprocess.run(base + [f"--policy={fast}", f"--output_dir={tmp_path / 'out'}"],
