@@ -182,35 +182,6 @@ def test_entropy_bonus_and_zero_variance_weights_by_hand():
   assert np.abs(plain["head"]["kernel"]).max() > 1e-4
 
 
-def test_imitation_warm_start_reproduces_threshold():
-  """A policy trained to copy Threshold(0.6) on a tiny random model whose top-1 probabilities
-  spread over (0, 1) decodes as Threshold(0.6) does (near-greedy policy temperature)."""
-  from dllm_jax import models  # pylint: disable=import-outside-toplevel
-  model = models.llada_tiny()
-  dllm = models.init_params(model, seed=7)
-  base = models.make_denoise(model)
-  sharp = lambda params, tokens, mask: 8.0 * base(params, tokens, mask)
-  sampler = S.Sampler.for_model(model, gen_length=8, block_length=8, remasking=S.LearnedPolicy())
-  prompts = np.random.default_rng(0).integers(5, 100, (16, 4)).tolist()
-  config = pt.GRPOConfig(prompts_per_step=4, group_size=4, imitate_threshold=0.6,
-                         imitation_steps=40, imitation_learning_rate=3e-3)
-  params, history = pt.imitate_threshold(sampler, sharp, dllm, prompts, config,
-                                         policy.init_policy(NET), pad_id=0, progress=False)
-  print([round(h["agreement"], 3) for h in history[::8]], history[-1])
-  assert history[0]["agreement"] < 0.9 < 0.98 < history[-1]["agreement"]
-  prompt = jnp.asarray(np.random.default_rng(1).integers(5, 100, (64, 4)), jnp.int32)
-  mask, key = jnp.ones_like(prompt, bool), jax.random.key(3)
-  want = S.generate(sampler.replace(remasking=S.Threshold(0.6)), sharp, dllm, prompt, mask, key)
-  got = S.generate(sampler.replace(remasking=S.LearnedPolicy(temperature=1e-3)), sharp, dllm,
-                   prompt, mask, key, policy_params=params)
-  same = np.all(np.asarray(want.generated_BG) == np.asarray(got.generated_BG), axis=1)
-  print(f"rows decoded as Threshold does: {same.mean():.3f}; NFE {float(want.nfe_B.mean()):.2f}"
-        f" vs {float(got.nfe_B.mean()):.2f}")
-  assert same.mean() >= 0.9
-  assert abs(float(want.nfe_B.mean()) - float(got.nfe_B.mean())) <= 0.2
-  assert float(want.nfe_B.mean()) < 7  # Threshold commits several tokens per step here
-
-
 def test_resume_with_more_steps_and_refusal_names_the_field(tmp_path):
   config = dataclasses.replace(CONFIG, num_steps=2, checkpoint_every=1)
   pt.train(SAMPLER, DENOISE, LOG_P, [[0]] * 4, _grade, config, tmp_path, pad_id=0,
