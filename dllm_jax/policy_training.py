@@ -12,9 +12,20 @@ log-likelihoods the rollout recorded (`PolicyTrace`), averaged over each rollout
   J = mean_rollouts [ sum_s active_s * min(r_s A, clip(r_s, 1 - eps, 1 + eps) A) / sum_s active_s ]
   r_s = exp(log pi_new(a_s | s_s) - log pi_rollout(a_s | s_s)),  loss = -J   (no KL term)
 
+Options beyond the paper's recipe (all off by default): `entropy_coef` adds that multiple of the
+mean Bernoulli entropy per masked position to J; `drop_zero_variance` averages J over the rollouts
+of groups whose rewards differ (a group of equal rewards has zero advantage, so it only dilutes
+the step); `imitate_threshold` = tau first trains the policy for `imitation_steps` steps to copy
+Threshold(tau)'s decisions (unmask a masked position iff its top-1 probability >= tau) on states
+of its own rollouts (binary cross-entropy, Adam at `imitation_learning_rate`), then runs GRPO
+from there. The rollout policy temperature is the rule's (`LearnedPolicy.temperature`).
+
 `train` saves {params, opt_state, step} with Orbax every `checkpoint_every` steps and resumes from
 the latest; prompts and keys of step n depend on (seed, n) only, so a resumed run repeats an
-uninterrupted one. Metrics (reward, accuracy, NFE, loss, ...) go to `metrics.jsonl`.
+uninterrupted one. Per step, `metrics.jsonl` gets reward, accuracy, NFE, the rollout policy's
+mean Bernoulli entropy per masked position (nats), the fraction of groups with zero reward
+variance, the gradient norm before clipping, loss and clip fraction; imitation steps go to
+`imitation.jsonl` (loss, agreement with Threshold's decisions).
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ import dataclasses
 import functools
 import json
 import pathlib
+import sys
 from typing import Any, Callable, Sequence
 
 import jax
@@ -40,7 +52,8 @@ from dllm_jax.data.problems import Problem
 from dllm_jax.data.tokenize import pad_left
 from dllm_jax.eval import experiment
 from dllm_jax.eval import math_grader as math_grader_lib
-from dllm_jax.sampling.learned_policy import LearnedPolicy, PolicyTrace, trace_log_probs
+from dllm_jax.sampling.learned_policy import (LearnedPolicy, PolicyTrace, bernoulli_entropy,
+                                             bernoulli_log_prob, trace_logits)
 from dllm_jax.sampling.policy import PolicyParams, init_policy
 
 # grade(problem_indices [N], generated_NG) -> correct [N] (bool)
@@ -62,6 +75,11 @@ class GRPOConfig:
   grad_clip: float = 0.2
   checkpoint_every: int = 50
   keep_checkpoints: int = 2
+  entropy_coef: float = 0.0
+  drop_zero_variance: bool = False
+  imitate_threshold: float | None = None  # tau of the Threshold rule to imitate first
+  imitation_steps: int = 0
+  imitation_learning_rate: float = 1e-3
 
   def __post_init__(self):
     for name in ("num_steps", "prompts_per_step", "group_size", "iterations",
@@ -70,6 +88,13 @@ class GRPOConfig:
         raise ValueError(f"GRPOConfig.{name} must be >= 1, got {getattr(self, name)}")
     if self.group_size < 2:
       raise ValueError("GRPOConfig.group_size must be >= 2: advantages are relative to the group")
+    if (self.imitate_threshold is None) != (self.imitation_steps == 0):
+      raise ValueError("GRPOConfig.imitate_threshold (tau) and imitation_steps (> 0) go together")
+    if self.imitate_threshold is not None and not 0 < self.imitate_threshold <= 1:
+      raise ValueError(f"GRPOConfig.imitate_threshold must be in (0, 1], got "
+                       f"{self.imitate_threshold}")
+    if self.entropy_coef < 0 or self.imitation_steps < 0:
+      raise ValueError("GRPOConfig.entropy_coef and imitation_steps must be >= 0")
     if self.alpha < 0 or not 0 < self.clip_eps < 1:
       raise ValueError(f"need alpha >= 0 and 0 < clip_eps < 1, got alpha={self.alpha}, "
                        f"clip_eps={self.clip_eps}")
@@ -85,19 +110,37 @@ def group_advantages(reward_N: jax.Array, group_size: int) -> jax.Array:
   return (reward_PG - reward_PG.mean(axis=1, keepdims=True)).reshape(-1)
 
 
+def zero_variance_groups(reward_N: jax.Array, group_size: int) -> jax.Array:
+  """[N] bool: the row's group has all rewards equal (so all its advantages are zero)."""
+  reward_PG = reward_N.reshape(-1, group_size)
+  same_P = jnp.all(reward_PG == reward_PG[:, :1], axis=1)
+  return jnp.repeat(same_P, group_size)
+
+
 def grpo_loss(params: PolicyParams, rule: LearnedPolicy, trace: PolicyTrace,
-              old_logprob_NS: jax.Array, advantage_N: jax.Array, clip_eps: float
+              old_logprob_NS: jax.Array, advantage_N: jax.Array, clip_eps: float,
+              weight_N: jax.Array | None = None, entropy_coef: float = 0.0
               ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Minus the clipped-ratio objective (module docstring), and diagnostics."""
+  """Minus the clipped-ratio objective (module docstring), and diagnostics. `weight_N` (default
+  1 / N each) weights the rollouts' objectives; `entropy_coef` adds the entropy bonus."""
   active_NS = trace.active_BS.astype(jnp.float32)
-  ratio_NS = jnp.exp(trace_log_probs(rule, params, trace) - old_logprob_NS)
+  logits_NSW = trace_logits(rule, params, trace)
+  logprob_NS = bernoulli_log_prob(logits_NSW, trace.action_BSW, trace.masked_BSW,
+                                  rule.temperature) * active_NS
+  ratio_NS = jnp.exp(logprob_NS - old_logprob_NS)
   a_N1 = advantage_N[:, None]
   objective_NS = jnp.minimum(ratio_NS * a_N1, jnp.clip(ratio_NS, 1 - clip_eps, 1 + clip_eps) * a_N1)
   per_rollout_N = (jnp.sum(objective_NS * active_NS, axis=1)
                    / jnp.maximum(jnp.sum(active_NS, axis=1), 1.0))
+  if weight_N is None:
+    weight_N = jnp.full(advantage_N.shape, 1.0 / advantage_N.shape[0])
+  masked_NS = jnp.sum(trace.masked_BSW, axis=-1) * active_NS
+  entropy = (jnp.sum(bernoulli_entropy(logits_NSW, trace.masked_BSW, rule.temperature)
+                     * active_NS) / jnp.maximum(jnp.sum(masked_NS), 1.0))
   clipped = jnp.abs(ratio_NS - 1) > clip_eps
-  return -jnp.mean(per_rollout_N), {
-      "clip_fraction": jnp.sum(clipped * active_NS) / jnp.maximum(jnp.sum(active_NS), 1.0)}
+  loss = -jnp.sum(weight_N * per_rollout_N) - entropy_coef * entropy
+  return loss, {"entropy": entropy,
+                "clip_fraction": jnp.sum(clipped * active_NS) / jnp.maximum(jnp.sum(active_NS), 1.0)}
 
 
 def make_optimizer(config: GRPOConfig) -> optax.GradientTransformation:
@@ -110,12 +153,14 @@ def make_optimizer(config: GRPOConfig) -> optax.GradientTransformation:
 
 @functools.partial(jax.jit, static_argnames=("rule", "config"))
 def update(state: dict[str, Any], rule: LearnedPolicy, config: GRPOConfig, trace: PolicyTrace,
-           old_logprob_NS: jax.Array, advantage_N: jax.Array):
-  """`config.iterations` optimiser steps on one batch of rollouts."""
+           old_logprob_NS: jax.Array, advantage_N: jax.Array, weight_N: jax.Array):
+  """`config.iterations` optimiser steps on one batch of rollouts. Metrics are those of the
+  first iteration (the rollout policy's)."""
 
   def one(state, _):
     (loss, metrics), grads = jax.value_and_grad(grpo_loss, has_aux=True)(
-        state["params"], rule, trace, old_logprob_NS, advantage_N, config.clip_eps)
+        state["params"], rule, trace, old_logprob_NS, advantage_N, config.clip_eps, weight_N,
+        config.entropy_coef)
     updates, opt_state = make_optimizer(config).update(grads, state["opt_state"],
                                                        state["params"])
     metrics.update(loss=loss, grad_norm=optax.tree.norm(grads))
@@ -123,7 +168,86 @@ def update(state: dict[str, Any], rule: LearnedPolicy, config: GRPOConfig, trace
             "step": state["step"]}, metrics
 
   state, metrics = jax.lax.scan(one, state, None, length=config.iterations)
-  return {**state, "step": state["step"] + 1}, jax.tree.map(jnp.mean, metrics)
+  return {**state, "step": state["step"] + 1}, jax.tree.map(lambda x: x[0], metrics)
+
+
+def rollout_weights(reward_N: jax.Array, config: GRPOConfig) -> jax.Array:
+  """Each rollout's weight in the objective: 1 / N, or with `drop_zero_variance` 1 / (rollouts
+  in groups whose rewards differ), 0 in the others."""
+  if not config.drop_zero_variance:
+    return jnp.full(reward_N.shape, 1.0 / reward_N.shape[0])
+  keep_N = ~zero_variance_groups(reward_N, config.group_size)
+  return keep_N / jnp.maximum(jnp.sum(keep_N), 1)
+
+
+def threshold_decisions(trace: PolicyTrace, tau: float) -> jax.Array:
+  """Threshold(tau)'s choice at every recorded state [B, S, W]: masked positions whose top-1
+  probability is >= tau (the policy's argmax fallback adds the most confident when none is)."""
+  return trace.masked_BSW & (trace.confidence_BSW >= tau)
+
+
+def imitation_loss(params: PolicyParams, rule: LearnedPolicy, trace: PolicyTrace, tau: float
+                   ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Binary cross-entropy of the policy's Bernoulli probabilities against Threshold(tau)'s
+  decisions, averaged over the masked positions of active steps; and the decisions' agreement
+  (policy probability > 1/2 iff Threshold unmasks)."""
+  logits_NSW = trace_logits(rule, params, trace) / rule.temperature
+  target_NSW = threshold_decisions(trace, tau)
+  weight_NSW = (trace.masked_BSW & trace.active_BS[..., None]).astype(jnp.float32)
+  bce_NSW = -jnp.where(target_NSW, jax.nn.log_sigmoid(logits_NSW),
+                       jax.nn.log_sigmoid(-logits_NSW))
+  count = jnp.maximum(jnp.sum(weight_NSW), 1.0)
+  agree = jnp.sum(((logits_NSW > 0) == target_NSW) * weight_NSW) / count
+  return jnp.sum(bce_NSW * weight_NSW) / count, {"agreement": agree}
+
+
+@functools.partial(jax.jit, static_argnames=("rule", "config", "iterations"))
+def imitation_update(params: PolicyParams, opt_state, rule: LearnedPolicy, config: GRPOConfig,
+                     trace: PolicyTrace, iterations: int = 4):
+  optimizer = optax.adam(config.imitation_learning_rate)
+
+  def one(carry, _):
+    params, opt_state = carry
+    (loss, metrics), grads = jax.value_and_grad(imitation_loss, has_aux=True)(
+        params, rule, trace, config.imitate_threshold)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state), {"loss": loss, **metrics}
+
+  (params, opt_state), metrics = jax.lax.scan(one, (params, opt_state), None, length=iterations)
+  return params, opt_state, jax.tree.map(lambda x: x[0], metrics)
+
+
+def imitate_threshold(sampler: sampling.Sampler, denoise_fn, dllm_params,
+                      prompts: Sequence[Sequence[int]], config: GRPOConfig, params: PolicyParams,
+                      *, pad_id: int, mesh: jax.sharding.Mesh | None = None,
+                      progress: bool = True, log_path: pathlib.Path | None = None
+                      ) -> tuple[PolicyParams, list[dict[str, float]]]:
+  """`config.imitation_steps` steps of behaviour cloning of Threshold(config.imitate_threshold):
+  each step rolls out the current policy (so the states are the policy's own, as in DAgger) on
+  `prompts_per_step * group_size` rows and takes 4 Adam steps on `imitation_loss`. Each step's
+  metrics are appended to `log_path` if given."""
+  rule = sampler.remasking
+  optimizer_state = optax.adam(config.imitation_learning_rate).init(params)
+  rows = config.prompts_per_step * config.group_size
+  prompt_length = max(len(p) for p in prompts)
+  history = []
+  seed = config.seed + 7919  # prompts and keys apart from the GRPO steps'
+  for step in tqdm.trange(config.imitation_steps, disable=not progress, desc="imitation",
+                          unit="step"):
+    chosen = step_prompts(dataclasses.replace(config, seed=seed), step, len(prompts))
+    problem_N = np.repeat(chosen, config.group_size)
+    prompt_NP, mask_NP = pad_left([prompts[i] for i in problem_N], pad_id, prompt_length)
+    keys_N = jax.random.split(jax.random.fold_in(jax.random.key(seed), step), rows)
+    out = rollout(sampler, denoise_fn, dllm_params, params, prompt_NP, mask_NP, keys_N, mesh)
+    trace = jax.tree.map(lambda x: jnp.asarray(_gather(x)), out.policy_trace)
+    params, optimizer_state, metrics = imitation_update(params, optimizer_state, rule, config,
+                                                        trace)
+    history.append({"step": step + 1, "nfe": float(np.asarray(trace.active_BS).sum(1).mean()),
+                    **{k: float(v) for k, v in jax.device_get(metrics).items()}})
+    if log_path is not None:
+      with open(log_path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(history[-1]) + "\n")
+  return params, history
 
 
 def step_prompts(config: GRPOConfig, step: int, num_prompts: int) -> np.ndarray:
@@ -155,13 +279,32 @@ def _gather(x: jax.Array) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
+RESUMABLE_FIELDS = ("num_steps",)  # a rerun may change these (the cosine schedule then spans
+                                   # the new num_steps from the resumed step on)
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+  if isinstance(old, dict) and isinstance(new, dict):
+    return [d for key in sorted(set(old) | set(new))
+            for d in _differences(old.get(key), new.get(key), f"{prefix}{key}.")]
+  return [] if old == new else [f"{prefix[:-1]} ({old!r} there, {new!r} now)"]
+
+
 def _check_run_config(directory: pathlib.Path, run_config: dict[str, Any]) -> None:
+  """Refuses to resume a run of another configuration, naming the differing fields; the fields
+  of RESUMABLE_FIELDS may differ (the file is then updated)."""
   path = directory / "run_config.json"
   text = json.dumps(run_config, indent=2, sort_keys=True, default=str)
+  new = json.loads(text)
   if path.exists():
-    if json.loads(path.read_text()) != json.loads(text):
-      raise ValueError(f"{directory} holds checkpoints of a different run (see {path}); use "
-                       "another directory or the same configuration")
+    old = json.loads(path.read_text())
+    differ = [d for d in _differences(old, new)
+              if d.split(" ")[0].rsplit(".", 1)[-1] not in RESUMABLE_FIELDS]
+    if differ:
+      raise ValueError(f"{directory} holds a run with other settings: {'; '.join(differ[:3])}; "
+                       "rerun with those settings to resume, or use another output directory")
+    if old != new and jax.process_index() == 0:
+      path.write_text(text)
   elif jax.process_index() == 0:
     path.write_text(text)
 
@@ -206,8 +349,19 @@ def train(sampler: sampling.Sampler, denoise_fn, dllm_params, prompts: Sequence[
   with ocp.CheckpointManager(directory / "state", options=options) as manager:
     start = manager.latest_step()
     if start is not None:
+      if start > config.num_steps:
+        raise ValueError(f"{directory} holds step {start}, past --num_steps={config.num_steps}; "
+                         "pass a num_steps of at least that to resume")
       abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
       state = manager.restore(start, args=ocp.args.StandardRestore(abstract))
+    elif config.imitation_steps:
+      log_path = directory / "imitation.jsonl"
+      if jax.process_index() == 0:
+        log_path.write_text("")  # a warm start killed before the first checkpoint reruns
+      params, _ = imitate_threshold(sampler, denoise_fn, dllm_params, prompts, config, params,
+                                    pad_id=pad_id, mesh=mesh, progress=progress,
+                                    log_path=log_path if jax.process_index() == 0 else None)
+      state = {**state, "params": params}
     start = start or 0
     if jax.process_index() == 0:
       _metric_lines(metrics_path, start)
@@ -227,17 +381,21 @@ def train(sampler: sampling.Sampler, denoise_fn, dllm_params, prompts: Sequence[
       correct_N = np.asarray(grade(problem_N, _gather(out.generated_BG)), np.float32)
       reward_N = rewards(correct_N, nfe_N, sampler.gen_length, config.alpha)
       advantage_N = group_advantages(jnp.asarray(reward_N), config.group_size)
-      state, metrics = update(state, rule, config, trace, trace.logprob_BS, advantage_N)
+      state, metrics = update(state, rule, config, trace, trace.logprob_BS, advantage_N,
+                              rollout_weights(jnp.asarray(reward_N), config))
       manager.save(step + 1, args=ocp.args.StandardSave(state))
+      zero_variance = np.asarray(zero_variance_groups(jnp.asarray(reward_N), config.group_size))
       record = {"step": step + 1, "reward": float(reward_N.mean()),
                 "accuracy": float(correct_N.mean()), "nfe": float(nfe_N.mean()),
+                "zero_variance_groups": float(zero_variance.mean()),
                 **{k: float(v) for k, v in jax.device_get(metrics).items()}}
       history.append(record)
       if jax.process_index() == 0:
         with open(metrics_path, "a", encoding="utf-8") as f:
           f.write(json.dumps(record) + "\n")
       bar.set_postfix(reward=f"{record['reward']:.3f}", acc=f"{record['accuracy']:.2f}",
-                      nfe=f"{record['nfe']:.1f}")
+                      nfe=f"{record['nfe']:.1f}", H=f"{record['entropy']:.3f}",
+                      zero_var=f"{record['zero_variance_groups']:.2f}")
       bar.update(1)
     bar.close()
     if end > start and manager.latest_step() != end:
@@ -266,6 +424,9 @@ def read_problems(path: str | pathlib.Path, limit: int | None = None) -> list[Pr
   """Training problems from a JSONL/JSON file: each record has `question` (or `problem`) and
   `answer` (GSM8K's "... #### 42" keeps the part after ####). They are prompted and graded as
   math problems (final answer in \\boxed{})."""
+  if not pathlib.Path(path).is_file():
+    raise FileNotFoundError(f"no problems file at {path}; pass --data_path=<JSONL of "
+                            "question/answer records>")
   problems = []
   for index, record in enumerate(jsonl.read_records(path)[:limit]):
     field = "question" if "question" in record.fields else "problem"
@@ -302,6 +463,7 @@ def train_from_checkpoint(*, checkpoint_dir: str | pathlib.Path, tokenizer_dir: 
   """GRPO on a converted dLLM checkpoint with the user's problems: what
   `experiments/train_policy.py` calls. The dLLM is sharded over the mesh as in `experiments/run`."""
   mesh = experiment.parse_mesh(mesh_spec)
+  log = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else (lambda _: None)
   checkpoint_dir = pathlib.Path(checkpoint_dir)
   tokenizer_dir = pathlib.Path(tokenizer_dir or checkpoint_dir / "tokenizer")
   problems = read_problems(data_path, limit)
@@ -313,9 +475,18 @@ def train_from_checkpoint(*, checkpoint_dir: str | pathlib.Path, tokenizer_dir: 
   sampler = sampling.Sampler.for_model(
       model_config, remasking=LearnedPolicy(temperature=policy_temperature), **sampler_fields)
   stop_ids = [t for t in (model_config.eos_token_id, model_config.eot_token_id) if t is not None]
-  train(sampler, models.make_denoise(model_config), dllm_params, prompt_ids,
-        math_grader(problems, tokenizer.decode, stop_ids), config, output_dir,
-        pad_id=model_config.pad_token_id, mesh=mesh, progress=progress,
-        run_config={"checkpoint": str(checkpoint_dir), "data": str(data_path),
-                    "problems": len(problems), "chat_template": chat_template})
-  return pathlib.Path(output_dir)
+  log(f"{len(problems)} problems; the first training step compiles the decoder (minutes on CPU)")
+  params, _ = train(sampler, models.make_denoise(model_config), dllm_params, prompt_ids,
+                    math_grader(problems, tokenizer.decode, stop_ids), config, output_dir,
+                    pad_id=model_config.pad_token_id, mesh=mesh, progress=progress,
+                    run_config={"checkpoint": str(checkpoint_dir), "data": str(data_path),
+                                "problems": len(problems), "chat_template": chat_template})
+  path = pathlib.Path(output_dir) / "policy.safetensors"
+  if jax.process_index() == 0:
+    sampling.save_policy_params(path, params, {
+        "gen_length": sampler.gen_length,
+        "block_length": sampler.block_length or sampler.gen_length,
+        "temperature": policy_temperature, "grpo": dataclasses.asdict(config),
+        "checkpoint": checkpoint_dir.name, "data": pathlib.Path(data_path).name,
+        "problems": len(problems)})
+  return path

@@ -31,10 +31,17 @@ _LIMIT = flags.DEFINE_integer("limit", None, "Only the first N problems.")
 _REMASKING = flags.DEFINE_enum("remasking", "low_confidence",
                                ["random", "low_confidence", "maskgit_plus", "topk_margin",
                                 "entropy", "wedlm_entropy", "origin", "threshold", "imh",
-                                "rollout_imh", "smc", "rank_then_sample", "egi", "wedlm_streaming",
+                                "rollout_imh", "smc", "rank_then_sample", "egi", "learned_policy",
+                                "wedlm_streaming",
                                 "wedlm_streaming_imh"],
-                               "Remasking rule; wedlm_streaming(_imh): WeDLM's streaming "
+                               "Remasking rule; learned_policy: a trained unmasking policy "
+                               "(--policy); wedlm_streaming(_imh): WeDLM's streaming "
                                "decoder with its exact prefix cache (+ IMH).")
+_POLICY = flags.DEFINE_string("policy", None, "learned_policy: the policy's .safetensors file "
+                              "(experiments/train_policy.py --export, or a shipped one).")
+_POLICY_TEMPERATURE = flags.DEFINE_float("policy_temperature", None, "learned_policy: unmask "
+                                         "with probability sigmoid(logit / this) (default: the "
+                                         "temperature the policy was trained at).")
 _TEMPERATURE = flags.DEFINE_float("temperature", None, "Token temperature (not with imh).")
 _TOP_P = flags.DEFINE_float("top_p", None, "Nucleus filtering.")
 _TOP_K = flags.DEFINE_integer("top_k", None, "Top-k filtering.")
@@ -115,7 +122,8 @@ def _run():
             "rollout_greedy": _ROLLOUT_GREEDY.value, "num_particles": _PARTICLES.value,
             "ess_threshold": _ESS.value,
             "position_penalty": 0.1 if penalty is None else penalty,
-            "first_temperature": _FIRST_TEMPERATURE.value},
+            "first_temperature": _FIRST_TEMPERATURE.value, "policy": _POLICY.value,
+            "policy_temperature": _POLICY_TEMPERATURE.value},
       sampler_fields={"gen_length": _GEN.value, "block_length": _BLOCK.value,
                       "steps": _STEPS.value, "temperature": _TEMPERATURE.value,
                       "top_p": _TOP_P.value, "top_k": _TOP_K.value, "cfg_scale": _CFG.value,

@@ -6,18 +6,22 @@ r"""Trains a learned unmasking policy with GRPO on a converted LLaDA / Dream che
 
 The data file holds one problem per line with `question` (or `problem`) and `answer` (GSM8K's
 "#### 42" suffix is understood); answers are graded by the math grader. Rerun the same command
-to resume from the latest checkpoint in --output_dir; metrics are appended to metrics.jsonl.
+to resume from the latest checkpoint in --output_dir (or with a larger --num_steps to train on);
+metrics are appended to metrics.jsonl, and the policy is exported with the decoding it was
+trained for (gen_length, block_length, temperature) and every GRPO setting as
+<output_dir>/policy.safetensors, which `experiments/run.py --remasking=learned_policy
+--policy=...` reads.
 Multi-host: as experiments/run.py (--coordinator_address ... or --distributed).
 """
 
 from __future__ import annotations
 
 import pathlib
+import sys
 
 from absl import app, flags, logging
 
-from dllm_jax import policy_training, user_errors
-from dllm_jax.eval import experiment
+from dllm_jax import user_errors  # light: no JAX, so the first line appears at once
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "dllm_jax checkpoint directory.",
                                   required=True)
@@ -45,6 +49,13 @@ _LR = flags.DEFINE_float("learning_rate", 3e-5, "Peak Adam learning rate (cosine
 _WARMUP = flags.DEFINE_integer("warmup_steps", 100, "Linear warm-up (optimiser steps).")
 _WD = flags.DEFINE_float("weight_decay", 0.1, "AdamW weight decay.")
 _GRAD_CLIP = flags.DEFINE_float("grad_clip", 0.2, "Global gradient-norm clip.")
+_ENTROPY = flags.DEFINE_float("entropy_coef", 0.0, "Entropy bonus (per masked position).")
+_DROP = flags.DEFINE_bool("drop_zero_variance", False, "Average the objective over groups whose "
+                          "rewards differ.")
+_IMITATE = flags.DEFINE_float("imitate_threshold", None, "Warm start: first imitate "
+                              "Threshold(tau)'s decisions for --imitation_steps steps.")
+_IMITATION_STEPS = flags.DEFINE_integer("imitation_steps", 0, "Warm-start steps.")
+_IMITATION_LR = flags.DEFINE_float("imitation_learning_rate", 1e-3, "Warm-start Adam lr.")
 _CKPT_EVERY = flags.DEFINE_integer("checkpoint_every", 50, "Save every N steps.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the policy init, prompt order and rollouts.")
 _MESH = flags.DEFINE_string("mesh", "data=-1,model=1", "data=D,model=M (-1: the rest).")
@@ -58,23 +69,34 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "jax.distributed.initiali
 
 def main(argv):
   del argv
+  print(f"train_policy: loading {_CHECKPOINT.value} ...", file=sys.stderr, flush=True)
   logging.set_verbosity(logging.WARNING)
-  # Errors a person can fix from the message alone: one line, without a traceback.
-  user_errors.exit_on_user_error(_train, "--output_dir")
+  try:
+    # Errors a person can fix from the message alone: one line, without a traceback.
+    out = user_errors.exit_on_user_error(_train, "--output_dir")
+  except KeyboardInterrupt:
+    sys.exit(f"\ninterrupted: rerun the same command to resume from the last checkpoint in "
+             f"{_OUTPUT.value}")
+  print(f"done: policy in {out}")
 
 
 def _train():
   if pathlib.Path(_OUTPUT.value).is_file():
     raise NotADirectoryError(f"--output_dir {_OUTPUT.value} is a file; name a directory (a new "
                              "one, or a training run's to resume it)")
+  from dllm_jax import policy_training  # pylint: disable=import-outside-toplevel
+  from dllm_jax.eval import experiment  # pylint: disable=import-outside-toplevel
   experiment.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                                     _DISTRIBUTED.value)
   config = policy_training.GRPOConfig(
       seed=_SEED.value, num_steps=_STEPS.value, prompts_per_step=_PROMPTS.value,
       group_size=_GROUP.value, alpha=_ALPHA.value, clip_eps=_CLIP.value,
       iterations=_ITERATIONS.value, learning_rate=_LR.value, warmup_steps=_WARMUP.value,
-      weight_decay=_WD.value, grad_clip=_GRAD_CLIP.value, checkpoint_every=_CKPT_EVERY.value)
-  policy_training.train_from_checkpoint(
+      weight_decay=_WD.value, grad_clip=_GRAD_CLIP.value, checkpoint_every=_CKPT_EVERY.value,
+      entropy_coef=_ENTROPY.value, drop_zero_variance=_DROP.value,
+      imitate_threshold=_IMITATE.value, imitation_steps=_IMITATION_STEPS.value,
+      imitation_learning_rate=_IMITATION_LR.value)
+  return policy_training.train_from_checkpoint(
       checkpoint_dir=_CHECKPOINT.value, tokenizer_dir=_TOKENIZER.value, data_path=_DATA.value,
       limit=_LIMIT.value, chat_template=_CHAT.value, mesh_spec=_MESH.value,
       output_dir=_OUTPUT.value, policy_temperature=_POLICY_TEMPERATURE.value, config=config,

@@ -20,9 +20,9 @@ def _run(*flags):
 
 
 def test_trains_resumes_exports_and_reports_both_layouts(tmp_path):
-  flags = ["--train", "--alphas=1", "--num_steps=2", "--train_problems=8",
-           "--heldout_problems=8", "--thresholds=0.9", "--step_divisors=1,8", "--batch_rows=8",
-           f"--out={tmp_path}"]
+  flags = ["--train", "--alphas=1", "--num_steps=2", "--imitation_steps=1",
+           "--train_problems=8", "--heldout_problems=8", "--thresholds=0.9",
+           "--step_counts=1,4,32", "--batch_rows=8", f"--out={tmp_path}"]
   first = _run(*flags)
   assert first.returncode == 0, first.stderr[-3000:]
   rows = json.loads((tmp_path / "results.json").read_text())["rows"]
@@ -32,7 +32,8 @@ def test_trains_resumes_exports_and_reports_both_layouts(tmp_path):
             (layout, "low-confidence 32 steps"), (layout, "random 32 steps")} <= labels
     assert len((tmp_path / "policies" / f"{layout}_alpha1" / "metrics.jsonl")
                .read_text().splitlines()) == 2
-  assert (("full", "low-confidence 4 steps") in labels
+  assert (("full", "low-confidence 1 steps") in labels
+          and ("semi_ar", "low-confidence 1 steps") not in labels  # fewer steps than blocks
           and ("semi_ar", "low-confidence 4 steps") in labels)  # 32 / 8 = 4 = one per block
   for r in rows:
     assert 0 <= r["accuracy"] <= 1 and 1 <= r["nfe"] <= 32, r
@@ -40,8 +41,16 @@ def test_trains_resumes_exports_and_reports_both_layouts(tmp_path):
       assert r["nfe"] == int(r["decoding"].split()[-2])
     assert (f"| {r['layout']} | {r['decoding']} | {r['accuracy']:.3f} +- {r['stderr']:.3f} | "
             f"{r['nfe']:.2f} |") in first.stdout
+    if r["kind"] == "learned":  # compared with the heuristics' hull at its NFE, in SEs
+      assert {"hull", "hull_margin_se", "threshold_hull", "threshold_hull_margin_se"} <= set(r)
   verdict_lines = [line for line in first.stdout.splitlines() if line.startswith("[")]
   assert len(verdict_lines) == 2 and all("accuracy-NFE hull" in v for v in verdict_lines)
+  assert "evaluating" in first.stderr  # the progress bar
+  metadata = sampling.read_policy_metadata(tmp_path / "policies" / "semi_ar_alpha1.safetensors")
+  assert (metadata["gen_length"], metadata["block_length"], metadata["temperature"]) == (32, 8, 1)
+  assert metadata["grpo"]["num_steps"] == 2 and metadata["grpo"]["imitation_steps"] == 1
+  assert sampling.read_policy_metadata(
+      tmp_path / "policies" / "full_alpha1.safetensors")["block_length"] == 32
   assert (tmp_path / "pareto.png").stat().st_size > 10_000
   exported = sampling.load_policy_params(tmp_path / "policies" / "full_alpha1.safetensors")
   # Rerunning resumes (no new GRPO step: the 2 are done) and gives the same table.
@@ -93,3 +102,23 @@ def test_bad_input_gets_one_line(tmp_path):
   (tmp_path / "broken.safetensors").write_bytes(b"not a safetensors file")
   with pytest.raises(ValueError, match="not a readable safetensors file"):
     sampling.load_policy_params(tmp_path / "broken.safetensors")
+
+
+def test_hull_and_margins_by_hand():
+  # (nfe, accuracy, stderr): (4, 0.6) is below the chord from (2, 0.5) to (6, 0.72) (0.61 at 4),
+  # and (10, 0.7) has more NFE for less accuracy: neither is on the hull.
+  points = [(4, 0.6, 0.02), (2, 0.5, 0.02), (8, 0.8, 0.01), (10, 0.7, 0.02), (6, 0.72, 0.02)]
+  hull = policy_demo.upper_hull(points)
+  assert [p[:2] for p in hull] == [(2, 0.5), (6, 0.72), (8, 0.8)]
+  acc, se = policy_demo.hull_at(hull, 7)
+  assert abs(acc - 0.76) < 1e-12 and abs(se - 0.015) < 1e-12
+  assert policy_demo.hull_at(hull, 1)[0] == 0.5 and policy_demo.hull_at(hull, 20)[0] == 0.8
+  rows = [{"layout": "x", "kind": k, "nfe": n, "accuracy": a, "stderr": s}
+          for k, (n, a, s) in zip(["threshold", "low-confidence", "threshold", "random",
+                                   "low-confidence"], points)]
+  rows.append({"layout": "x", "kind": "learned", "nfe": 7, "accuracy": 0.86, "stderr": 0.02})
+  policy_demo.add_hull_margins(rows)
+  assert abs(rows[-1]["hull"] - 0.76) < 1e-12
+  assert abs(rows[-1]["hull_margin_se"] - 0.1 / np.hypot(0.02, 0.015)) < 1e-9
+  # Threshold alone: (4, 0.6) and (8, 0.8), so 0.75 at NFE 7.
+  assert abs(rows[-1]["threshold_hull"] - 0.75) < 1e-12

@@ -6,6 +6,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from dllm_jax import policy_training as pt
 from dllm_jax import sampling as S
@@ -109,6 +110,9 @@ def test_training_on_an_oracle_reaches_the_known_best_policy(tmp_path):
         f"{history[-1]['reward']:.3f}")
   assert before > 3
   assert after <= 1.05  # the best policy: everything at once
+  # The diagnostics: once every rollout unmasks everything at once, rewards are all equal.
+  assert history[-1]["zero_variance_groups"] == 1.0 and history[-1]["grad_norm"] < 1e-6
+  assert history[-1]["entropy"] < history[0]["entropy"]
   lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
   assert len(lines) == CONFIG.num_steps
   np.testing.assert_allclose(pt.load_policy(tmp_path, SAMPLER.remasking)["head"]["bias"],
@@ -135,3 +139,63 @@ def test_prompt_order_is_seeded_epochs():
   assert not np.array_equal(pt.step_prompts(config, 0, 8), pt.step_prompts(config, 2, 8))
   np.testing.assert_array_equal(pt.step_prompts(config, 5, 8), pt.step_prompts(config, 5, 8))
   assert sorted(pt.step_prompts(config, 0, 3)[:3]) == [0, 1, 2]  # fewer prompts than a step
+
+
+def test_entropy_bonus_and_zero_variance_weights_by_hand():
+  rng = np.random.default_rng(1)
+  N, Sn, W = 4, 2, 3
+  rule = S.LearnedPolicy(temperature=0.8)
+  params = policy.init_policy(NET, 5)
+  masked = rng.random((N, Sn, W)) < 0.7
+  trace = PolicyTrace(confidence_BSW=jnp.asarray(rng.random((N, Sn, W)), jnp.float32),
+                      masked_BSW=jnp.asarray(masked), t_BS=jnp.zeros((N, Sn)),
+                      action_BSW=jnp.asarray(masked & (rng.random((N, Sn, W)) < 0.5)),
+                      active_BS=jnp.asarray([[1, 1], [1, 0], [1, 1], [0, 0]], bool),
+                      logprob_BS=jnp.zeros((N, Sn)))
+  z = np.asarray(policy.policy_logits(NET, params, trace.confidence_BSW.reshape(-1, W),
+                                      trace.masked_BSW.reshape(-1, W), trace.t_BS.reshape(-1)),
+                 np.float64).reshape(N, Sn, W) / 0.8
+  p = _sigmoid(z)
+  h = -(p * np.log(p) + (1 - p) * np.log1p(-p))
+  on = masked & np.asarray(trace.active_BS)[..., None]
+  want_entropy = (h * on).sum() / on.sum()
+  reward = jnp.asarray([1.0, 1.0, 0.0, 1.0])  # groups of 2: the first has no variance
+  np.testing.assert_array_equal(pt.zero_variance_groups(reward, 2), [True, True, False, False])
+  weights = pt.rollout_weights(reward, pt.GRPOConfig(group_size=2, drop_zero_variance=True))
+  np.testing.assert_allclose(weights, [0, 0, 0.5, 0.5])
+  np.testing.assert_allclose(pt.rollout_weights(reward, pt.GRPOConfig(group_size=2)), [0.25] * 4)
+  advantage = pt.group_advantages(reward, 2)
+  old = pt.trace_logits(rule, params, trace)  # any old log-probs: use the new ones (ratio 1)
+  old_logprob = np.asarray(S.learned_policy.bernoulli_log_prob(
+      old, trace.action_BSW, trace.masked_BSW, 0.8)) * np.asarray(trace.active_BS)
+  base, aux = pt.grpo_loss(params, rule, trace, jnp.asarray(old_logprob), advantage, 0.5, weights)
+  bonus, _ = pt.grpo_loss(params, rule, trace, jnp.asarray(old_logprob), advantage, 0.5, weights,
+                          entropy_coef=0.3)
+  np.testing.assert_allclose(float(aux["entropy"]), want_entropy, rtol=1e-5)
+  np.testing.assert_allclose(float(bonus - base), -0.3 * want_entropy, rtol=1e-4, atol=1e-7)
+  # Dropping the zero-variance group (2 of 4 rollouts) doubles the gradient of the others.
+  grad = lambda w: jax.grad(lambda prm: pt.grpo_loss(prm, rule, trace, jnp.asarray(old_logprob),
+                                                     advantage, 0.5, w)[0])(params)
+  dropped, plain = grad(weights), grad(None)
+  np.testing.assert_allclose(dropped["head"]["kernel"], 2 * plain["head"]["kernel"], rtol=1e-4,
+                             atol=1e-9)
+  assert np.abs(plain["head"]["kernel"]).max() > 1e-4
+
+
+def test_resume_with_more_steps_and_refusal_names_the_field(tmp_path):
+  config = dataclasses.replace(CONFIG, num_steps=2, checkpoint_every=1)
+  pt.train(SAMPLER, DENOISE, LOG_P, [[0]] * 4, _grade, config, tmp_path, pad_id=0,
+           progress=False)
+  _, history = pt.train(SAMPLER, DENOISE, LOG_P, [[0]] * 4, _grade,
+                        dataclasses.replace(config, num_steps=3), tmp_path, pad_id=0,
+                        progress=False)
+  assert [h["step"] for h in history] == [3]
+  assert {"entropy", "zero_variance_groups", "grad_norm"} <= set(history[0])
+  with pytest.raises(ValueError, match=r"other settings: grpo.learning_rate \(0.003 there, "
+                                       r"0.001 now\)"):
+    pt.train(SAMPLER, DENOISE, LOG_P, [[0]] * 4, _grade,
+             dataclasses.replace(config, num_steps=3, learning_rate=1e-3), tmp_path, pad_id=0,
+             progress=False)
+  with pytest.raises(ValueError, match="holds step 3, past --num_steps=2"):
+    pt.train(SAMPLER, DENOISE, LOG_P, [[0]] * 4, _grade, config, tmp_path, pad_id=0,
+             progress=False)

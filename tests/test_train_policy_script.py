@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -63,6 +64,39 @@ def test_trains_resumes_after_a_kill_and_loads(ckpt, tmp_path):
     assert 1 <= r["nfe"] <= 16 and r["accuracy"] == 0.0  # a random model solves nothing
   params = pt.load_policy(out, S.LearnedPolicy())
   assert params["head"]["kernel"].shape == (128, 1)
+  metadata = S.read_policy_metadata(out / "policy.safetensors")
+  assert (metadata["gen_length"], metadata["block_length"], metadata["temperature"]) == (16, 8, 1)
+  assert metadata["grpo"]["num_steps"] == 8 and metadata["grpo"]["learning_rate"] == 1e-3
+  # A larger --num_steps resumes; another learning rate is refused, naming the field.
+  more = [f if not f.startswith("--num_steps") else "--num_steps=9" for f in command]
+  result = subprocess.run(more, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+                          check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == list(
+      range(1, 10))
+  other = [f if not f.startswith("--learning_rate") else "--learning_rate=5e-4" for f in more]
+  result = subprocess.run(other, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+                          check=False)
+  assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+  assert "grpo.learning_rate (0.001 there, 0.0005 now)" in result.stderr.strip().splitlines()[-1]
+
+
+def test_errors_are_one_line_and_progress_comes_first(tmp_path):
+  command = [sys.executable, "-m", "experiments.train_policy", f"--checkpoint={tmp_path}",
+             f"--data_path={tmp_path / 'missing.jsonl'}", f"--output_dir={tmp_path / 'out'}"]
+  start = time.time()
+  process = subprocess.Popen(command, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+  watchdog = threading.Timer(600, process.kill)  # bounds the blocking reads below
+  watchdog.start()
+  first = process.stderr.readline()
+  seconds = time.time() - start
+  rest = process.stderr.read()
+  watchdog.cancel()
+  assert process.wait() != 0
+  print(f"first line after {seconds:.1f} s")
+  assert first.startswith("train_policy: loading") and seconds < 30
+  assert rest.strip().splitlines() == [f"error: no problems file at {tmp_path / 'missing.jsonl'}; "
+                                       "pass --data_path=<JSONL of question/answer records>"]
 
 
 def test_problems_and_grading(ckpt, tmp_path):

@@ -4,6 +4,7 @@ the sampler, and hand everything to `runner.run`. What `experiments/run.py` call
 from __future__ import annotations
 
 import functools
+import hashlib
 import pathlib
 import sys
 from typing import Any
@@ -87,8 +88,15 @@ def run_benchmark(*, checkpoint_dir: pathlib.Path, tokenizer_dir: str | None, be
   if rule["name"] not in STREAMING_RULES and any(v is not None for v in (streaming or {}).values()):
     raise ValueError(f"{sorted(k for k, v in streaming.items() if v is not None)} are settings "
                      "of --remasking=wedlm_streaming")
+  policy_file, policy_temperature = rule.pop("policy", None), rule.pop("policy_temperature", None)
+  if rule["name"] != "learned_policy" and (policy_file or policy_temperature is not None):
+    raise ValueError("--policy and --policy_temperature are settings of --remasking=learned_policy")
+  policy_params = None
   if rule["name"] in STREAMING_RULES:
     sampler = streaming_sampler(config, rule, sampler_fields, schedule, cache, streaming or {})
+  elif rule["name"] == "learned_policy":
+    sampler, policy_params = learned_policy_sampler(config, policy_file, policy_temperature,
+                                                    sampler_fields, schedule, cache)
   else:
     sampler = sampling.Sampler.for_model(
         config, remasking=rule_from_name(rule.pop("name"), **rule),
@@ -102,12 +110,14 @@ def run_benchmark(*, checkpoint_dir: pathlib.Path, tokenizer_dir: str | None, be
       sampler=sampler, n_samples=n_samples, seed=seed)
   if stop_strings:  # absent otherwise, so that earlier runs still resume
     run_config["stop_strings"] = list(stop_strings)
+  if policy_file:  # the policy's weights are part of the sampler
+    run_config["policy"] = hashlib.sha256(pathlib.Path(policy_file).read_bytes()).hexdigest()
   return runner.run(
       problems=problems, prompts=prompt_ids, stop_ids=stop_ids, stop_sequences=stop_sequences,
       # Special tokens ([MASK], padding, end of text) are not part of the response to grade.
       decode=functools.partial(tokenizer.decode, skip_special_tokens=True),
       pad_id=config.pad_token_id,
-      model=runner.Model(models.make_denoise(config), params, config.max_length),
+      model=runner.Model(models.make_denoise(config), params, config.max_length, policy_params),
       sampler=sampler, n_samples=n_samples, output_dir=output_dir, run_config=run_config,
       mesh=mesh, batch_size=batch_size, seed=seed, allow_greedy=allow_greedy, progress=progress,
       log=log if jax.process_index() == 0 else None,
@@ -116,6 +126,32 @@ def run_benchmark(*, checkpoint_dir: pathlib.Path, tokenizer_dir: str | None, be
 
 
 STREAMING_RULES = ("wedlm_streaming", "wedlm_streaming_imh")
+
+
+def learned_policy_sampler(config, policy_file: str | None, policy_temperature: float | None,
+                           sampler_fields: dict[str, Any], schedule: str, cache: str
+                           ) -> tuple[sampling.Sampler, Any]:
+  """Block decoding with a trained unmasking policy (`sampling.LearnedPolicy`) and its params.
+  The file must have been trained for this gen_length and block length; the policy picks the
+  number of steps, so --steps and --schedule are errors."""
+  if not policy_file:
+    raise ValueError("--remasking=learned_policy needs --policy=<file>.safetensors")
+  if sampler_fields.get("steps") is not None or schedule != "linear":
+    raise ValueError("--remasking=learned_policy chooses its own steps: drop --steps/--schedule")
+  fields = {k: v for k, v in sampler_fields.items() if k != "steps"}
+  gen_length = fields.get("gen_length") or 256
+  block_length = fields.get("block_length") or gen_length
+  metadata = sampling.check_policy_fits(policy_file, gen_length, block_length)
+  temperature = (policy_temperature if policy_temperature is not None
+                 else metadata.get("temperature", 1.0))
+  if not temperature > 0:
+    raise ValueError(f"--policy_temperature must be > 0, got {temperature}")
+  rule = sampling.LearnedPolicy(temperature=temperature)
+  params = sampling.load_policy_params(policy_file, rule.network)
+  sampler = sampling.Sampler.for_model(
+      config, remasking=rule, cache=None if cache == "none" else sampling.BlockCache(cache),
+      **fields)
+  return sampler, params
 
 
 def streaming_sampler(config, rule: dict[str, Any], sampler_fields: dict[str, Any], schedule: str,

@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterator, Sequence
 import jax
 import numpy as np
 import tqdm
+from jax.sharding import NamedSharding, PartitionSpec
 
 from dllm_jax import sampling, sharding
 from dllm_jax.data.problems import Problem
@@ -62,6 +63,7 @@ class Model:
   denoise: Callable
   params: Any
   max_length: int
+  policy_params: Any = None  # a LearnedPolicy sampler's network params
 
 
 def unit_key(seed: int, problem_id: str, sample: int) -> jax.Array:
@@ -388,11 +390,15 @@ def run(*, problems: Sequence[Problem], prompts: Sequence[Sequence[int]],
             start = time.time()
             decode_fn = (stream_generate if isinstance(sampler, StreamingSampler)
                          else sampling.generate)
-            compiled = decode_fn.lower(sampler, model.denoise, model.params, *placed).compile()
+            extra = ({} if model.policy_params is None
+                     else {"policy_params": jax.device_put(model.policy_params,
+                                                           NamedSharding(mesh, PartitionSpec()))})
+            compiled = decode_fn.lower(sampler, model.denoise, model.params, *placed,
+                                       **extra).compile()
             log(f"compiled in {time.time() - start:.1f} s")
             bar = _progress_bar(total, total - len(units), progress and jax.process_index() == 0)
           start = time.time()
-          out = jax.block_until_ready(compiled(model.params, *placed))
+          out = jax.block_until_ready(compiled(model.params, *placed, **extra))
         seconds = (time.time() - start) / batch_size
         generated = _owned_rows(out.generated_BG)
         nfe, logprob = _owned_rows(out.nfe_B[:, None]), _owned_rows(out.logprob_BG)

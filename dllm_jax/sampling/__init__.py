@@ -8,6 +8,8 @@ from dllm_jax.sampling.learned_policy import LearnedPolicy, PolicyTrace
 from dllm_jax.sampling.policy import PolicyConfig, init_policy
 from dllm_jax.sampling.policy import load_params as load_policy_params
 from dllm_jax.sampling.policy import save_params as save_policy_params
+from dllm_jax.sampling.policy import check_fits as check_policy_fits
+from dllm_jax.sampling.policy import read_metadata as read_policy_metadata
 from dllm_jax.sampling.position_first import EGI, RankThenSample
 from dllm_jax.sampling.rollout_imh import RolloutIMH
 from dllm_jax.sampling.smc import SMC

@@ -100,19 +100,33 @@ class LearnedPolicy:
                        put(trace.active_BS, active_B), put(trace.logprob_BS, logprob_B * active_B))
 
 
-def trace_log_probs(rule: LearnedPolicy, params: PolicyParams, trace: PolicyTrace,
-                    steps_per_chunk: int = 16) -> jax.Array:
-  """The log-probability [B, S] of every recorded action under `params` (0 on inactive steps).
-  Steps are evaluated `steps_per_chunk` at a time and rematerialised in the backward pass, so
-  memory stays that of a few steps when gen_length is long."""
+def bernoulli_entropy(logits_BW: jax.Array, masked_BW: jax.Array, temperature: float
+                      ) -> jax.Array:
+  """sum over masked i of the entropy (nats) of Bernoulli(sigmoid(z_i / temperature)): [B]."""
+  z_BW = logits_BW / temperature
+  p_BW = jax.nn.sigmoid(z_BW)
+  entropy_BW = -(p_BW * jax.nn.log_sigmoid(z_BW) + (1 - p_BW) * jax.nn.log_sigmoid(-z_BW))
+  return jnp.sum(jnp.where(masked_BW, entropy_BW, 0.0), axis=-1)
+
+
+def trace_logits(rule: LearnedPolicy, params: PolicyParams, trace: PolicyTrace,
+                 steps_per_chunk: int = 16) -> jax.Array:
+  """The policy's logits [B, S, W] at every recorded state under `params`. Steps are evaluated
+  `steps_per_chunk` at a time and rematerialised in the backward pass, so memory stays that of a
+  few steps when gen_length is long."""
 
   def one_step(xs):
-    confidence_BW, masked_BW, t_B, action_BW = xs
-    logits_BW = policy_logits(rule.network, params, confidence_BW, masked_BW, t_B)
-    return bernoulli_log_prob(logits_BW, action_BW, masked_BW, rule.temperature)
+    return policy_logits(rule.network, params, *xs)
 
   swap = lambda x: jnp.swapaxes(x, 0, 1)
-  xs = (trace.confidence_BSW, trace.masked_BSW, trace.t_BS, trace.action_BSW)
-  logprob_SB = jax.lax.map(jax.checkpoint(one_step), tuple(map(swap, xs)),
-                           batch_size=steps_per_chunk)
-  return swap(logprob_SB) * trace.active_BS
+  xs = (trace.confidence_BSW, trace.masked_BSW, trace.t_BS)
+  return swap(jax.lax.map(jax.checkpoint(one_step), tuple(map(swap, xs)),
+                          batch_size=steps_per_chunk))
+
+
+def trace_log_probs(rule: LearnedPolicy, params: PolicyParams, trace: PolicyTrace,
+                    steps_per_chunk: int = 16) -> jax.Array:
+  """The log-probability [B, S] of every recorded action under `params` (0 on inactive steps)."""
+  logits_BSW = trace_logits(rule, params, trace, steps_per_chunk)
+  return (bernoulli_log_prob(logits_BSW, trace.action_BSW, trace.masked_BSW, rule.temperature)
+          * trace.active_BS)

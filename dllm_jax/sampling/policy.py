@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import pathlib
 from typing import Any
@@ -27,6 +28,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import safetensors
 import safetensors.numpy
 from flax import nnx
 
@@ -131,11 +133,48 @@ def param_count(params: PolicyParams) -> int:
   return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params))
 
 
-def save_params(path: str | pathlib.Path, params: PolicyParams) -> None:
-  """Writes policy params as one safetensors file (keys "module.leaf"), about 1.3 MB."""
+def save_params(path: str | pathlib.Path, params: PolicyParams,
+                metadata: dict[str, Any] | None = None) -> None:
+  """Writes policy params as one safetensors file (keys "module.leaf"), about 1.3 MB, with
+  `metadata` (JSON values: the decoding it was trained for and how, see `read_metadata`)."""
   flat = {f"{module}.{leaf}": np.asarray(value) for module, leaves in params.items()
           for leaf, value in leaves.items()}
-  safetensors.numpy.save_file(flat, str(path))
+  text = {k: json.dumps(v) for k, v in (metadata or {}).items()}
+  safetensors.numpy.save_file(flat, str(path), metadata=text or None)
+
+
+def read_metadata(path: str | pathlib.Path) -> dict[str, Any]:
+  """The metadata a policy file was saved with ({} for files without): `gen_length` (canvas
+  length) and `block_length` it was trained for, its `temperature`, and the training settings."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"no policy weights at {path}")
+  try:
+    with safetensors.safe_open(str(path), "numpy") as f:
+      raw = f.metadata() or {}
+  except Exception as e:  # safetensors raises its own error types for damaged files
+    raise ValueError(f"{path} is not a readable safetensors file ({e}); re-export the policy") \
+        from None
+  try:
+    return {k: json.loads(v) for k, v in raw.items()}
+  except json.JSONDecodeError:
+    raise ValueError(f"{path}: its metadata is not JSON; re-export the policy") from None
+
+
+def check_fits(path: str | pathlib.Path, gen_length: int, block_length: int) -> dict[str, Any]:
+  """The file's metadata, after checking that it was trained for this canvas and block length
+  (one-line ValueError otherwise); a file without those fields is refused too."""
+  metadata = read_metadata(path)
+  want = {"gen_length": gen_length, "block_length": block_length}
+  if any(k not in metadata for k in want):
+    raise ValueError(f"{path} does not record the gen_length and block_length it was trained "
+                     "for; re-export it with sampling.save_policy_params(..., metadata=...)")
+  differ = [f"{k} {metadata[k]} (decoding uses {v})" for k, v in want.items() if metadata[k] != v]
+  if differ:
+    raise ValueError(f"{path} was trained for {', '.join(differ)}; set --gen_length="
+                     f"{metadata['gen_length']} --block_length={metadata['block_length']} or "
+                     "train a policy for this decoding")
+  return metadata
 
 
 def load_params(path: str | pathlib.Path, config: PolicyConfig = PolicyConfig()) -> PolicyParams:
