@@ -254,7 +254,7 @@ def test_block_cache_agreement_with_uncached_decoding():
 
 def test_cache_errors():
   config, params, denoise = CASES["dream"]
-  with pytest.raises(ValueError, match="IMH scores candidates with full forward passes"):
+  with pytest.raises(ValueError, match="IMH scores with full forward passes; it takes no cache"):
     S.Sampler.for_model(config, gen_length=8, remasking=S.IMH(), cache=S.BlockCache())
   with pytest.raises(ValueError, match=r"refresh_every must be >= 1"):
     S.BlockCache(refresh_every=0)
