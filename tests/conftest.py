@@ -31,6 +31,40 @@ def pytest_configure(config):
       "markers", "slow: starts a subprocess, uses the code sandbox or trains a model")
 
 
+# What `make test-fast` leaves out: whole files and single tests that start a subprocess (the
+# scripts, the math grading worker), use the code sandbox or train a model. New tests of that
+# kind carry `@pytest.mark.slow` themselves.
+_SLOW_FILES = {
+    "test_bench_accelerator.py", "test_cli_errors.py", "test_demo.py", "test_e2e_experiments.py",
+    "test_eval_code.py", "test_eval_math.py", "test_eval_sandbox.py",
+    "test_eval_sandbox_kernel.py", "test_eval_sandbox_orphans.py", "test_multihost.py",
+    "test_notebooks.py", "test_policy_demo.py", "test_policy_training.py",
+    "test_runner_resume.py", "test_train_policy_script.py", "test_training.py",
+    "test_wedlm_e2e.py", "test_run_learned_policy.py", "test_tradeoff.py"}
+_SLOW_TESTS = {
+    "test_the_converter_command_is_quiet_and_its_errors_are_one_line",  # test_checkpoint.py
+    "test_reference_solutions_pass_and_wrong_ones_fail",                # test_data_jsonl.py
+    "test_tensorflow_is_not_needed",                                    # test_data_tfds.py
+    "test_sharded_block_cache_equals_single_device"}                    # test_sharding.py
+
+# The files that took a minute or more (`--durations`), started first so that the xdist workers
+# finish together instead of one running a long file alone at the end.
+_LONGEST_FIRST = (
+    "test_policy_demo.py", "test_sharding.py", "test_notebooks.py", "test_e2e_experiments.py",
+    "test_eval_code.py", "test_bench_accelerator.py", "test_wedlm_streaming.py",
+    "test_train_policy_script.py", "test_multihost.py", "test_policy_training.py",
+    "test_tradeoff.py", "test_wedlm_sampling.py", "test_block_cache.py", "test_demo.py")
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  for item in items:
+    if item.path.name in _SLOW_FILES or item.originalname in _SLOW_TESTS:
+      item.add_marker(pytest.mark.slow)
+  rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
+
+
 def pytest_unconfigure(config):
   if _OWN_CACHE_DIR is not None and not hasattr(config, "workerinput"):
     shutil.rmtree(_OWN_CACHE_DIR, ignore_errors=True)
