@@ -10,7 +10,7 @@ from dllm_jax.tasks import tradeoff
 
 
 def test_quick_tradeoff(tmp_path, capsys):
-  comparison = tradeoff.run(tmp_path, quick=True)["countdown"]
+  comparison = tradeoff.run(tmp_path, tasks=("countdown",), quick=True)["countdown"]
   printed = capsys.readouterr().out
   settings = tradeoff.QUICK
   labels = [*settings.claimed, *settings.baselines]

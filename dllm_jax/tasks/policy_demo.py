@@ -195,7 +195,8 @@ class EvaluationCache:
       for line in path.read_text().splitlines():
         record = json.loads(line)
         if record.pop("setting") == setting:
-          self.rows[record.pop("key")] = record
+          self.rows[record.pop("key")] = {  # per-problem arrays (`_P`) come back as arrays
+              k: np.asarray(v) if k.endswith("_P") else v for k, v in record.items()}
 
   def get(self, key: str) -> dict[str, Any] | None:
     return self.rows.get(key)
@@ -203,7 +204,8 @@ class EvaluationCache:
   def put(self, key: str, row: dict[str, Any]) -> None:
     self.rows[key] = row
     with open(self.path, "a", encoding="utf-8") as f:
-      f.write(json.dumps({"key": key, "setting": self.setting, **row}) + "\n")
+      plain = {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in row.items()}
+      f.write(json.dumps({"key": key, "setting": self.setting, **plain}) + "\n")
 
 
 def run(out_dir: str | pathlib.Path, model_path: str | pathlib.Path = builtin.LAGGED_DIFFERENCE,
