@@ -195,7 +195,8 @@ class EvaluationCache:
       for line in path.read_text().splitlines():
         record = json.loads(line)
         if record.pop("setting") == setting:
-          self.rows[record.pop("key")] = {  # per-problem arrays (`_P`) come back as arrays
+          key = record.pop("key")
+          self.rows[key] = {  # per-problem arrays (`_P`) come back as arrays
               k: np.asarray(v) if k.endswith("_P") else v for k, v in record.items()}
 
   def get(self, key: str) -> dict[str, Any] | None:
