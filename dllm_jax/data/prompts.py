@@ -1,4 +1,5 @@
-"""Prompts: chat templates of LLaDA, Dream and WeDLM checkpoints and the per-benchmark messages.
+"""Prompts: chat templates of LLaDA, Dream, WeDLM, LLaDA2 and SDAR checkpoints and the per-benchmark
+messages.
 
 Chat templates. A checkpoint's own template always wins: `load_chat_template` reads the Jinja
 string "chat_template" of its `tokenizer_config.json` (or `chat_template.jinja` /
@@ -17,6 +18,10 @@ used:
 - "wedlm" (WeDLM-8B/7B-Instruct, Qwen3 / Qwen2.5 ChatML, no default system message):
   `<|im_start|>user\\n{text}<|im_end|>\\n<|im_start|>assistant\\n` (a system message, if
   given, comes first in its own `<|im_start|>system` turn).
+- "llada2_moe" (LLaDA2.0 / 2.1, Ling-2.0 turns, thinking off, as dInfer's benchmarks prompt it):
+  `<role>SYSTEM</role>detailed thinking off<|role_end|><role>HUMAN</role>{text}<|role_end|>`
+  `<role>ASSISTANT</role>` (a system message goes before "detailed thinking off", then a newline).
+- "sdar" (SDAR, Qwen3 ChatML): the "wedlm" turns.
 
 Messages. Math (MATH500, AIME): the problem, then a request to reason step by step and put the final
 answer in \\boxed{} (the graders take the last \\boxed{}). HumanEval (instruct style): complete the
@@ -46,13 +51,14 @@ from dllm_jax.data.tokenize import read_json_object, token_string
 PathLike = str | os.PathLike
 Message = Mapping[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
 
-FAMILIES = ("llada", "dream", "wedlm")
+FAMILIES = ("llada", "dream", "wedlm", "llada2_moe", "sdar")
 
 LLADA_BOS = "<|startoftext|>"
 LLADA_EOS = "<|endoftext|>"
 DREAM_EOS = "<|endoftext|>"
 DREAM_DEFAULT_SYSTEM = "You are a helpful assistant."
 WEDLM_EOS = "<|endoftext|>"
+LLADA2_EOS = "<|endoftext|>"
 
 LLADA_FALLBACK_TEMPLATE = (
     "{% for message in messages %}"
@@ -77,6 +83,19 @@ WEDLM_FALLBACK_TEMPLATE = (
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+LLADA2_FALLBACK_TEMPLATE = (
+    "{{ '<role>SYSTEM</role>' }}"
+    "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] + '\\n' }}{% endif %}"
+    "{{ 'detailed thinking off<|role_end|>' }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}"
+    "{{ '<role>HUMAN</role>' + message['content'] + '<|role_end|>' }}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{{ '<role>ASSISTANT</role>' + message['content'] + '<|role_end|>' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<role>ASSISTANT</role>' }}{% endif %}")
 
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 HUMANEVAL_INSTRUCTION = (
@@ -152,8 +171,10 @@ def fallback_template(family: str) -> ChatTemplate:
     return ChatTemplate(LLADA_FALLBACK_TEMPLATE, LLADA_BOS, LLADA_EOS, "fallback:llada")
   if family == "dream":
     return ChatTemplate(DREAM_FALLBACK_TEMPLATE, "", DREAM_EOS, "fallback:dream")
-  if family == "wedlm":
-    return ChatTemplate(WEDLM_FALLBACK_TEMPLATE, "", WEDLM_EOS, "fallback:wedlm")
+  if family in ("wedlm", "sdar"):
+    return ChatTemplate(WEDLM_FALLBACK_TEMPLATE, "", WEDLM_EOS, f"fallback:{family}")
+  if family == "llada2_moe":
+    return ChatTemplate(LLADA2_FALLBACK_TEMPLATE, "", LLADA2_EOS, "fallback:llada2_moe")
   raise ValueError(f"unknown model family {family!r}; expected one of {FAMILIES}")
 
 
@@ -199,8 +220,8 @@ def load_chat_template(checkpoint_dir: PathLike, family: str | None = None) -> C
     if fallback is None:
       raise ValueError(
           f"{directory} has no chat template (looked in tokenizer_config.json, "
-          "chat_template.jinja, chat_template.json); pass family='llada', 'dream' or 'wedlm' "
-          "for the fallback template, or use plain prompts")
+          f"chat_template.jinja, chat_template.json); pass family= one of {FAMILIES} for the "
+          "fallback template, or use plain prompts")
     template, source = fallback.template, f"{fallback.source} (none in {directory})"
 
   def special_token(name: str) -> str:

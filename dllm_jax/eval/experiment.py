@@ -14,6 +14,8 @@ import jax
 from dllm_jax import checkpoint, models, sampling, sharding
 from dllm_jax.data import jsonl, prompts, tokenize
 from dllm_jax.eval import run_record, runner
+from dllm_jax.sampling import block_batch
+from dllm_jax.sampling.block_diffusion import BlockDiffusion
 from dllm_jax.sampling.by_name import rule_from_name
 from dllm_jax.sampling.imh import IMH
 from dllm_jax.sampling.streaming import StreamingSampler
@@ -50,11 +52,13 @@ def run_benchmark(*, checkpoint_dir: pathlib.Path, tokenizer_dir: str | None, be
                   allow_greedy: bool, rule: dict[str, Any], sampler_fields: dict[str, Any],
                   schedule: str = "linear", cache: str = "none",
                   streaming: dict[str, Any] | None = None, progress: bool = True,
-                  verify_checkpoint: bool = True, stop_strings: tuple[str, ...] = ()
-                  ) -> pathlib.Path:
+                  verify_checkpoint: bool = True, stop_strings: tuple[str, ...] = (),
+                  block: dict[str, Any] | None = None) -> pathlib.Path:
   """Runs (or resumes) one benchmark x sampler into `output_dir`. A response ends before the
   first EOS / end-of-turn token and after the first of `stop_strings` (`runner.cut_response`;
-  Tencent's WeDLM evaluation uses "Question", "Problem" on every benchmark)."""
+  Tencent's WeDLM evaluation uses "Question", "Problem" on every benchmark). A block diffusion
+  checkpoint (LLaDA2.x, SDAR) is decoded by `block_sampler` (`block`: its settings); the other
+  families by the rule `rule["name"]` (None: low_confidence)."""
   if any(not s for s in stop_strings):
     raise ValueError(f"--stop_strings has an empty entry: {list(stop_strings)!r}")
   if limit is not None and limit < 1:
@@ -74,10 +78,6 @@ def run_benchmark(*, checkpoint_dir: pathlib.Path, tokenizer_dir: str | None, be
   checkpoint_dir = pathlib.Path(checkpoint_dir).absolute()
   tokenizer_dir = pathlib.Path(tokenizer_dir or checkpoint_dir / "tokenizer")
   params, config = checkpoint.load(checkpoint_dir, mesh=mesh, verify_checksums=verify_checkpoint)
-  if config.attention_block:
-    raise ValueError(f"{checkpoint_dir} is a block diffusion model ({config.family}); this runner "
-                     "does not decode those yet: use dllm_jax.sampling.block_diffusion."
-                     "generate_blocks (README, 'LLaDA2.x and SDAR')")
   # The model's mask id wins: WeDLM's tokenizer files name no mask token.
   tokenizer = tokenize.CheckpointTokenizer.from_checkpoint(tokenizer_dir,
                                                            mask_id=config.mask_token_id)
@@ -85,23 +85,23 @@ def run_benchmark(*, checkpoint_dir: pathlib.Path, tokenizer_dir: str | None, be
               else prompts.load_chat_template(tokenizer_dir, family=config.family))
   texts = prompts.build_prompts(problems, template)
   prompt_ids = [tokenizer.encode(text) for text in texts]
-  if rule["name"] not in STREAMING_RULES and any(v is not None for v in (streaming or {}).values()):
-    raise ValueError(f"{sorted(k for k, v in streaming.items() if v is not None)} are settings "
-                     "of --remasking=wedlm_streaming")
-  policy_file, policy_temperature = rule.pop("policy", None), rule.pop("policy_temperature", None)
-  if rule["name"] != "learned_policy" and (policy_file or policy_temperature is not None):
-    raise ValueError("--policy and --policy_temperature are settings of --remasking=learned_policy")
-  policy_params = None
-  if rule["name"] in STREAMING_RULES:
-    sampler = streaming_sampler(config, rule, sampler_fields, schedule, cache, streaming or {})
-  elif rule["name"] == "learned_policy":
-    sampler, policy_params = learned_policy_sampler(config, policy_file, policy_temperature,
-                                                    sampler_fields, schedule, cache)
+  policy_file = policy_params = None
+  if config.attention_block:  # LLaDA2.x, SDAR
+    sampler = block_sampler(config, rule, sampler_fields, schedule, cache, streaming or {},
+                            block or {})
+    longest = max(map(len, prompt_ids))
+    if block_batch.canvas_length(sampler, longest) > config.max_length:
+      raise ValueError(f"the longest prompt ({longest} tokens) + --gen_length={sampler.gen_length} "
+                       f"fill {block_batch.canvas_length(sampler, longest)} positions in blocks of "
+                       f"{sampler.block_length}, over the model's context of {config.max_length}; "
+                       "lower --gen_length or --limit the problems")
   else:
-    sampler = sampling.Sampler.for_model(
-        config, remasking=rule_from_name(rule.pop("name"), **rule),
-        schedule=sampling.DreamSchedule() if schedule == "dream" else sampling.LinearSchedule(),
-        cache=None if cache == "none" else sampling.BlockCache(cache), **sampler_fields)
+    if any(v is not None for v in (block or {}).values()):
+      raise ValueError(f"{sorted('--' + k for k, v in block.items() if v is not None)} are "
+                       f"settings of block diffusion checkpoints (LLaDA2.x, SDAR), not of "
+                       f"{config.family}")
+    sampler, policy_file, policy_params = _sampler(config, rule, sampler_fields, schedule, cache,
+                                                   streaming)
   stop_ids = [t for t in (config.eos_token_id, config.eot_token_id) if t is not None]
   stop_sequences = [tokenizer.encode(text) for text in stop_strings]
   run_config = run_record.build(
@@ -123,6 +123,33 @@ def run_benchmark(*, checkpoint_dir: pathlib.Path, tokenizer_dir: str | None, be
       log=log if jax.process_index() == 0 else None,
       equivalent=run_record.equivalence(sampler=sampler, checkpoint_dir=checkpoint_dir,
                                         template=template))
+
+
+def _sampler(config, rule: dict[str, Any], sampler_fields: dict[str, Any], schedule: str,
+             cache: str, streaming: dict[str, Any] | None):
+  """The sampler of a LLaDA / Dream / WeDLM run: (sampler, policy file, policy params)."""
+  if rule["name"] is None:
+    rule["name"] = "low_confidence"
+  if rule.get("threshold") is None:
+    rule["threshold"] = 0.9
+  if rule["name"] not in STREAMING_RULES and any(v is not None for v in (streaming or {}).values()):
+    raise ValueError(f"{sorted(k for k, v in streaming.items() if v is not None)} are settings "
+                     "of --remasking=wedlm_streaming")
+  policy_file, policy_temperature = rule.pop("policy", None), rule.pop("policy_temperature", None)
+  if rule["name"] != "learned_policy" and (policy_file or policy_temperature is not None):
+    raise ValueError("--policy and --policy_temperature are settings of --remasking=learned_policy")
+  policy_params = None
+  if rule["name"] in STREAMING_RULES:
+    sampler = streaming_sampler(config, rule, sampler_fields, schedule, cache, streaming or {})
+  elif rule["name"] == "learned_policy":
+    sampler, policy_params = learned_policy_sampler(config, policy_file, policy_temperature,
+                                                    sampler_fields, schedule, cache)
+  else:
+    sampler = sampling.Sampler.for_model(
+        config, remasking=rule_from_name(rule.pop("name"), **rule),
+        schedule=sampling.DreamSchedule() if schedule == "dream" else sampling.LinearSchedule(),
+        cache=None if cache == "none" else sampling.BlockCache(cache), **sampler_fields)
+  return sampler, policy_file, policy_params
 
 
 STREAMING_RULES = ("wedlm_streaming", "wedlm_streaming_imh")
@@ -176,3 +203,66 @@ def streaming_sampler(config, rule: dict[str, Any], sampler_fields: dict[str, An
     options["imh"] = IMH(alpha=rule["alpha"], num_candidates=rule["num_candidates"])
   fields = {k: v for k, v in fields.items() if v is not None}
   return StreamingSampler.for_model(config, **fields, **options)
+
+
+# Flags the block decoder does not take (yet), with the value that means "not given".
+_NOT_BLOCK_SETTINGS = {"alg_temp": 0.0, "alpha": 2.0, "num_candidates": 4,
+                       "imh_positions": "random", "num_rollouts": 1, "rollout_tokens_per_step": 1,
+                       "rollout_greedy": False, "num_particles": 8, "ess_threshold": 0.5,
+                       "position_penalty": 0.1, "first_temperature": 0.9, "policy": None,
+                       "policy_temperature": None, "top_p": None, "top_k": None,
+                       "cfg_scale": 0.0, "forbid_eos": False, "eos_confidence_inf": False,
+                       "schedule": "linear", "cache": "none"}
+
+
+def block_sampler(config, rule: dict[str, Any], sampler_fields: dict[str, Any], schedule: str,
+                  cache: str, streaming: dict[str, Any], block: dict[str, Any]) -> BlockDiffusion:
+  """Block diffusion decoding (LLaDA2.x, SDAR) from the run's settings, at LLaDA2's defaults:
+  the model's block length, as many steps per block, threshold 0.95 with the scheduled
+  low-confidence fallback, temperature 0. `block` may hold `llada21_mode` ("speed" or "quality":
+  `BlockDiffusion.llada21_speed` / `llada21_quality`), `editing_threshold` (LLaDA2.1 token
+  editing) and `max_post_steps`. Every other setting must be at its default: the block decoder
+  does not take it (yet)."""
+  family = config.family
+  name = rule.get("name")
+  if name not in (None, "threshold"):
+    raise ValueError(f"--remasking={name} is not supported for block diffusion ({family}) yet: "
+                     "it decodes with LLaDA2's threshold rule; leave --remasking unset")
+  given = {**rule, **sampler_fields, "schedule": schedule, "cache": cache}
+  stray = sorted(f"--{k}" for k, default in _NOT_BLOCK_SETTINGS.items()
+                 if given.get(k, default) != default)
+  stray += sorted(f"--{k}" for k, v in streaming.items() if v is not None)
+  if stray:
+    raise ValueError(f"block diffusion ({family}) does not take {stray}: the block decoder does "
+                     "not support them yet")
+  if sampler_fields.get("temperature") not in (None, 0.0):
+    raise ValueError(f"--temperature={sampler_fields['temperature']}: block diffusion ({family}) "
+                     "decodes at temperature 0 only for now; leave --temperature unset")
+  block_length = sampler_fields.get("block_length")
+  if block_length not in (None, config.attention_block):
+    raise ValueError(f"--block_length={block_length}: this {family} model attends in blocks of "
+                     f"{config.attention_block}, which decoding must use; leave --block_length "
+                     "unset")
+  gen_length = sampler_fields.get("gen_length") or 256
+  fields = {"block_length": config.attention_block,
+            "steps": sampler_fields.get("steps") or config.attention_block}
+  mode = block.get("llada21_mode")
+  threshold, editing = rule.get("threshold"), block.get("editing_threshold")
+  if mode is not None:
+    if threshold is not None or editing is not None:
+      raise ValueError(f"--llada21_mode={mode} sets the thresholds itself; drop --threshold and "
+                       "--editing_threshold (or the mode)")
+    if mode not in ("speed", "quality"):
+      raise ValueError(f"--llada21_mode must be 'speed' or 'quality', got {mode!r}")
+    preset = getattr(BlockDiffusion, f"llada21_{mode}")
+  else:
+    fields.update({"threshold": 0.95 if threshold is None else threshold,
+                   "editing_threshold": editing})
+    preset = BlockDiffusion
+  max_post = block.get("max_post_steps")
+  if max_post is not None:
+    if mode is None and editing is None:
+      raise ValueError("--max_post_steps bounds token editing: it needs --editing_threshold or "
+                       "--llada21_mode")
+    fields["max_post_steps"] = max_post
+  return preset(gen_length, **fields)

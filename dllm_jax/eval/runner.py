@@ -43,6 +43,8 @@ from dllm_jax import sampling, sharding
 from dllm_jax.data.problems import Problem
 from dllm_jax.data.tokenize import pad_left
 from dllm_jax.eval import grading
+from dllm_jax.sampling.block_batch import generate_padded
+from dllm_jax.sampling.block_diffusion import BlockDiffusion
 from dllm_jax.sampling.imh import IMH
 from dllm_jax.sampling.position_first import EGI, RankThenSample
 from dllm_jax.sampling.streaming import StreamingSampler, stream_generate
@@ -75,6 +77,8 @@ def can_sample(sampler: sampling.Sampler) -> bool:
   """Whether two runs of `sampler` with different keys can give different tokens."""
   if isinstance(sampler, StreamingSampler):
     return sampler.imh is not None or sampler.temperature > 0
+  if isinstance(sampler, BlockDiffusion):
+    return getattr(sampler, "temperature", 0.0) > 0  # greedy block decoding
   rule = sampler.remasking
   if isinstance(rule, IMH) or sampler.token_temperature > 0:
     return True
@@ -85,6 +89,10 @@ def can_sample(sampler: sampling.Sampler) -> bool:
   if isinstance(rule, EGI):
     return rule.alg_temp > 0 or rule.first_temperature > 0
   return True  # Random and DreamOrigin draw the order
+
+
+def _token_temperature(sampler) -> float:
+  return getattr(sampler, "token_temperature", getattr(sampler, "temperature", 0.0))
 
 
 def cut_response(ids: Sequence[int], stop_ids: Sequence[int],
@@ -343,7 +351,7 @@ def run(*, problems: Sequence[Problem], prompts: Sequence[Sequence[int]],
   if n_samples > 1 and not can_sample(sampler) and not allow_greedy:
     raise ValueError(
         f"{n_samples} samples per problem, but {getattr(sampler, 'remasking', sampler)!r} at "
-        f"temperature {sampler.token_temperature} is deterministic: every sample would be the same. Set "
+        f"temperature {_token_temperature(sampler)} is deterministic: every sample would be the same. Set "
         "--temperature > 0 (or --alg_temp), use a sampling rule, or pass "
         "--allow_identical_samples")
   prompt_length = max(len(p) for p in prompts)
@@ -389,6 +397,7 @@ def run(*, problems: Sequence[Problem], prompts: Sequence[Sequence[int]],
             log("compiling the sampler (once per run) ...")
             start = time.time()
             decode_fn = (stream_generate if isinstance(sampler, StreamingSampler)
+                         else generate_padded if isinstance(sampler, BlockDiffusion)
                          else sampling.generate)
             extra = ({} if model.policy_params is None
                      else {"policy_params": jax.device_put(model.policy_params,

@@ -63,10 +63,23 @@ class BlockDiffusion:
 
   @classmethod
   def llada21_quality(cls, gen_length: int, **changes) -> BlockDiffusion:
-    """LLaDA2.1 with editing at the settings the diffusers LLaDA2 pipeline recommends for
-    quality (threshold 0.7, editing threshold 0.5). The paper's S/Q-mode values were not at hand
-    and are not claimed here."""
+    """LLaDA2.1's Q (quality) mode: threshold 0.7, editing threshold 0.5. The values the
+    diffusers LLaDA2 pipeline documents for LLaDA2.1 quality (docs/api/pipelines/llada2.md);
+    third-party evaluation scripts quote the same pair from the LLaDA2.1-mini model card as "Q
+    Mode". The tech report (arXiv 2602.08676) gives no numbers; the model card itself was not
+    read here."""
     return cls(gen_length, **{"threshold": 0.7, "editing_threshold": 0.5, **changes})
+
+  @classmethod
+  def llada21_speed(cls, gen_length: int, **changes) -> BlockDiffusion:
+    """LLaDA2.1's S (speed) mode: threshold 0.5, editing threshold 0.0 (every committed token
+    whose top choice changed is rewritten). The defaults of SGLang's `JointThreshold` decoder
+    for LLaDA2.1 (sgl-project/sglang, docs/supported_models/text_generation/
+    diffusion_language_models.md: "threshold: 0.5", "edit_threshold: 0.0", "recommended for
+    most cases"); third-party evaluation scripts quote the same pair from the LLaDA2.1-mini model
+    card as "Speed Mode" (one of them reads editing there as off, not 0.0). Second-hand: the
+    model card itself was not read here."""
+    return cls(gen_length, **{"threshold": 0.5, "editing_threshold": 0.0, **changes})
 
   def schedule(self) -> np.ndarray:
     """Tokens to commit at least, per step of a block: B // steps, the first B % steps one more
