@@ -17,7 +17,7 @@ from dllm_jax.sampling import block_diffusion as bd
 from tests import hf_fixtures as fx
 from tests import llada2_fixtures as lf
 from tests.conftest import REPO_ROOT
-from tests.experiment_fixtures import build_tokenizer
+from tests.experiment_fixtures import build_tokenizer, write_tiny_checkpoint
 
 SPECIAL = ["<|endoftext|>", "<|mask|>", "<|role_end|>", "<|im_start|>", "<|im_end|>"]
 GEN = 32  # tokens per sample: at block 32, one block plus the one a prompt's tail may need
@@ -169,4 +169,17 @@ def test_run_script_refuses_in_one_line(llada2_ckpt, shared_data, tmp_path):
   assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("error: --remasking=entropy is not supported for block diffusion"), last
+  assert not (tmp_path / "out").exists()
+
+
+def test_block_settings_on_another_family_are_named(tmp_path, shared_data):
+  ckpt = write_tiny_checkpoint(tmp_path / "llada", shared_data)
+  with pytest.raises(ValueError, match=r"\['--editing_threshold', '--llada21_mode'\] are settings "
+                                       "of block diffusion checkpoints"):
+    experiment.run_benchmark(
+        checkpoint_dir=ckpt, tokenizer_dir=None, benchmark="math500", data_path=str(shared_data),
+        limit=1, chat_template="none", mesh_spec="data=-1,model=1",
+        output_dir=str(tmp_path / "out"), n_samples=1, batch_size=1, seed=0, allow_greedy=False,
+        rule=_rule(), sampler_fields=dict(FIELDS), progress=False,
+        block={"editing_threshold": 0.5, "llada21_mode": "speed", "max_post_steps": None})
   assert not (tmp_path / "out").exists()
