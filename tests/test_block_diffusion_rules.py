@@ -1,0 +1,252 @@
+"""Block diffusion decoding at temperature > 0 and with the other unmasking rules, against exact
+output laws on the oracle denoiser (DESIGN.md §7), and the exact block cache under sampling.
+
+The oracle sees a 2-token prompt (one whole block, prefilled) and returns the exact conditionals
+of a random joint P over the V^4 generated tokens, decoded in two blocks of 2. Under block-causal
+decoding the later block is all-mask while a block decodes, so these conditionals are what a
+block-causal model would give. A deviation of N samples is flagged only beyond
+`tv_sampling_bound` (exceeded by chance with probability < 1e-6); each law is also checked to
+differ from the nearest alternative by more than twice that bound (the test has power).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dllm_jax import sampling as S
+from dllm_jax.models import hf_layout, make_denoise
+from dllm_jax.models.config import from_hf_config
+from dllm_jax.sampling import block_diffusion as bd
+from dllm_jax.sampling import oracle
+from dllm_jax.sampling.oracle_exact import (_marginals, exact_distributions,
+                                            position_first_distribution, total_variation,
+                                            tv_sampling_bound)
+from tests import llada2_fixtures as lf
+
+V, G, P, BLOCK, N = 3, 4, 2, 2, 50_000
+MASK, EOS = V, V + 1  # EOS never appears: every block is decoded
+ORACLE = oracle.make_oracle_denoise(V, G)  # built outside any trace (it holds arrays)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockOracle:
+  """The oracle as a block-cache denoiser: logits of the generated part from the exact
+  conditionals (prompt positions get zeros; they are never committed), a dummy cache."""
+
+  @property
+  def config(self):
+    return types.SimpleNamespace(attention_block=BLOCK)
+
+  def _logits(self, log_p, tokens_BL):
+    rows, length = tokens_BL.shape
+    if length != P + G:  # the prefill of the prompt's block: its logits are unused
+      return jnp.zeros((rows, length, V + 1))
+    gen = ORACLE(log_p, tokens_BL[:, P:], None)
+    return jnp.concatenate([jnp.zeros((rows, P, V + 1)), gen], axis=1)
+
+  def with_cache(self, log_p, tokens_BL, mask_BL, start, width):
+    logits = jax.lax.dynamic_slice_in_dim(self._logits(log_p, tokens_BL), start, width, 1)
+    zeros = jnp.zeros((*tokens_BL.shape, 1, 1))
+    return logits, [(zeros, zeros)]
+
+  def window_with_cache(self, log_p, cache, tokens_BL, mask_BL, start, width):
+    return self.with_cache(log_p, tokens_BL, mask_BL, start, width)[0], cache
+
+
+def _joint(seed):
+  log_p = oracle.random_joint(jax.random.key(seed), V, G, concentration=0.3)
+  p = np.exp(np.asarray(log_p, np.float64))
+  return log_p, p / p.sum()
+
+
+def _empirical(decoder, log_p, seed=0, policy_params=None):
+  prompt = np.zeros((N, P), np.int32)
+  out = bd.generate_blocks(decoder, BlockOracle(), log_p, prompt, mask_id=MASK, eos_id=EOS,
+                           pad_id=0, rng=jax.random.key(seed), policy_params=policy_params)
+  assert (out.tokens < V).all()
+  return np.bincount(oracle.sequence_index(out.tokens, V), minlength=V ** G) / N
+
+
+def _tempered(m_V, temperature, top_k=None):
+  if temperature == 0:
+    return (m_V == m_V.max()).astype(float)
+  q = np.where(m_V > 0, m_V, 0.0) ** (1 / temperature)
+  if top_k is not None:
+    q = np.where(m_V >= np.sort(m_V)[-top_k], q, 0.0)
+  return q / q.sum()
+
+
+def sample_then_select_law(p, temperature, schedule, tempered_score, threshold=None, top_k=None):
+  """Exact law of: at every step draw all masked positions of the block at `temperature`
+  (`top_k` filtered), score each by its draw's probability (tempered and filtered, or the
+  plain p_i), commit the scores above `threshold` if there are >= the step's count of them,
+  else that count, best first (ties: lower index). Also the smallest gap between compared
+  scores over reachable draws (float32 rounding could flip a smaller one)."""
+  sequences = oracle.all_sequences(V, G)
+  law, gaps = np.zeros(V ** G), [np.inf]
+
+  def walk(state, s, prob):
+    masked = [i for i, t in enumerate(state) if t is None]
+    if not masked:
+      law[oracle.sequence_index(np.array([state]), V)[0]] += prob
+      return
+    block = masked[0] // BLOCK
+    eligible = [i for i in masked if i // BLOCK == block]
+    m = _marginals(p, sequences, V, state)
+    q = {i: _tempered(m[i], temperature, top_k) for i in eligible}
+    n = min(schedule[s], len(eligible))
+    for values in itertools.product(range(V), repeat=len(eligible)):
+      pr = np.prod([q[i][v] for i, v in zip(eligible, values)])
+      if pr == 0:
+        continue
+      c = [q[i][v] if tempered_score else m[i][v] for i, v in zip(eligible, values)]
+      order = sorted(range(len(c)), key=lambda j: (-c[j], j))
+      high = [j for j in range(len(c)) if threshold is not None and c[j] > threshold]
+      if threshold is not None:
+        gaps.append(min(abs(x - threshold) for x in c))
+      if len(high) >= schedule[s] and threshold is not None:
+        chosen = high
+      else:
+        chosen = order[:n]
+        if n < len(c):
+          gaps.append(c[order[n - 1]] - c[order[n]])
+      new = list(state)
+      for j in chosen:
+        new[eligible[j]] = values[j]
+      done = all(new[i] is not None for i in eligible)
+      walk(tuple(new), 0 if done else s + 1, prob * pr)
+
+  walk((None,) * G, 0, 1.0)
+  return law, min(gaps)
+
+
+def _check(q, exact, alternative):
+  tv, bound = total_variation(q, exact), tv_sampling_bound(exact, N)
+  gap = total_variation(exact, alternative)
+  print(f"TV(samples, exact) = {tv:.4f} (bound {bound:.4f}); TV(exact, alternative) = {gap:.4f}")
+  assert tv <= bound
+  assert gap > 2 * bound
+
+
+@pytest.mark.parametrize("temperature,threshold,top_k", [(0.7, 0.5, None), (1.3, 0.4, 2)])
+def test_official_rule_samples_its_exact_law(temperature, threshold, top_k):
+  """The default rule at T > 0: draws from the tempered (filtered) distribution, confidence =
+  the draw's probability under it, threshold with the scheduled fallback (several tokens per
+  step when more than one exceeds the threshold)."""
+  log_p, p = _joint(3)
+  exact, gap = sample_then_select_law(p, temperature, [1, 1], True, threshold, top_k)
+  assert gap > 1e-4
+  decoder = bd.BlockDiffusion(gen_length=G, block_length=BLOCK, steps=2, threshold=threshold,
+                              temperature=temperature, top_k=top_k)
+  # Alternative: the confidence read from the untempered, unfiltered distribution.
+  alternative, _ = sample_then_select_law(p, temperature, [1, 1], False, threshold, top_k)
+  _check(_empirical(decoder, log_p, seed=1), exact, alternative)
+
+
+def test_random_order_at_temperature_one_samples_p():
+  log_p, p = _joint(0)
+  exact = exact_distributions(p, V, G, 1.0, [1], BLOCK)[1]
+  assert total_variation(exact, p) < 1e-9
+  decoder = bd.BlockDiffusion(gen_length=G, block_length=BLOCK, steps=2, remasking=S.Random(),
+                              temperature=1.0)
+  _check(_empirical(decoder, log_p, seed=2), exact,
+         sample_then_select_law(p, 1.0, [1, 1], False)[0])
+
+
+@pytest.mark.parametrize("name", ["random", "low_confidence", "tpp", "egi"])
+def test_rules_inside_blocks_sample_their_exact_laws(name):
+  log_p, p = _joint(1)
+  tpp = lambda t, first=None: position_first_distribution(p, V, G, t, BLOCK, first)
+  if name == "random":
+    rule, t = S.Random(), 0.6
+    exact = exact_distributions(p, V, G, 1 / t, [1], BLOCK)[1]
+    alternative = sample_then_select_law(p, t, [1, 1], False)[0]  # low-confidence
+  elif name == "low_confidence":
+    rule, t = S.LowConfidence(), 0.8
+    exact, gap = sample_then_select_law(p, t, [1, 1], False)
+    assert gap > 1e-4
+    alternative = tpp(t)[0]
+  elif name == "tpp":
+    rule, t = S.RankThenSample(), 0.6
+    (exact, gap), alternative = tpp(t), sample_then_select_law(p, t, [1, 1], False)[0]
+    assert gap > 1e-4
+  else:
+    rule, t = S.EGI(first_temperature=1.5), 0.0
+    (exact, gap), alternative = tpp(t, 1.5), tpp(t)[0]
+    assert gap > 1e-4
+  decoder = bd.BlockDiffusion(gen_length=G, block_length=BLOCK, steps=2, remasking=rule,
+                              temperature=t)
+  _check(_empirical(decoder, log_p, seed=3), exact, alternative)
+
+
+def _tiny_llada2():
+  cfg = lf.llada2_hf_config(layers=2, experts=4, groups=2, topk_group=1)
+  tensors = lf.llada2_tensors(cfg, seed=4)
+  tensors["lm_head.weight"] = tensors["lm_head.weight"] * 3.0
+  return cfg, tensors
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  cfg, tensors = _tiny_llada2()
+  path = tmp_path_factory.mktemp("cfg") / "config.json"
+  path.write_text(json.dumps(cfg))
+  config = from_hf_config(path, attention_block=4)
+  assembler, params = hf_layout.HFAssembler(config), {}
+  for key, array in tensors.items():
+    for p, value in assembler.add(key, array):
+      hf_layout.set_path(params, p, jnp.asarray(value))
+  return config, params
+
+
+def test_sampling_keeps_the_cache_exact(tiny):
+  """Sampling with editing (LLaDA2.1 at T > 0, top-p) keeps the cache exact: it equals a fresh
+  forward of the final canvas. (The rules share this loop: only the committed positions differ;
+  the draws depend on the row's key and step only, so the uncached loop, whose logits are
+  equal, draws the same tokens.)"""
+  config, params = tiny
+  denoise = make_denoise(config)
+  prompts = [[5, 17, 99, 3, 42, 8, 61], [11, 7]]
+  tokens = np.full((2, 7), 151, np.int32)
+  mask = np.zeros_like(tokens, bool)
+  for b, prompt in enumerate(prompts):
+    tokens[b, 7 - len(prompt):], mask[b, 7 - len(prompt):] = prompt, True
+  keys = jax.random.split(jax.random.key(7), 2)
+  decoder = bd.BlockDiffusion(gen_length=8, block_length=4, steps=4, temperature=0.9, top_p=0.9,
+                              threshold=0.5, editing_threshold=0.6, max_post_steps=2)
+  run = lambda d, t, m, k: bd.generate_blocks(d, denoise, params, t, m, mask_id=150, eos_id=159,
+                                              pad_id=151, rng=k)
+  out = run(decoder, tokens, mask, keys)
+  assert (out.tokens != 150).all()
+  _, fresh = denoise.with_cache(params, out.canvas, out.layout.valid)
+  valid = out.layout.valid
+  for (k, v), (fk, fv) in zip(out.cache, fresh):
+    np.testing.assert_allclose(np.asarray(k)[valid], np.asarray(fk)[valid], atol=2e-5)
+    np.testing.assert_allclose(np.asarray(v)[valid], np.asarray(fv)[valid], atol=2e-5)
+  # Power: another key changes the sample.
+  assert (run(decoder, tokens, mask, jax.random.split(jax.random.key(8), 2)).tokens
+          != out.tokens).any()
+
+
+def test_bad_settings_are_refused():
+  with pytest.raises(ValueError, match="IMH is not supported inside blocks"):
+    bd.BlockDiffusion(gen_length=4, remasking=S.IMH())
+  with pytest.raises(ValueError, match="editing_threshold works with the default rule only"):
+    bd.BlockDiffusion(gen_length=4, remasking=S.Random(), editing_threshold=0.5)
+  with pytest.raises(ValueError, match="remasking must be None"):
+    bd.BlockDiffusion(gen_length=4, remasking="random")
+  with pytest.raises(ValueError, match="temperature must be >= 0"):
+    bd.BlockDiffusion(gen_length=4, temperature=-1.0)
+  log_p, _ = _joint(0)
+  with pytest.raises(ValueError, match="pass rng="):
+    bd.generate_blocks(bd.BlockDiffusion(gen_length=G, block_length=BLOCK, temperature=0.5),
+                       BlockOracle(), log_p, np.zeros((1, P), np.int32), mask_id=MASK,
+                       eos_id=EOS, pad_id=0)
