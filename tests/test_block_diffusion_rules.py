@@ -12,6 +12,7 @@ differ from the nearest alternative by more than twice that bound (the test has 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 import types
@@ -26,6 +27,7 @@ from dllm_jax.models import hf_layout, make_denoise
 from dllm_jax.models.config import from_hf_config
 from dllm_jax.sampling import block_diffusion as bd
 from dllm_jax.sampling import oracle
+from dllm_jax.sampling.policy import policy_logits
 from dllm_jax.sampling.oracle_exact import (_marginals, exact_distributions,
                                             position_first_distribution, total_variation,
                                             tv_sampling_bound)
@@ -187,6 +189,78 @@ def test_rules_inside_blocks_sample_their_exact_laws(name):
   _check(_empirical(decoder, log_p, seed=3), exact, alternative)
 
 
+def test_imh_inside_blocks_samples_its_exact_law():
+  """IMH with the mean-field weight summed over the block's masks left (later blocks are not
+  computed by the block decoder), one token per step, K = 4 candidates at alpha = 3."""
+  log_p, p = _joint(2)
+  laws = exact_distributions(p, V, G, 3.0, [1, 4], BLOCK, block_suffix=True)
+  decoder = bd.BlockDiffusion(gen_length=G, block_length=BLOCK, steps=2,
+                              remasking=S.IMH(alpha=3.0, num_candidates=4))
+  _check(_empirical(decoder, log_p, seed=6), laws[4], laws[1])
+
+
+def learned_policy_law(p, rule, params, temperature):
+  """Exact law of the learned policy inside blocks: per step every masked position of the block
+  is unmasked with probability sigmoid(z_i / tau) (z from the network on the window's top-1
+  probabilities, mask bits and steps taken / G), the best z when none is; the values at the
+  temperature. Also the smallest gap between the fallback's two candidates."""
+  sequences = oracle.all_sequences(V, G)
+  law, gaps = np.zeros(V ** G), [np.inf]
+  network = jax.jit(functools.partial(policy_logits, rule.network))
+
+  @functools.lru_cache(maxsize=None)
+  def logits(state, steps, window):
+    m = _marginals(p, sequences, V, state)
+    z = network(params, jnp.asarray([[m[i].max() for i in window]], jnp.float32),
+                jnp.asarray([[state[i] is None for i in window]]),
+                jnp.asarray([steps / G], jnp.float32))
+    return m, np.asarray(z, np.float64)[0]
+
+  def walk(state, steps, prob):
+    masked = [i for i, t in enumerate(state) if t is None]
+    if not masked:
+      law[oracle.sequence_index(np.array([state]), V)[0]] += prob
+      return
+    window = tuple(range(masked[0] // BLOCK * BLOCK, (masked[0] // BLOCK + 1) * BLOCK))
+    m, z = logits(state, steps, window)
+    eligible = [j for j, i in enumerate(window) if state[i] is None]
+    keep = 1 / (1 + np.exp(-z / rule.temperature))
+    for bits in itertools.product([False, True], repeat=len(eligible)):
+      pa = np.prod([keep[j] if b else 1 - keep[j] for j, b in zip(eligible, bits)])
+      chosen = [j for j, b in zip(eligible, bits) if b]
+      if not chosen:
+        order = sorted(eligible, key=lambda j: (-z[j], j))
+        chosen = order[:1]
+        if len(order) > 1:
+          gaps.append(z[order[0]] - z[order[1]])
+      for values in itertools.product(range(V), repeat=len(chosen)):
+        pv = np.prod([_tempered(m[window[j]], temperature)[v] for j, v in zip(chosen, values)])
+        new = list(state)
+        for j, v in zip(chosen, values):
+          new[window[j]] = v
+        walk(tuple(new), steps + 1, prob * pa * pv)
+
+  walk((None,) * G, 0, 1.0)
+  return law, min(gaps)
+
+
+def test_learned_policy_inside_blocks_samples_its_exact_law():
+  log_p, p = _joint(2)
+  rule = S.LearnedPolicy(S.PolicyConfig(width=8, num_heads=2, mlp_width=16, time_features=8))
+  params = S.init_policy(rule.network, seed=0)
+  # Random weights everywhere (the smart init's zero adaLN would make z ignore its inputs).
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(5), len(leaves))
+  params = jax.tree.unflatten(tree, [x + 0.7 * jax.random.normal(k, x.shape, x.dtype)
+                                     for x, k in zip(leaves, keys)])
+  exact, gap = learned_policy_law(p, rule, params, 0.8)
+  assert gap > 1e-4
+  decoder = bd.BlockDiffusion(gen_length=G, block_length=BLOCK, steps=2, remasking=rule,
+                              temperature=0.8)
+  _check(_empirical(decoder, log_p, seed=4, policy_params=params), exact,
+         exact_distributions(p, V, G, 1 / 0.8, [1], BLOCK)[1])
+
+
 def _tiny_llada2():
   cfg = lf.llada2_hf_config(layers=2, experts=4, groups=2, topk_group=1)
   tensors = lf.llada2_tensors(cfg, seed=4)
@@ -237,8 +311,10 @@ def test_sampling_keeps_the_cache_exact(tiny):
 
 
 def test_bad_settings_are_refused():
-  with pytest.raises(ValueError, match="IMH is not supported inside blocks"):
-    bd.BlockDiffusion(gen_length=4, remasking=S.IMH())
+  with pytest.raises(ValueError, match="SMC is not supported inside blocks"):
+    bd.BlockDiffusion(gen_length=4, remasking=S.SMC())
+  with pytest.raises(ValueError, match="leave temperature, top_p and top_k unset"):
+    bd.BlockDiffusion(gen_length=4, remasking=S.IMH(), temperature=0.5)
   with pytest.raises(ValueError, match="editing_threshold works with the default rule only"):
     bd.BlockDiffusion(gen_length=4, remasking=S.Random(), editing_threshold=0.5)
   with pytest.raises(ValueError, match="remasking must be None"):

@@ -39,10 +39,16 @@ Left padding: each row's padding is a whole number of blocks, chosen so that eve
 decoded block sits at the same canvas index; padding is hidden from attention. Rows move from
 block to block together (a row whose block is final waits, committing nothing).
 
-Not supported here: IMH, RolloutIMH and SMC inside the block (their candidate or particle
-passes are not written for the block cache), token editing combined with a rule other than the
-default, the learned policy's training trace (decoding only), and Multiple Block Editing
-(re-opening finished blocks). LLaDA2.2's insert/delete editing is out of scope.
+IMH (`imh.py`) inside the block: each step's pass gives the logits, the rule's positions get K
+candidates from p**alpha, each candidate block is one more window pass against the cache, and
+the mean-field weight sums over the masks left *in the block* (the decoder never computes later
+blocks); so a step costs 1 + K passes (K = 1: one, no chain), and with several blocks the law is
+not the main loop's IMH (whose weight covers every mask left).
+
+Not supported here: RolloutIMH and SMC inside the block (their rollout or particle passes are
+not written for the block cache), token editing combined with a rule other than the default,
+the learned policy's training trace (decoding only), and Multiple Block Editing (re-opening
+finished blocks). LLaDA2.2's insert/delete editing is out of scope.
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dllm_jax.sampling import imh as imh_lib
 from dllm_jax.sampling import row_random, token_sampling
 from dllm_jax.sampling.imh import IMH
 from dllm_jax.sampling.learned_policy import LearnedPolicy
@@ -62,11 +69,12 @@ from dllm_jax.sampling.position_first import EGI, RankThenSample
 from dllm_jax.sampling.remasking import (DreamOrigin, Entropy, LowConfidence, MaskGitPlus, Random,
                                          StepInputs, Threshold, TopKMargin, WeDLMEntropy,
                                          apply_rule, token_probability)
+from dllm_jax.sampling.rollout_imh import RolloutIMH
 from dllm_jax.sampling.smc import SMC
 
 # The rules that run inside a block (the `Sampler` rules that score and select in one pass).
 BLOCK_RULES = (Random, LowConfidence, MaskGitPlus, TopKMargin, Entropy, WeDLMEntropy,
-               DreamOrigin, Threshold, RankThenSample, EGI, LearnedPolicy)
+               DreamOrigin, Threshold, RankThenSample, EGI, LearnedPolicy, IMH)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,12 +111,15 @@ class BlockDiffusion:
     if self.top_k is not None and self.top_k < 1:
       raise ValueError(f"top_k must be >= 1, got {self.top_k}")
     rule = self.remasking
-    if isinstance(rule, (IMH, SMC)):
+    if isinstance(rule, (RolloutIMH, SMC)):
       raise ValueError(f"{type(rule).__name__} is not supported inside blocks yet; use one of "
                        f"{[r.__name__ for r in BLOCK_RULES]} or dllm_jax.sampling.Sampler")
     if rule is not None and not isinstance(rule, BLOCK_RULES):
       raise ValueError(f"remasking must be None (the official threshold rule) or one of "
                        f"{[r.__name__ for r in BLOCK_RULES]}, got {rule!r}")
+    if isinstance(rule, IMH) and (self.temperature or self.top_p or self.top_k):
+      raise ValueError("IMH draws its candidates from p**alpha (temperature 1/alpha, no "
+                       "top_p/top_k); leave temperature, top_p and top_k unset")
     if rule is not None and self.editing_threshold is not None:
       raise ValueError("editing_threshold works with the default rule only; leave remasking "
                        "unset to edit")
@@ -117,7 +128,7 @@ class BlockDiffusion:
   def samples(self) -> bool:
     """Whether decoding draws random numbers (then `generate_blocks` needs `rng`)."""
     rule = self.remasking
-    return (self.temperature > 0 or isinstance(rule, (Random, DreamOrigin, LearnedPolicy))
+    return (self.temperature > 0 or isinstance(rule, (Random, DreamOrigin, LearnedPolicy, IMH))
             or getattr(rule, "alg_temp", 0) > 0
             or (isinstance(rule, EGI) and rule.first_temperature > 0))
 
@@ -195,6 +206,29 @@ def _draw(decoder: BlockDiffusion, logits_BWV: jax.Array, key_B: jax.Array, star
   return sample_BWV, x0_BW, token_probability(sample_BWV, x0_BW)
 
 
+def _imh_commit(rule: IMH, window_logits, logits_BWV: jax.Array, inputs: StepInputs,
+                tok_BW: jax.Array, keys: list[jax.Array], max_chosen: int):
+  """One IMH step inside the block (`imh.py`): positions by `rule.positions`, K candidates
+  from p**alpha there, each scored by the mean-field mass of the block's masks left after it
+  (`window_logits(candidate_BW)`, one window pass per candidate), the independent MH chain.
+  Returns the positions to commit and the block's tokens with the chosen candidate."""
+  key_cand, key_score, key_select, key_chain = keys
+  mode_BW = jnp.argmax(logits_BWV, axis=-1).astype(jnp.int32)
+  inputs = inputs._replace(sample_logits_BGV=logits_BWV, x0_BG=mode_BW)
+  score_BW = rule.positions.confidence(inputs, key_score)
+  chosen_BW = rule.positions.select(score_BW, inputs, key_select) & inputs.eligible_BG
+  index_BM, valid_BM = imh_lib.gather_positions(chosen_BW, max_chosen)
+  logits_BMV = jnp.take_along_axis(logits_BWV, index_BM[..., None], axis=1)
+  values_KBM = imh_lib.draw_candidates(key_cand, logits_BMV, rule.alpha, rule.num_candidates)
+  cand_KBW = imh_lib.place_candidates(tok_BW, index_BM, valid_BM, values_KBM)
+  if rule.num_candidates == 1:  # no chain: the one candidate is committed
+    return chosen_BW, cand_KBW[0]
+  log_w_KB = imh_lib.suffix_log_mass(jax.vmap(window_logits)(cand_KBW),
+                                     inputs.eligible_BG & ~chosen_BW, rule.alpha)
+  state_B, _ = imh_lib.run_chain(key_chain, log_w_KB)
+  return chosen_BW, jnp.take_along_axis(cand_KBW, state_B[None, :, None], axis=0)[0]
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1, 5, 6, 7))
 def _decode(decoder: BlockDiffusion, denoise_fn, params, arrays, policy_params, first_block: int,
             num_blocks: int, ids: tuple[int, int]):
@@ -204,7 +238,10 @@ def _decode(decoder: BlockDiffusion, denoise_fn, params, arrays, policy_params, 
   rows, L = canvas_BL.shape
   editing = decoder.editing_threshold is not None
   rule = decoder.remasking
+  imh = isinstance(rule, IMH)
   schedule = jnp.asarray(decoder.schedule())
+  # One pass per step, and IMH's candidate passes (none with one candidate).
+  passes = 1 + (rule.num_candidates if imh and rule.num_candidates > 1 else 0)
   gen_BL = jnp.arange(L)[None] >= gen_start_B[:, None]
   # Random numbers are drawn over the decoded region (at least a block) and sliced to the window.
   region = max(decoder.gen_length, Bk)
@@ -229,7 +266,8 @@ def _decode(decoder: BlockDiffusion, denoise_fn, params, arrays, policy_params, 
     logits_BWV = logits_BWV.astype(jnp.float32)
     if rule is not None:  # as the main loop's rules see them
       logits_BWV = logits_BWV.at[..., mask_id].set(-jnp.inf)
-    key_token, key_score, key_select = row_random.step_keys(keys_B, row_steps_B, 3)
+    keys = row_random.step_keys(keys_B, row_steps_B, 4 if imh else 3)
+    key_token, key_score, key_select = keys[:3]
     region_start = (block - first_block) * Bk
     sample_BWV, x0_BW, p_BW = _draw(decoder, logits_BWV, key_token, region_start, region)
     tok_BW = jax.lax.dynamic_slice_in_dim(canvas, start, Bk, 1)
@@ -254,9 +292,19 @@ def _decode(decoder: BlockDiffusion, denoise_fn, params, arrays, policy_params, 
       count_B = jnp.full((rows,), schedule[step_in_block], jnp.int32)
       inputs = StepInputs(logits_BWV, sample_BWV, x0_BW, masked_BW, count_B, step_in_block,
                           schedule.shape[0], region_start, region, row_steps_B, policy_params)
-      inputs, _, commit_BW = apply_rule(rule, inputs, key_token, key_score, key_select,
-                                        decoder.top_p, decoder.top_k)
-      x0_BW = inputs.x0_BG
+      if imh:
+        def window_logits(block_BW):
+          logits = denoise_fn.window_with_cache(
+              params, cache, jax.lax.dynamic_update_slice_in_dim(canvas, block_BW, start, 1),
+              valid_BL, start, Bk)[0].astype(jnp.float32)
+          return logits.at[..., mask_id].set(-jnp.inf)
+
+        commit_BW, x0_BW = _imh_commit(rule, window_logits, logits_BWV, inputs, tok_BW, keys,
+                                       int(decoder.schedule().max()))
+      else:
+        inputs, _, commit_BW = apply_rule(rule, inputs, key_token, key_score, key_select,
+                                          decoder.top_p, decoder.top_k)
+        x0_BW = inputs.x0_BG
     change_BW = (commit_BW | edit_BW) & ~final_B[:, None]
     canvas = jax.lax.dynamic_update_slice_in_dim(canvas, jnp.where(change_BW, x0_BW, tok_BW),
                                                  start, 1)
@@ -266,7 +314,8 @@ def _decode(decoder: BlockDiffusion, denoise_fn, params, arrays, policy_params, 
     done_B = jnp.where(advance, done_B | eos_B, done_B)
     zeros = jnp.zeros_like(post_B)
     return (canvas, new_cache, block + advance.astype(block.dtype),
-            jnp.where(advance, 0, s + 1), jnp.where(advance, zeros, post_B), done_B, nfe + 1,
+            jnp.where(advance, 0, s + 1), jnp.where(advance, zeros, post_B), done_B,
+            nfe + passes,
             row_steps_B + (~final_B).astype(jnp.int32))
 
   def not_finished(state):
