@@ -31,9 +31,9 @@ run inside the block through the same `remasking.apply_rule` as the main decode 
 positions still masked in the block are eligible, scheduled rules commit `schedule()`'s count per
 step, Threshold and LearnedPolicy run the block until it is complete. They see the logits with the
 mask token at -inf (as in `Sampler`); the official default leaves it as the official code does.
-Every row has its own key (`rng`: one key, split per row, or one key per row); a row's
-randomness at its n-th committing step comes from `fold_in(key, n)`, so a sample does not depend
-on the batch it is decoded in.
+LearnedPolicy's time input is the row's committing steps over max(gen_length, B). Every row has
+its own key (`rng`: one key, split per row, or one key per row); a row's randomness at its n-th
+committing step comes from `fold_in(key, n)` alone (not from the other rows or the cache mode).
 
 Left padding: each row's padding is a whole number of blocks, chosen so that every row's first
 decoded block sits at the same canvas index; padding is hidden from attention. Rows move from
@@ -255,17 +255,22 @@ def _decode(decoder: BlockDiffusion, denoise_fn, params, arrays, policy_params, 
     _, cache = denoise_fn.with_cache(params, canvas_BL, valid_BL, 0, 1)
     cache = [(jnp.zeros_like(k), jnp.zeros_like(v)) for k, v in cache]
 
-  def step(state):
-    canvas, cache, block, s, post_B, done_B, nfe, row_steps_B = state
-    start = block * Bk
+  def block_logits(cache, canvas, start):
+    """The block's logits [B, W, V] and the cache with the block's keys/values."""
     if decoder.exact_cache:
-      logits_BWV, new_cache = denoise_fn.window_with_cache(params, cache, canvas, valid_BL,
-                                                           start, Bk)
+      logits_BWV, cache = denoise_fn.window_with_cache(params, cache, canvas, valid_BL, start,
+                                                       Bk)
     else:
-      logits_BWV, new_cache = denoise_fn.with_cache(params, canvas, valid_BL, start, Bk)[0], cache
+      logits_BWV = denoise_fn.with_cache(params, canvas, valid_BL, start, Bk)[0]
     logits_BWV = logits_BWV.astype(jnp.float32)
     if rule is not None:  # as the main loop's rules see them
       logits_BWV = logits_BWV.at[..., mask_id].set(-jnp.inf)
+    return logits_BWV, cache
+
+  def step(state):
+    canvas, cache, block, s, post_B, done_B, nfe, row_steps_B = state
+    start = block * Bk
+    logits_BWV, new_cache = block_logits(cache, canvas, start)
     keys = row_random.step_keys(keys_B, row_steps_B, 4 if imh else 3)
     key_token, key_score, key_select = keys[:3]
     region_start = (block - first_block) * Bk
@@ -293,12 +298,8 @@ def _decode(decoder: BlockDiffusion, denoise_fn, params, arrays, policy_params, 
       inputs = StepInputs(logits_BWV, sample_BWV, x0_BW, masked_BW, count_B, step_in_block,
                           schedule.shape[0], region_start, region, row_steps_B, policy_params)
       if imh:
-        def window_logits(block_BW):
-          logits = denoise_fn.window_with_cache(
-              params, cache, jax.lax.dynamic_update_slice_in_dim(canvas, block_BW, start, 1),
-              valid_BL, start, Bk)[0].astype(jnp.float32)
-          return logits.at[..., mask_id].set(-jnp.inf)
-
+        window_logits = lambda block_BW: block_logits(
+            cache, jax.lax.dynamic_update_slice_in_dim(canvas, block_BW, start, 1), start)[0]
         commit_BW, x0_BW = _imh_commit(rule, window_logits, logits_BWV, inputs, tok_BW, keys,
                                        int(decoder.schedule().max()))
       else:
