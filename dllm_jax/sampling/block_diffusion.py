@@ -223,7 +223,8 @@ def _imh_commit(rule: IMH, window_logits, logits_BWV: jax.Array, inputs: StepInp
   cand_KBW = imh_lib.place_candidates(tok_BW, index_BM, valid_BM, values_KBM)
   if rule.num_candidates == 1:  # no chain: the one candidate is committed
     return chosen_BW, cand_KBW[0]
-  log_w_KB = imh_lib.suffix_log_mass(jax.vmap(window_logits)(cand_KBW),
+  # One candidate at a time (`lax.map`): the cache is shared, not copied K times.
+  log_w_KB = imh_lib.suffix_log_mass(jax.lax.map(window_logits, cand_KBW),
                                      inputs.eligible_BG & ~chosen_BW, rule.alpha)
   state_B, _ = imh_lib.run_chain(key_chain, log_w_KB)
   return chosen_BW, jnp.take_along_axis(cand_KBW, state_B[None, :, None], axis=0)[0]
