@@ -26,7 +26,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from dllm_jax.sampling import block_diffusion
+from dllm_jax.sampling import block_diffusion, row_random
 from dllm_jax.sampling.block_diffusion import BlockDiffusion
 from dllm_jax.sampling.decode import DecodeOutput
 
@@ -55,9 +55,8 @@ def generate_padded(decoder: BlockDiffusion, denoise_fn, params, prompt_BP: jax.
                     prompt_mask_BP: jax.Array, rng: jax.Array | None = None) -> DecodeOutput:
   """Decodes `decoder.gen_length` tokens after each left-padded prompt (every row needs at least
   one prompt token). `denoise_fn` is `models.make_denoise(config)` of a block diffusion model; its
-  config gives the mask, EOS and padding ids. `rng` is accepted for the runner's calling
-  convention; decoding is greedy (temperature 0) and uses no randomness."""
-  del rng
+  config gives the mask, EOS and padding ids. `rng` (one key, or one per row) drives the decoder
+  when it samples (`decoder.samples`); a greedy decoder ignores it."""
   config = denoise_fn.config
   check_model(decoder, config)
   rows, P = prompt_BP.shape
@@ -75,9 +74,10 @@ def generate_padded(decoder: BlockDiffusion, denoise_fn, params, prompt_BP: jax.
                         jnp.where(position_L < gen_start_B[:, None], prompt_BL,
                                   config.mask_token_id)).astype(jnp.int32)
   valid_BL = position_L >= pad_B[:, None]
+  keys_B = row_random.row_keys(jax.random.key(0) if rng is None else rng, rows)
   canvas_BL, _, nfe = block_diffusion._decode(  # pylint: disable=protected-access
-      decoder, denoise_fn, params, (canvas_BL, valid_BL, gen_start_B), first, num_blocks,
-      (config.mask_token_id, config.eos_token_id))
+      decoder, denoise_fn, params, (canvas_BL, valid_BL, gen_start_B, keys_B), None, first,
+      num_blocks, (config.mask_token_id, config.eos_token_id))
   gen_BG = jnp.take_along_axis(canvas_BL, gen_start_B[:, None] + jnp.arange(G), axis=1)
   zeros_BG = jnp.zeros((rows, G), jnp.int32)
   return DecodeOutput(

@@ -18,23 +18,63 @@ and values never change again. Decoding, as in inclusionAI's `LLaDA2MoeModelLM.g
     per block over the official loop, which recomputes the whole canvas every step instead);
   - a row stops after the block in which it produced EOS; the loop ends when every row stopped.
 
+Sampling (`temperature` > 0), as the official generate: the logits are divided by the
+temperature, filtered by `top_k` then `top_p`, a value is drawn at every position of the block
+from that distribution, and its confidence (for the threshold, the fallback and editing) is the
+drawn value's probability under that same tempered, filtered distribution. At temperature 0 the
+value is the argmax and its confidence the plain softmax probability (`top_p`/`top_k` ignored,
+as in the official code).
+
+Other unmasking rules (`remasking=`, the rule dataclasses of `dllm_jax.sampling`: Random,
+LowConfidence, RankThenSample (TPP), EGI, the other scheduled rules, Threshold, LearnedPolicy)
+run inside the block through the same `remasking.apply_rule` as the main decode loop: the
+positions still masked in the block are eligible, scheduled rules commit `schedule()`'s count per
+step, Threshold and LearnedPolicy run the block until it is complete. They see the logits with the
+mask token at -inf (as in `Sampler`); the official default leaves it as the official code does.
+LearnedPolicy's time input is the row's committing steps over max(gen_length, B). Every row has
+its own key (`rng`: one key, split per row, or one key per row); a row's randomness at its n-th
+committing step comes from `fold_in(key, n)` alone (not from the other rows or the cache mode).
+
 Left padding: each row's padding is a whole number of blocks, chosen so that every row's first
 decoded block sits at the same canvas index; padding is hidden from attention. Rows move from
 block to block together (a row whose block is final waits, committing nothing).
 
-Not supported here: sampling at temperature > 0, the other unmasking rules of
-`dllm_jax.sampling.Sampler` inside the block, and Multiple Block Editing (re-opening finished
-blocks). LLaDA2.2's insert/delete editing is out of scope.
+IMH (`imh.py`) inside the block: each step's pass gives the logits, the rule's positions get K
+candidates from p**alpha, each candidate block is one more window pass against the cache, and
+the mean-field weight sums over the masks left *in the block* (the decoder never computes later
+blocks); so a step costs 1 + K passes (K = 1: one, no chain), and with several blocks the law is
+not the main loop's IMH (whose weight covers every mask left).
+
+Not supported here: RolloutIMH and SMC inside the block (their rollout or particle passes are
+not written for the block cache), token editing combined with a rule other than the default,
+the learned policy's training trace (decoding only), and Multiple Block Editing (re-opening
+finished blocks). LLaDA2.2's insert/delete editing is out of scope.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from dllm_jax.sampling import imh as imh_lib
+from dllm_jax.sampling import row_random, token_sampling
+from dllm_jax.sampling.imh import IMH
+from dllm_jax.sampling.learned_policy import LearnedPolicy
+from dllm_jax.sampling.position_first import EGI, RankThenSample
+from dllm_jax.sampling.remasking import (DreamOrigin, Entropy, LowConfidence, MaskGitPlus, Random,
+                                         StepInputs, Threshold, TopKMargin, WeDLMEntropy,
+                                         apply_rule, token_probability)
+from dllm_jax.sampling.rollout_imh import RolloutIMH
+from dllm_jax.sampling.smc import SMC
+
+# The rules that run inside a block (the `Sampler` rules that score and select in one pass).
+BLOCK_RULES = (Random, LowConfidence, MaskGitPlus, TopKMargin, Entropy, WeDLMEntropy,
+               DreamOrigin, Threshold, RankThenSample, EGI, LearnedPolicy, IMH)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +90,10 @@ class BlockDiffusion:
   max_post_steps: int = 16
   num_to_transfer: int = 1
   exact_cache: bool = True  # False: every step recomputes the whole canvas (for benchmarks)
+  temperature: float = 0.0
+  top_p: float | None = None
+  top_k: int | None = None
+  remasking: Any = None  # None: the official threshold rule; else one of BLOCK_RULES
 
   def __post_init__(self):
     if self.gen_length < 1 or self.block_length < 1 or self.steps < 1:
@@ -60,6 +104,33 @@ class BlockDiffusion:
       raise ValueError(f"editing_threshold must be in [0, 1], got {self.editing_threshold}")
     if self.num_to_transfer < 1 or self.max_post_steps < 0:
       raise ValueError("num_to_transfer must be >= 1 and max_post_steps >= 0")
+    if not self.temperature >= 0:
+      raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+    if self.top_p is not None and not 0 < self.top_p <= 1:
+      raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+    if self.top_k is not None and self.top_k < 1:
+      raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+    rule = self.remasking
+    if isinstance(rule, (RolloutIMH, SMC)):
+      raise ValueError(f"{type(rule).__name__} is not supported inside blocks yet; use one of "
+                       f"{[r.__name__ for r in BLOCK_RULES]} or dllm_jax.sampling.Sampler")
+    if rule is not None and not isinstance(rule, BLOCK_RULES):
+      raise ValueError(f"remasking must be None (the official threshold rule) or one of "
+                       f"{[r.__name__ for r in BLOCK_RULES]}, got {rule!r}")
+    if isinstance(rule, IMH) and (self.temperature or self.top_p or self.top_k):
+      raise ValueError("IMH draws its candidates from p**alpha (temperature 1/alpha, no "
+                       "top_p/top_k); leave temperature, top_p and top_k unset")
+    if rule is not None and self.editing_threshold is not None:
+      raise ValueError("editing_threshold works with the default rule only; leave remasking "
+                       "unset to edit")
+
+  @property
+  def samples(self) -> bool:
+    """Whether decoding draws random numbers (then `generate_blocks` needs `rng`)."""
+    rule = self.remasking
+    return (self.temperature > 0 or isinstance(rule, (Random, DreamOrigin, LearnedPolicy, IMH))
+            or getattr(rule, "alg_temp", 0) > 0
+            or (isinstance(rule, EGI) and rule.first_temperature > 0))
 
   @classmethod
   def llada21_quality(cls, gen_length: int, **changes) -> BlockDiffusion:
@@ -124,16 +195,70 @@ def layout(prompt_BP: np.ndarray, prompt_mask_BP: np.ndarray, decoder: BlockDiff
   return BlockLayout(canvas, valid, gen_start, first, first + blocks)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 4, 5, 6))
-def _decode(decoder: BlockDiffusion, denoise_fn, params, arrays, first_block: int,
+def _threshold_commit(decoder: BlockDiffusion, p_BW: jax.Array, masked_BW: jax.Array,
+                      n: jax.Array) -> jax.Array:
+  """The official rule: the masks whose confidence exceeds the threshold when there are at
+  least `n` of them, else the `n` most confident masks."""
+  confidence_BW = jnp.where(masked_BW, p_BW, -jnp.inf)
+  high_BW = (confidence_BW > decoder.threshold) & masked_BW
+  count_B = jnp.minimum(n, masked_BW.sum(-1))
+  rank_BW = jnp.argsort(jnp.argsort(-confidence_BW, axis=-1, stable=True), axis=-1)
+  top_BW = (rank_BW < count_B[:, None]) & masked_BW
+  return jnp.where((high_BW.sum(-1) >= n)[:, None], high_BW, top_BW)
+
+
+def _draw(decoder: BlockDiffusion, logits_BWV: jax.Array, key_B: jax.Array, start: jax.Array,
+          region: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The sampling logits, the drawn values and their confidence (see the module docstring)."""
+  T = decoder.temperature
+  if T <= 0:
+    probs_BWV = jax.nn.softmax(logits_BWV, axis=-1)
+    return logits_BWV, jnp.argmax(probs_BWV, axis=-1).astype(jnp.int32), probs_BWV.max(-1)
+  sample_BWV = token_sampling.sampling_logits(logits_BWV, T, decoder.top_p, decoder.top_k)
+  x0_BW = token_sampling.draw_tokens(key_B, sample_BWV, T, start, region)
+  return sample_BWV, x0_BW, token_probability(sample_BWV, x0_BW)
+
+
+def _imh_commit(rule: IMH, window_logits, logits_BWV: jax.Array, inputs: StepInputs,
+                tok_BW: jax.Array, keys: list[jax.Array], max_chosen: int):
+  """One IMH step inside the block (`imh.py`): positions by `rule.positions`, K candidates
+  from p**alpha there, each scored by the mean-field mass of the block's masks left after it
+  (`window_logits(candidate_BW)`, one window pass per candidate), the independent MH chain.
+  Returns the positions to commit and the block's tokens with the chosen candidate."""
+  key_cand, key_score, key_select, key_chain = keys
+  mode_BW = jnp.argmax(logits_BWV, axis=-1).astype(jnp.int32)
+  inputs = inputs._replace(sample_logits_BGV=logits_BWV, x0_BG=mode_BW)
+  score_BW = rule.positions.confidence(inputs, key_score)
+  chosen_BW = rule.positions.select(score_BW, inputs, key_select) & inputs.eligible_BG
+  index_BM, valid_BM = imh_lib.gather_positions(chosen_BW, max_chosen)
+  logits_BMV = jnp.take_along_axis(logits_BWV, index_BM[..., None], axis=1)
+  values_KBM = imh_lib.draw_candidates(key_cand, logits_BMV, rule.alpha, rule.num_candidates)
+  cand_KBW = imh_lib.place_candidates(tok_BW, index_BM, valid_BM, values_KBM)
+  if rule.num_candidates == 1:  # no chain: the one candidate is committed
+    return chosen_BW, cand_KBW[0]
+  # One candidate at a time (`lax.map`): the cache is shared, not copied K times.
+  log_w_KB = imh_lib.suffix_log_mass(jax.lax.map(window_logits, cand_KBW),
+                                     inputs.eligible_BG & ~chosen_BW, rule.alpha)
+  state_B, _ = imh_lib.run_chain(key_chain, log_w_KB)
+  return chosen_BW, jnp.take_along_axis(cand_KBW, state_B[None, :, None], axis=0)[0]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 5, 6, 7))
+def _decode(decoder: BlockDiffusion, denoise_fn, params, arrays, policy_params, first_block: int,
             num_blocks: int, ids: tuple[int, int]):
-  canvas_BL, valid_BL, gen_start_B = arrays
+  canvas_BL, valid_BL, gen_start_B, keys_B = arrays
   mask_id, eos_id = ids
   Bk = decoder.block_length
   rows, L = canvas_BL.shape
   editing = decoder.editing_threshold is not None
+  rule = decoder.remasking
+  imh = isinstance(rule, IMH)
   schedule = jnp.asarray(decoder.schedule())
+  # One pass per step, and IMH's candidate passes (none with one candidate).
+  passes = 1 + (rule.num_candidates if imh and rule.num_candidates > 1 else 0)
   gen_BL = jnp.arange(L)[None] >= gen_start_B[:, None]
+  # Random numbers are drawn over the decoded region (at least a block) and sliced to the window.
+  region = max(decoder.gen_length, Bk)
 
   if first_block:
     _, prefix = denoise_fn.with_cache(params, canvas_BL[:, :first_block * Bk],
@@ -144,37 +269,57 @@ def _decode(decoder: BlockDiffusion, denoise_fn, params, arrays, first_block: in
     _, cache = denoise_fn.with_cache(params, canvas_BL, valid_BL, 0, 1)
     cache = [(jnp.zeros_like(k), jnp.zeros_like(v)) for k, v in cache]
 
-  def step(state):
-    canvas, cache, block, s, post_B, done_B, nfe = state
-    start = block * Bk
+  def block_logits(cache, canvas, start):
+    """The block's logits [B, W, V] and the cache with the block's keys/values."""
     if decoder.exact_cache:
-      logits_BWV, new_cache = denoise_fn.window_with_cache(params, cache, canvas, valid_BL,
-                                                           start, Bk)
+      logits_BWV, cache = denoise_fn.window_with_cache(params, cache, canvas, valid_BL, start,
+                                                       Bk)
     else:
-      logits_BWV, new_cache = denoise_fn.with_cache(params, canvas, valid_BL, start, Bk)[0], cache
-    probs = jax.nn.softmax(logits_BWV.astype(jnp.float32), axis=-1)
-    x0_BW = jnp.argmax(probs, axis=-1).astype(canvas.dtype)
-    p_BW = jnp.max(probs, axis=-1)
+      logits_BWV = denoise_fn.with_cache(params, canvas, valid_BL, start, Bk)[0]
+    logits_BWV = logits_BWV.astype(jnp.float32)
+    if rule is not None:  # as the main loop's rules see them
+      logits_BWV = logits_BWV.at[..., mask_id].set(-jnp.inf)
+    return logits_BWV, cache
+
+  def step(state):
+    canvas, cache, block, s, post_B, done_B, nfe, row_steps_B = state
+    start = block * Bk
+    logits_BWV, new_cache = block_logits(cache, canvas, start)
+    keys = row_random.step_keys(keys_B, row_steps_B, 4 if imh else 3)
+    key_token, key_score, key_select = keys[:3]
+    region_start = (block - first_block) * Bk
+    sample_BWV, x0_BW, p_BW = _draw(decoder, logits_BWV, key_token, region_start, region)
     tok_BW = jax.lax.dynamic_slice_in_dim(canvas, start, Bk, 1)
     gen_BW = jax.lax.dynamic_slice_in_dim(gen_BL, start, Bk, 1)
     masked_BW = (tok_BW == mask_id) & gen_BW
     has_mask_B = masked_BW.any(-1)
+    step_in_block = jnp.minimum(s, schedule.shape[0] - 1)
+    edit_BW = jnp.zeros_like(masked_BW)
     if editing:
       post_B = post_B + (~has_mask_B).astype(jnp.int32)
       edit_BW = (~masked_BW & gen_BW & (p_BW > decoder.editing_threshold) & (x0_BW != tok_BW))
       final_B = ~has_mask_B & ((post_B > decoder.max_post_steps) | ~edit_BW.any(-1))
-      n = decoder.num_to_transfer
-    else:
-      edit_BW = jnp.zeros_like(masked_BW)
+    elif rule is None or rule.uses_schedule:
       final_B = ~has_mask_B | (s >= schedule.shape[0])
-      n = schedule[jnp.minimum(s, schedule.shape[0] - 1)]
+    else:  # Threshold, LearnedPolicy: the block runs until it is complete
+      final_B = ~has_mask_B
     final_B = final_B | done_B
-    confidence_BW = jnp.where(masked_BW, p_BW, -jnp.inf)
-    high_BW = (confidence_BW > decoder.threshold) & masked_BW
-    count_B = jnp.minimum(n, masked_BW.sum(-1))
-    rank_BW = jnp.argsort(jnp.argsort(-confidence_BW, axis=-1, stable=True), axis=-1)
-    top_BW = (rank_BW < count_B[:, None]) & masked_BW
-    commit_BW = jnp.where((high_BW.sum(-1) >= n)[:, None], high_BW, top_BW)
+    if rule is None:
+      n = decoder.num_to_transfer if editing else schedule[step_in_block]
+      commit_BW = _threshold_commit(decoder, p_BW, masked_BW, n)
+    else:
+      count_B = jnp.full((rows,), schedule[step_in_block], jnp.int32)
+      inputs = StepInputs(logits_BWV, sample_BWV, x0_BW, masked_BW, count_B, step_in_block,
+                          schedule.shape[0], region_start, region, row_steps_B, policy_params)
+      if imh:
+        window_logits = lambda block_BW: block_logits(
+            cache, jax.lax.dynamic_update_slice_in_dim(canvas, block_BW, start, 1), start)[0]
+        commit_BW, x0_BW = _imh_commit(rule, window_logits, logits_BWV, inputs, tok_BW, keys,
+                                       int(decoder.schedule().max()))
+      else:
+        inputs, _, commit_BW = apply_rule(rule, inputs, key_token, key_score, key_select,
+                                          decoder.top_p, decoder.top_k)
+        x0_BW = inputs.x0_BG
     change_BW = (commit_BW | edit_BW) & ~final_B[:, None]
     canvas = jax.lax.dynamic_update_slice_in_dim(canvas, jnp.where(change_BW, x0_BW, tok_BW),
                                                  start, 1)
@@ -184,15 +329,17 @@ def _decode(decoder: BlockDiffusion, denoise_fn, params, arrays, first_block: in
     done_B = jnp.where(advance, done_B | eos_B, done_B)
     zeros = jnp.zeros_like(post_B)
     return (canvas, new_cache, block + advance.astype(block.dtype),
-            jnp.where(advance, 0, s + 1), jnp.where(advance, zeros, post_B), done_B, nfe + 1)
+            jnp.where(advance, 0, s + 1), jnp.where(advance, zeros, post_B), done_B,
+            nfe + passes,
+            row_steps_B + (~final_B).astype(jnp.int32))
 
   def not_finished(state):
-    _, _, block, _, _, done_B, _ = state
+    _, _, block, _, _, done_B, _, _ = state
     return (block < num_blocks) & ~done_B.all()
 
   state = (canvas_BL, cache, jnp.int32(first_block), jnp.int32(0), jnp.zeros(rows, jnp.int32),
-           jnp.zeros(rows, bool), jnp.int32(0))
-  canvas, cache, _, _, _, _, nfe = jax.lax.while_loop(not_finished, step, state)
+           jnp.zeros(rows, bool), jnp.int32(0), jnp.zeros(rows, jnp.int32))
+  canvas, cache, _, _, _, _, nfe, _ = jax.lax.while_loop(not_finished, step, state)
   return canvas, cache, nfe
 
 
@@ -206,9 +353,12 @@ class BlockDecodeOutput:
 
 
 def generate_blocks(decoder: BlockDiffusion, denoise_fn, params, prompt_BP, prompt_mask_BP=None,
-                    *, mask_id: int, eos_id: int, pad_id: int) -> BlockDecodeOutput:
+                    *, mask_id: int, eos_id: int, pad_id: int, rng: jax.Array | None = None,
+                    policy_params=None) -> BlockDecodeOutput:
   """Decodes `gen_length` tokens after each prompt (left-padded rows allowed); see the module
-  docstring. The model's `attention_block` must equal `decoder.block_length`."""
+  docstring. The model's `attention_block` must equal `decoder.block_length`. `rng` (one key,
+  or one key per row) is needed when decoding samples (`decoder.samples`); `policy_params` are
+  the network weights of a `LearnedPolicy` rule."""
   block = getattr(getattr(denoise_fn, "config", None), "attention_block", None)
   if block != decoder.block_length:
     raise ValueError(f"the model attends in blocks of {block}; decode with block_length={block} "
@@ -216,11 +366,17 @@ def generate_blocks(decoder: BlockDiffusion, denoise_fn, params, prompt_BP, prom
   prompt_BP = np.asarray(prompt_BP)
   if prompt_mask_BP is None:
     prompt_mask_BP = np.ones(prompt_BP.shape, bool)
+  if rng is None and decoder.samples:
+    raise ValueError("this decoder samples (temperature > 0 or a random rule); pass "
+                     "rng=jax.random.key(seed)")
+  if isinstance(decoder.remasking, LearnedPolicy) != (policy_params is not None):
+    raise ValueError("policy_params go with remasking=LearnedPolicy(...) and only with it")
   lay = layout(prompt_BP, prompt_mask_BP, decoder, mask_id, pad_id)
+  keys_B = row_random.row_keys(jax.random.key(0) if rng is None else rng, prompt_BP.shape[0])
   canvas, cache, nfe = _decode(decoder, denoise_fn, params,
                                (jnp.asarray(lay.canvas), jnp.asarray(lay.valid),
-                                jnp.asarray(lay.gen_start)), lay.first_block, lay.num_blocks,
-                               (mask_id, eos_id))
+                                jnp.asarray(lay.gen_start), keys_B), policy_params,
+                               lay.first_block, lay.num_blocks, (mask_id, eos_id))
   canvas = np.asarray(canvas)
   tokens = np.stack([canvas[b, s:s + decoder.gen_length] for b, s in enumerate(lay.gen_start)])
   return BlockDecodeOutput(tokens, int(nfe), canvas, cache, lay)

@@ -31,7 +31,7 @@ from dllm_jax.sampling import imh as imh_lib
 from dllm_jax.sampling import smc as smc_lib
 from dllm_jax.sampling.imh import IMH
 from dllm_jax.sampling.learned_policy import LearnedPolicy, PolicyTrace
-from dllm_jax.sampling.remasking import StepInputs
+from dllm_jax.sampling.remasking import StepInputs, apply_rule
 from dllm_jax.sampling.rollout_imh import RolloutIMH, rollout_log_mass
 from dllm_jax.sampling.sampler import Sampler
 from dllm_jax.sampling.smc import SMC
@@ -248,11 +248,10 @@ def _baseline_step(sampler: Sampler, denoise_fn: DenoiseFn, inputs: _Inputs,
                            step_in_block, sampler.steps_per_block, start, G,
                            state.row_steps_B, inputs.policy_params)
   rule = sampler.remasking
-  if hasattr(rule, "redraw"):  # a rule with its own token temperature (EGI's first step)
-    x0_BW = rule.redraw(step_inputs, key_token, sampler.top_p, sampler.top_k)
-    step_inputs = step_inputs._replace(x0_BG=x0_BW)
-  score_BW = _eos_last(sampler, rule.confidence(step_inputs, key_score), x0_BW)
-  commit_BW = rule.select(score_BW, step_inputs, key_select) & eligible_BW
+  step_inputs, score_BW, commit_BW = apply_rule(
+      rule, step_inputs, key_token, key_score, key_select, sampler.top_p, sampler.top_k,
+      functools.partial(_eos_last, sampler))
+  x0_BW = step_inputs.x0_BG
   if isinstance(rule, LearnedPolicy):
     changes["policy_trace"] = rule.record(state.policy_trace, state.step, score_BW, step_inputs,
                                           key_select)

@@ -39,9 +39,11 @@ def _with(state: tuple, position: int, token: int) -> tuple:
 
 
 def exact_distributions(p_N: np.ndarray, vocab: int, length: int, alpha: float,
-                        candidates: list[int], block_length: int | None = None
-                        ) -> dict[int, np.ndarray]:
-  """{K: exact output distribution over V^L (in `all_sequences` order)} for each K."""
+                        candidates: list[int], block_length: int | None = None,
+                        block_suffix: bool = False) -> dict[int, np.ndarray]:
+  """{K: exact output distribution over V^L (in `all_sequences` order)} for each K.
+  `block_suffix`: the weights sum over the current block's masks only (IMH inside the block
+  decoder, `block_diffusion.py`), not over every mask left."""
   sequences_NL = all_sequences(vocab, length)
   block = block_length or length
   cache: dict[tuple, np.ndarray] = {}
@@ -69,7 +71,8 @@ def exact_distributions(p_N: np.ndarray, vocab: int, length: int, alpha: float,
             after = _with(state, i, int(v))
             m_after = marginals(after)
             log_w[v] = sum(np.log((m_after[j] ** alpha).sum())
-                           for j in range(length) if after[j] is None)
+                           for j in range(length) if after[j] is None
+                           and (not block_suffix or j // block == current_block))
           kernel = np.zeros((vocab, vocab))
           for a in range(vocab):
             for c in np.flatnonzero(q):

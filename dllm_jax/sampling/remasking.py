@@ -74,6 +74,21 @@ def select_top_k(score_BG: jax.Array, eligible_BG: jax.Array, count_B: jax.Array
   return eligible_BG & (rank_BG < count_B[:, None])
 
 
+def apply_rule(rule, inputs: StepInputs, key_token: jax.Array, key_score: jax.Array,
+               key_select: jax.Array, top_p: float | None, top_k: int | None,
+               adjust_score=None) -> tuple[StepInputs, jax.Array, jax.Array]:
+  """One step of a rule, as every decode loop runs it: a rule with its own token temperature
+  (`redraw`, EGI's first step) redraws the values with the loop's token keys, the rule scores
+  the positions (`adjust_score(score, x0)` may change the scores, e.g. EOS last) and selects.
+  Returns the inputs with the values to commit, the scores, and the selected eligible positions."""
+  if hasattr(rule, "redraw"):
+    inputs = inputs._replace(x0_BG=rule.redraw(inputs, key_token, top_p, top_k))
+  score_BG = rule.confidence(inputs, key_score)
+  if adjust_score is not None:
+    score_BG = adjust_score(score_BG, inputs.x0_BG)
+  return inputs, score_BG, rule.select(score_BG, inputs, key_select) & inputs.eligible_BG
+
+
 @dataclasses.dataclass(frozen=True)
 class _Scheduled:
   """Commits the schedule's count per step, best-scored first (or sampled with alg_temp)."""
