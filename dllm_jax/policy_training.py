@@ -321,6 +321,9 @@ def _check_run_config(directory: pathlib.Path, run_config: dict[str, Any]) -> No
   new = json.loads(text)
   if path.exists():
     old = json.loads(path.read_text())
+    if isinstance(old.get("grpo"), dict):  # a run from before a field existed had its default
+      defaults = json.loads(json.dumps(dataclasses.asdict(GRPOConfig()), default=str))
+      old["grpo"] = {**defaults, **old["grpo"]}
     differ = [d for d in _differences(old, new)
               if d.split(" ")[0].rsplit(".", 1)[-1] not in RESUMABLE_FIELDS]
     if differ:

@@ -14,6 +14,8 @@ On tiny random models this does not hold (their top-1 probabilities are near-uni
 Threshold(0.9) commits one position by its fallback nearly always), hence the shipped model.
 """
 
+import dataclasses
+import json
 import time
 
 import jax
@@ -24,6 +26,7 @@ from dllm_jax import models
 from dllm_jax import policy_training as pt
 from dllm_jax import sampling
 from dllm_jax.sampling import policy
+from dllm_jax.sampling.learned_policy import PolicyTrace
 from dllm_jax.tasks import builtin, policy_demo
 
 TAU = 0.9
@@ -122,3 +125,42 @@ def test_threshold_imitation_reproduces_thresholds_decisions():
   assert position_agreement >= 0.975
   assert same_decode.mean() >= 0.8
   assert abs(nfe_p.mean() - nfe_t.mean()) <= 0.3 and abs(acc_p - acc_t) <= 0.05
+
+
+def test_imitation_on_the_visited_states_equals_imitation_on_the_whole_trace():
+  """`active_states` drops the steps after each row finished; the loss, its gradient and the
+  agreement stay those of the whole trace."""
+  rng = np.random.default_rng(0)
+  N, S, W = 5, 6, 4
+  active = np.arange(S)[None] < np.array([[1], [6], [3], [0], [2]])
+  masked = (rng.random((N, S, W)) < 0.7) & active[..., None]
+  trace = PolicyTrace(confidence_BSW=rng.random((N, S, W)).astype(np.float32),
+                      masked_BSW=masked, t_BS=rng.random((N, S)).astype(np.float32),
+                      action_BSW=masked & (rng.random((N, S, W)) < 0.5), active_BS=active,
+                      logprob_BS=np.zeros((N, S), np.float32))
+  compact = pt.active_states(trace, bucket=4)
+  assert compact.active_BS.shape == (16, 1) and int(compact.active_BS.sum()) == active.sum()
+  rule = sampling.LearnedPolicy()
+  params = policy.init_policy(policy.PolicyConfig(), 2)
+  whole = jax.tree.map(jax.numpy.asarray, trace)
+  (loss_w, aux_w), grad_w = jax.value_and_grad(pt.imitation_loss, has_aux=True)(
+      params, rule, whole, 0.6)
+  (loss_c, aux_c), grad_c = jax.value_and_grad(pt.imitation_loss, has_aux=True)(
+      params, rule, compact, 0.6)
+  np.testing.assert_allclose(loss_c, loss_w, rtol=1e-5)
+  np.testing.assert_allclose(aux_c["agreement"], aux_w["agreement"], rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
+               grad_c, grad_w)
+
+
+def test_a_run_from_before_imitation_iterations_resumes(tmp_path):
+  """A run_config.json written before a GRPOConfig field existed reads as that field's default;
+  another value is refused, naming the field."""
+  config = pt.GRPOConfig(num_steps=3)
+  old = dataclasses.asdict(config)
+  del old["imitation_iterations"]
+  (tmp_path / "run_config.json").write_text(json.dumps({"grpo": old}))
+  pt._check_run_config(tmp_path, {"grpo": dataclasses.asdict(config)})  # pylint: disable=protected-access
+  with pytest.raises(ValueError, match=r"grpo.imitation_iterations \(4 there, 16 now\)"):
+    pt._check_run_config(tmp_path, {"grpo": dataclasses.asdict(  # pylint: disable=protected-access
+        dataclasses.replace(config, imitation_iterations=16))})
