@@ -17,8 +17,9 @@ mean Bernoulli entropy per masked position to J; `drop_zero_variance` averages J
 of groups whose rewards differ (a group of equal rewards has zero advantage, so it only dilutes
 the step); `imitate_threshold` = tau first trains the policy for `imitation_steps` steps to copy
 Threshold(tau)'s decisions (unmask a masked position iff its top-1 probability >= tau) on states
-of its own rollouts (binary cross-entropy, Adam at `imitation_learning_rate`), then runs GRPO
-from there. The rollout policy temperature is the rule's (`LearnedPolicy.temperature`).
+of its own rollouts (binary cross-entropy, `imitation_iterations` Adam steps at
+`imitation_learning_rate` per batch), then runs GRPO from there. The rollout policy temperature
+is the rule's (`LearnedPolicy.temperature`).
 
 `train` saves {params, opt_state, step} with Orbax every `checkpoint_every` steps and resumes from
 the latest; prompts and keys of step n depend on (seed, n) only, so a resumed run repeats an
@@ -80,10 +81,11 @@ class GRPOConfig:
   imitate_threshold: float | None = None  # tau of the Threshold rule to imitate first
   imitation_steps: int = 0
   imitation_learning_rate: float = 1e-3
+  imitation_iterations: int = 4  # Adam steps per imitation batch (4: the shipped policies')
 
   def __post_init__(self):
     for name in ("num_steps", "prompts_per_step", "group_size", "iterations",
-                 "checkpoint_every", "keep_checkpoints"):
+                 "checkpoint_every", "keep_checkpoints", "imitation_iterations"):
       if getattr(self, name) < 1:
         raise ValueError(f"GRPOConfig.{name} must be >= 1, got {getattr(self, name)}")
     if self.group_size < 2:
@@ -201,9 +203,10 @@ def imitation_loss(params: PolicyParams, rule: LearnedPolicy, trace: PolicyTrace
   return jnp.sum(bce_NSW * weight_NSW) / count, {"agreement": agree}
 
 
-@functools.partial(jax.jit, static_argnames=("rule", "config", "iterations"))
+@functools.partial(jax.jit, static_argnames=("rule", "config"))
 def imitation_update(params: PolicyParams, opt_state, rule: LearnedPolicy, config: GRPOConfig,
-                     trace: PolicyTrace, iterations: int = 4):
+                     trace: PolicyTrace):
+  """`config.imitation_iterations` Adam steps on `imitation_loss`; metrics of the first."""
   optimizer = optax.adam(config.imitation_learning_rate)
 
   def one(carry, _):
@@ -213,8 +216,27 @@ def imitation_update(params: PolicyParams, opt_state, rule: LearnedPolicy, confi
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), opt_state), {"loss": loss, **metrics}
 
-  (params, opt_state), metrics = jax.lax.scan(one, (params, opt_state), None, length=iterations)
+  (params, opt_state), metrics = jax.lax.scan(one, (params, opt_state), None,
+                                              length=config.imitation_iterations)
   return params, opt_state, jax.tree.map(lambda x: x[0], metrics)
+
+
+def active_states(trace: PolicyTrace, bucket: int = 128) -> PolicyTrace:
+  """The trace's active (row, step) states, one per row of a one-step trace, padded with inactive
+  rows to `bucket` times a power of two (few shapes, so few compilations). The policy reads each
+  state alone, so imitation on these equals imitation on the whole trace, without the work on
+  the steps after a row finished (most of them: a row takes NFE of gen_length steps)."""
+  rows, steps = np.nonzero(np.asarray(trace.active_BS))
+  size = bucket
+  while size < len(rows):
+    size *= 2
+
+  def take(x):
+    picked = np.asarray(x)[rows, steps]
+    pad = np.zeros((size - len(rows), *picked.shape[1:]), picked.dtype)
+    return jnp.asarray(np.concatenate([picked, pad])[:, None])
+
+  return jax.tree.map(take, trace)
 
 
 def imitate_threshold(sampler: sampling.Sampler, denoise_fn, dllm_params,
@@ -224,8 +246,9 @@ def imitate_threshold(sampler: sampling.Sampler, denoise_fn, dllm_params,
                       ) -> tuple[PolicyParams, list[dict[str, float]]]:
   """`config.imitation_steps` steps of behaviour cloning of Threshold(config.imitate_threshold):
   each step rolls out the current policy (so the states are the policy's own, as in DAgger) on
-  `prompts_per_step * group_size` rows and takes 4 Adam steps on `imitation_loss`. Each step's
-  metrics are appended to `log_path` if given."""
+  `prompts_per_step * group_size` rows and takes `imitation_iterations` Adam steps on
+  `imitation_loss` over the states it visited (`active_states`). Each step's metrics are
+  appended to `log_path` if given."""
   rule = sampler.remasking
   optimizer_state = optax.adam(config.imitation_learning_rate).init(params)
   rows = config.prompts_per_step * config.group_size
@@ -239,9 +262,9 @@ def imitate_threshold(sampler: sampling.Sampler, denoise_fn, dllm_params,
     prompt_NP, mask_NP = pad_left([prompts[i] for i in problem_N], pad_id, prompt_length)
     keys_N = jax.random.split(jax.random.fold_in(jax.random.key(seed), step), rows)
     out = rollout(sampler, denoise_fn, dllm_params, params, prompt_NP, mask_NP, keys_N, mesh)
-    trace = jax.tree.map(lambda x: jnp.asarray(_gather(x)), out.policy_trace)
+    trace = jax.tree.map(_gather, out.policy_trace)
     params, optimizer_state, metrics = imitation_update(params, optimizer_state, rule, config,
-                                                        trace)
+                                                        active_states(trace))
     history.append({"step": step + 1, "nfe": float(np.asarray(trace.active_BS).sum(1).mean()),
                     **{k: float(v) for k, v in jax.device_get(metrics).items()}})
     if log_path is not None:
@@ -298,6 +321,9 @@ def _check_run_config(directory: pathlib.Path, run_config: dict[str, Any]) -> No
   new = json.loads(text)
   if path.exists():
     old = json.loads(path.read_text())
+    if isinstance(old.get("grpo"), dict):  # a run from before a field existed had its default
+      defaults = json.loads(json.dumps(dataclasses.asdict(GRPOConfig()), default=str))
+      old["grpo"] = {**defaults, **old["grpo"]}
     differ = [d for d in _differences(old, new)
               if d.split(" ")[0].rsplit(".", 1)[-1] not in RESUMABLE_FIELDS]
     if differ:

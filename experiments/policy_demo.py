@@ -42,6 +42,11 @@ _IMITATE = flags.DEFINE_float("imitate_threshold", _RECIPE.imitate_threshold,
                               "Warm start: imitate Threshold(tau) first (0: no warm start).")
 _IMITATION_STEPS = flags.DEFINE_integer("imitation_steps", _RECIPE.imitation_steps,
                                         "Warm-start steps (0: none).")
+_IMITATION_LR = flags.DEFINE_float("imitation_learning_rate", _RECIPE.imitation_learning_rate,
+                                   "Warm-start Adam learning rate.")
+_IMITATION_ITERATIONS = flags.DEFINE_integer(
+    "imitation_iterations", _RECIPE.imitation_iterations,
+    "Warm-start Adam steps per batch (16 with lr 5e-4 reproduces Threshold; 4: the shipped).")
 _SEED = flags.DEFINE_integer("seed", _RECIPE.seed, "Seed of problems, policy init and rollouts.")
 _THRESHOLDS = flags.DEFINE_list("thresholds", [f"{t:g}" for t in policy_demo.THRESHOLDS],
                                 "Threshold decoding's tau values.")
@@ -81,7 +86,9 @@ def main(argv):
         num_steps=_STEPS.value, learning_rate=_LR.value, warmup_steps=_WARMUP.value,
         prompts_per_step=_PROMPTS.value, temperature=_POLICY_TEMPERATURE.value,
         entropy_coef=_ENTROPY.value, drop_zero_variance=_DROP.value, imitate_threshold=imitate,
-        imitation_steps=_IMITATION_STEPS.value if imitate else 0, seed=_SEED.value,
+        imitation_steps=_IMITATION_STEPS.value if imitate else 0,
+        imitation_learning_rate=_IMITATION_LR.value,
+        imitation_iterations=_IMITATION_ITERATIONS.value, seed=_SEED.value,
         train_problems=_TRAIN_PROBLEMS.value)
     policy_demo.run(_OUT.value, _NAMED.get(_MODEL.value, _MODEL.value), _POLICY_DIR.value,
                     _TRAIN.value, alphas, _LAYOUTS.value, _HELDOUT.value, recipe, _BATCH.value,

@@ -46,7 +46,8 @@ _REMASKING = flags.DEFINE_enum("remasking", None,
                                "(--policy); wedlm_streaming(_imh): WeDLM's streaming "
                                "decoder with its exact prefix cache (+ IMH).")
 _POLICY = flags.DEFINE_string("policy", None, "learned_policy: the policy's .safetensors file "
-                              "(experiments/train_policy.py --export, or a shipped one).")
+                              "(<output_dir>/policy.safetensors of experiments/train_policy.py, or "
+                              "a shipped one).")
 _POLICY_TEMPERATURE = flags.DEFINE_float("policy_temperature", None, "learned_policy: unmask "
                                          "with probability sigmoid(logit / this) (default: the "
                                          "temperature the policy was trained at).")

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from dllm_jax import sampling
+from dllm_jax import policy_training, sampling
 from dllm_jax.tasks import builtin, policy_demo
 from tests.conftest import REPO_ROOT
 
@@ -71,6 +71,17 @@ def test_shipped_policies_load_and_the_shipped_model_is_small():
       assert sampling.policy.param_count(params) == 330_753
       init = sampling.init_policy()  # trained: the zero-initialised modulation has moved
       assert not np.array_equal(params["modulation"]["kernel"], init["modulation"]["kernel"])
+      # Every setting it was trained with is in the file: a GRPOConfig rebuilds from it (fields
+      # added since take their defaults, which are what those runs used).
+      metadata = sampling.read_policy_metadata(
+          policy_demo.policy_file(policy_demo.SHIPPED_POLICIES, layout, alpha))
+      assert (metadata["gen_length"], metadata["block_length"]) == (
+          32, 8 if layout == "semi_ar" else 32)
+      assert metadata["temperature"] == 1.0 and metadata["alpha"] == alpha
+      recorded = metadata["grpo"]
+      assert {"learning_rate", "num_steps", "seed", "warmup_steps", "alpha",
+              "imitation_steps"} <= set(recorded)
+      assert policy_training.GRPOConfig(**recorded).alpha == alpha
   model = builtin.load_builtin(builtin.LAGGED_DIFFERENCE)
   assert model.gen_length == 32 and model.config.max_length == 40
   size = sum(p.stat().st_size for p in builtin.LAGGED_DIFFERENCE.rglob("*") if p.is_file())
