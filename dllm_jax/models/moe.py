@@ -43,6 +43,52 @@ def group_limited_top_k(biased_TE: jax.Array, top_k: int, groups: int, groups_pe
   return jax.lax.top_k(jnp.where(keep_TE, biased_TE, -jnp.inf), top_k)[1]
 
 
+def tile_rows(rows: int, experts: int) -> int:
+  """Rows per tile of the CPU grouped matmul: the power of two at or above the mean group size,
+  within [1, 64] (see the module docstring for the measurements behind it)."""
+  mean = -(-rows // experts)
+  return min(64, 1 << (mean - 1).bit_length())
+
+
+def tile_layout(sorted_expert_X: jax.Array, experts: int, tile: int
+                ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Where rows sorted by expert go when each expert's group is padded to a multiple of `tile`.
+
+  Returns the padded slot of every sorted row [X], the expert of every tile [N] (N a static bound
+  on the tile count; tiles past the used ones name the last expert and hold only zero rows), and
+  the number of tiles in use (a traced scalar). The bound: a nonempty group of s rows takes
+  ceil(s / tile) <= (s + tile - 1) / tile tiles and at most min(E, X) groups are nonempty, so
+  N = floor((X + min(E, X) * (tile - 1)) / tile).
+  """
+  X = sorted_expert_X.shape[0]
+  n_tiles = (X + min(experts, X) * (tile - 1)) // tile
+  sizes_E = jnp.bincount(sorted_expert_X, length=experts)
+  padded_E = -(-sizes_E // tile) * tile
+  padded_end_E = jnp.cumsum(padded_E)
+  start_E = jnp.cumsum(sizes_E) - sizes_E
+  slot_X = (padded_end_E - padded_E)[sorted_expert_X] + jnp.arange(X) - start_E[sorted_expert_X]
+  tile_expert_N = jnp.searchsorted(padded_end_E, jnp.arange(n_tiles) * tile, side="right")
+  return slot_X, jnp.minimum(tile_expert_N, experts - 1), padded_end_E[-1] // tile
+
+
+EXPERT_PATHS = ("auto", "tiled", "ragged_dot", "dense")
+
+
+def _check_path(path: str) -> None:
+  if path not in EXPERT_PATHS:
+    raise ValueError(f"experts path {path!r} is unknown; use {', '.join(map(repr, EXPERT_PATHS))}")
+
+
+def _unsort_and_mix(out_XD: jax.Array, order_X: jax.Array, weights_TK: jax.Array, dtype
+                    ) -> jax.Array:
+  """Rows sorted by expert back to [T, k] order, mixed by the routing weights (float32)."""
+  T, K = weights_TK.shape
+  unsorted_XD = jnp.zeros_like(out_XD).at[order_X].set(out_XD)
+  mixed_TD = jnp.einsum("tkd,tk->td", unsorted_XD.reshape(T, K, -1).astype(jnp.float32),
+                        weights_TK)
+  return mixed_TD.astype(dtype)
+
+
 class MoE(nnx.Module):
   """Routed SwiGLU experts plus shared expert(s); see the module docstring."""
 
@@ -74,21 +120,45 @@ class MoE(nnx.Module):
 
   def _experts_ragged(self, x_TD: jax.Array, chosen_TK: jax.Array, weights_TK: jax.Array
                       ) -> jax.Array:
+    """One `jax.lax.ragged_dot` per projection over the rows sorted by expert."""
     c = self.config
-    T, K = chosen_TK.shape
     dtype = c.compute_dtype
     flat_X = chosen_TK.reshape(-1)
     order_X = jnp.argsort(flat_X, stable=True)
-    x_XD = x_TD[order_X // K].astype(dtype)
+    x_XD = x_TD[order_X // chosen_TK.shape[1]].astype(dtype)
     sizes_E = jnp.bincount(flat_X, length=c.num_experts).astype(jnp.int32)
     gate_XF = jax.lax.ragged_dot(x_XD, self.gate_kernel[...].astype(dtype), sizes_E)
     up_XF = jax.lax.ragged_dot(x_XD, self.up_kernel[...].astype(dtype), sizes_E)
     out_XD = jax.lax.ragged_dot(jax.nn.silu(gate_XF) * up_XF,
                                 self.down_kernel[...].astype(dtype), sizes_E)
-    unsorted_XD = jnp.zeros_like(out_XD).at[order_X].set(out_XD)
-    mixed_TD = jnp.einsum("tkd,tk->td", unsorted_XD.reshape(T, K, -1).astype(jnp.float32),
-                          weights_TK)
-    return mixed_TD.astype(dtype)
+    return _unsort_and_mix(out_XD, order_X, weights_TK, dtype)
+
+  def _experts_tiled(self, x_TD: jax.Array, chosen_TK: jax.Array, weights_TK: jax.Array,
+                     tile: int | None = None) -> jax.Array:
+    """The grouped matmul as a loop over row tiles: each expert's rows (sorted by expert) are
+    padded to a multiple of `tile`, and each tile runs its expert's whole SwiGLU."""
+    c = self.config
+    dtype = c.compute_dtype
+    X, D = chosen_TK.size, x_TD.shape[1]
+    tile = tile or tile_rows(X, c.num_experts)
+    flat_X = chosen_TK.reshape(-1)
+    order_X = jnp.argsort(flat_X, stable=True)
+    slot_X, tile_expert_N, used_tiles = tile_layout(flat_X[order_X], c.num_experts, tile)
+    n_tiles = tile_expert_N.shape[0]
+    x_NCD = jnp.zeros((n_tiles * tile, D), dtype).at[slot_X].set(
+        x_TD[order_X // chosen_TK.shape[1]].astype(dtype)).reshape(n_tiles, tile, D)
+    gate_EDF, up_EDF, down_EFD = self.gate_kernel[...], self.up_kernel[...], self.down_kernel[...]
+
+    def run_tile(n, out_NCD):
+      e = tile_expert_N[n]
+      x_CD = x_NCD[n]
+      hidden_CF = (jax.nn.silu(x_CD @ gate_EDF[e].astype(dtype))
+                   * (x_CD @ up_EDF[e].astype(dtype)))
+      return out_NCD.at[n].set(hidden_CF @ down_EFD[e].astype(dtype))
+
+    out_NCD = jax.lax.fori_loop(0, used_tiles, run_tile, jnp.zeros_like(x_NCD))
+    return _unsort_and_mix(out_NCD.reshape(n_tiles * tile, D)[slot_X], order_X, weights_TK,
+                           dtype)
 
   def dense_reference(self, x_TD: jax.Array, chosen_TK: jax.Array, weights_TK: jax.Array
                       ) -> jax.Array:
@@ -104,12 +174,25 @@ class MoE(nnx.Module):
         jnp.arange(x_TD.shape[0])[:, None], chosen_TK].add(weights_TK)
     return jnp.einsum("ted,te->td", out_TED.astype(jnp.float32), weight_TE).astype(dtype)
 
-  def __call__(self, x_BLD: jax.Array, dense: bool = False) -> jax.Array:
+  def experts(self, x_TD: jax.Array, chosen_TK: jax.Array, weights_TK: jax.Array,
+              path: str = "auto") -> jax.Array:
+    """The routed experts' weighted sum [T, D] for a given routing. `path`: "auto" (the tiled
+    loop on CPU, `ragged_dot` on other platforms, chosen when XLA lowers for the platform),
+    "tiled", "ragged_dot", or "dense" (the oracle)."""
+    _check_path(path)
+    if path == "auto":
+      return jax.lax.platform_dependent(x_TD, chosen_TK, weights_TK, cpu=self._experts_tiled,
+                                        default=self._experts_ragged)
+    paths = {"tiled": self._experts_tiled, "ragged_dot": self._experts_ragged,
+             "dense": self.dense_reference}
+    return paths[path](x_TD, chosen_TK, weights_TK)
+
+  def __call__(self, x_BLD: jax.Array, path: str = "auto") -> jax.Array:
+    _check_path(path)
     B, L, D = x_BLD.shape
     x_TD = x_BLD.reshape(B * L, D)
     chosen_TK, weights_TK = self.route(x_TD)
-    experts = self.dense_reference if dense else self._experts_ragged
-    y_TD = experts(x_TD, chosen_TK, weights_TK)
+    y_TD = self.experts(x_TD, chosen_TK, weights_TK, path)
     if self.config.num_shared_experts:
       y_TD = y_TD + self.shared(x_TD)
     return y_TD.reshape(B, L, D)
