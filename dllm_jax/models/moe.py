@@ -10,11 +10,28 @@ Routing, as in inclusionAI's `modeling_llada2_moe.py` (`LLaDA2MoeGate`):
   y = sum_k weight_k * expert_k(x) + shared(x), each expert a SwiGLU of width `expert_hidden_size`,
   the shared expert(s) one SwiGLU of width `expert_hidden_size * num_shared_experts`.
 
-Expert weights are stacked [E, ...] (so a mesh axis can split the experts). The layer groups the
-T*k (token, expert) pairs by expert and runs each projection as one grouped matmul,
-`jax.lax.ragged_dot`, over those groups: T*k rows instead of the T*E of computing every expert on
-every token. `dense_reference` does exactly that T*E computation with a 0/1 routing mask; it is
-the test oracle, not a code path.
+Expert weights are stacked [E, ...] (so a mesh axis can split the experts). The layer sorts the
+T*k (token, expert) rows by expert and runs the experts as a grouped matmul over those groups:
+T*k rows instead of the T*E of computing every expert on every token. Two exact kernels
+(`MoE.experts(path=...)`; "auto" picks by the platform XLA compiles for):
+
+* "ragged_dot" (GPU, TPU): one `jax.lax.ragged_dot` per projection. TPU lowers it to XLA's
+  grouped-matmul instruction, GPU to XLA's ragged dot (or a Pallas kernel behind a jax flag).
+  On CPU, jax 0.10.2 has no ragged-dot lowering: it expands the [X, D] rows into a masked
+  [E, X, D] copy (zero outside each group) and contracts over experts, i.e. E*X*D*F
+  multiply-adds, k times the dense oracle's T*E*D*F; measured 0.2x the oracle's speed.
+* "tiled" (CPU): each expert's rows are padded to a multiple of a tile of C rows (C the power
+  of two at or above the mean group size X/E, at most 64), and a `fori_loop` over the tiles in
+  use runs each tile's whole SwiGLU with its expert's weights ([C, D] x [D, F] matmuls). The
+  tile count is bounded statically by floor((X + min(E, X) * (C - 1)) / C) (buffers are that
+  size), the loop stops at the tiles actually used, and padding rows are zero and never read
+  back. Work: about (X + E*C/2) rows, plus one read of an expert's weights per tile, which is
+  what bounds it at large widths (the measurements are in experiments/bench_block_diffusion.py).
+  Under expert sharding XLA gathers the expert weights for the loop's dynamic index, so on a
+  CPU mesh the experts' memory is not split (correct, tested; CPU meshes are for tests).
+
+`dense_reference` does the T*E computation with a 0/1 routing mask; it is the test oracle, not
+a code path; both kernels are tested against it on CPU.
 """
 
 from __future__ import annotations
