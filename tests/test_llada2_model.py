@@ -113,20 +113,22 @@ def test_tiled_and_ragged_paths_match_the_dense_oracle(kind, all_expert_paths):
 
 
 def test_tile_layout_against_a_loop():
-  """Padded slots, tile experts and the tile count equal a plain Python construction, and the
-  static tile bound holds at its worst case (every nonempty group one row past a multiple)."""
+  """Padded slots and each expert's tiles equal a plain Python construction, and the static tile
+  bound holds at its worst case (every nonempty group one row past a multiple of the tile)."""
   for sizes, tile in [([0, 5, 0, 0, 1, 9], 4), ([5, 5, 5], 4), ([0, 0, 7], 1), ([3], 8)]:
     experts = np.repeat(np.arange(len(sizes)), sizes)
-    slot, tile_expert, used = jax.jit(tile_layout, static_argnums=(1, 2))(
+    slot, first_tile, tiles, bound = jax.jit(tile_layout, static_argnums=(1, 2))(
         jnp.asarray(experts, jnp.int32), len(sizes), tile)
-    want_slot, want_experts = [], []
-    for e, s in enumerate(sizes):
-      start = len(want_experts) * tile
-      want_slot += list(range(start, start + s))
-      want_experts += [e] * -(-s // tile)
-    assert int(used) == len(want_experts) <= len(tile_expert)
+    want_slot, want_first, want_tiles, used = [], [], [], 0
+    for s in sizes:
+      want_slot += list(range(used * tile, used * tile + s))
+      want_first.append(used)
+      want_tiles.append(-(-s // tile))
+      used += want_tiles[-1]
+    assert used <= bound
     np.testing.assert_array_equal(np.asarray(slot), want_slot)
-    np.testing.assert_array_equal(np.asarray(tile_expert)[:int(used)], want_experts)
+    np.testing.assert_array_equal(np.asarray(first_tile), want_first)
+    np.testing.assert_array_equal(np.asarray(tiles), want_tiles)
   assert tile_rows(256 * 8, 256) == 8 and tile_rows(40, 256) == 1 and tile_rows(10**6, 8) == 64
 
 
