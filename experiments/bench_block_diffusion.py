@@ -41,6 +41,8 @@ _MOE_EXPERT_WIDTH = flags.DEFINE_integer("moe_expert_width", 64, "Expert hidden 
                                          "MoE-layer benchmark (LLaDA2.0-mini: 512).")
 _MOE_PATHS = flags.DEFINE_list("moe_paths", ["ragged_dot", "tiled", "dense"],
                                "MoE expert paths to time (MoE.experts' `path`).")
+_MOE_REPEATS = flags.DEFINE_integer("moe_repeats", 10, "Timed calls per MoE path (short calls "
+                                    "on a loaded machine need more than the decoders).")
 _PARTS = flags.DEFINE_list("parts", ["cache", "moe"], "Which comparisons to run.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls per side.")
 _OUT_JSON = flags.DEFINE_string("out_json", "/tmp/dllm_jax_bench/bench_block_diffusion.json",
@@ -97,7 +99,7 @@ def moe_paths() -> dict:
   outs = {path: np.asarray(fn(state, x)) for path, fn in fns.items()}
   times = benchlib.time_interleaved(
       {path: functools.partial(lambda fn: fn(state, x).block_until_ready(), fn)
-       for path, fn in fns.items()}, _REPEATS.value)
+       for path, fn in fns.items()}, _MOE_REPEATS.value)
   result = {"experts": _EXPERTS.value, "tokens": _TOKENS.value, "width": width,
             "expert_width": expert_width, "times": times}
   if "dense" in fns:
