@@ -12,8 +12,8 @@ forward passes.
 Measured (2 shared CPU cores, medians; the README's block diffusion speed paragraph has the rest):
 --hidden_size=128 --num_layers=2 --repeats=3 --moe_tokens=256 at load ~8: cache 2.90x (1.50 s
 vs 4.35 s, same tokens). --parts=moe --moe_tokens=256 (width 256, 10 calls per path, load ~8):
-tiled 6.1x the dense oracle (0.059 s vs 0.36 s; 12.8x
-by best times), ragged_dot 0.18x (2.04 s: XLA:CPU masks the rows over all experts).
+tiled 6.1x the dense oracle (0.059 s vs 0.36 s; 12.8x by best times), ragged_dot 0.18x (2.04 s:
+XLA:CPU masks the rows over all experts).
 --parts=moe --moe_width=2048 --moe_expert_width=512 --moe_paths=tiled,dense (LLaDA2.0-mini's
 layer): tiled 6.1x at 256 tokens (2.64 s vs 16.0 s), 9.9x at 1024 tokens (2.90 s vs 28.7 s).
 """
