@@ -66,7 +66,9 @@ def group_limited_top_k(biased_TE: jax.Array, top_k: int, groups: int, groups_pe
 
 def tile_rows(rows: int, experts: int) -> int:
   """Rows per tile of the CPU grouped matmul: the power of two at or above the mean group size,
-  within [1, 64] (see the module docstring for the measurements behind it)."""
+  within [1, 64]. Measured at 256 experts, top 8, 256 tokens (mean group 8), best of 3 on a
+  loaded CPU: width 256, tiles 2/4/8/16 took 44/31/20/22 ms; width 2048, tiles 4/8/16 took
+  2.1/2.4/2.5 s; at 32 tokens (mean group 1), tiles 1-4 were equal."""
   mean = -(-rows // experts)
   return min(64, 1 << (mean - 1).bit_length())
 
