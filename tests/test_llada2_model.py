@@ -1,5 +1,5 @@
-"""LLaDA2.x (MoE) and SDAR in the shared transformer: routing against a plain loop, the ragged
-expert layer against the dense oracle, preset sizes, config parsing, the converter's round trip
+"""LLaDA2.x (MoE) and SDAR in the shared transformer: routing against a plain loop, both
+expert kernels (tiled, ragged_dot) against the dense oracle, preset sizes, config parsing, the converter's round trip
 and bad input, expert sharding, and the README's memory table."""
 
 import json
@@ -39,7 +39,7 @@ def _loop_routing(scores, bias, k, groups, keep, scale):
   return chosen, weights
 
 
-def test_routing_matches_a_plain_loop_and_ragged_matches_dense():
+def test_routing_matches_a_plain_loop_and_the_layer_matches_dense():
   config = models.llada2_tiny(num_experts=16, expert_groups=4, groups_per_token=2,
                               experts_per_token=3)
   layer = MoE(config, rngs=nnx.Rngs(3))
