@@ -1,6 +1,6 @@
-"""LLaDA2.x (MoE) and SDAR in the shared transformer: routing against a plain loop, both
-expert kernels (tiled, ragged_dot) against the dense oracle, preset sizes, config parsing, the converter's round trip
-and bad input, expert sharding, and the README's memory table."""
+"""LLaDA2.x (MoE) and SDAR in the shared transformer: routing against a plain loop, both expert
+kernels (tiled, ragged_dot) against the dense oracle, preset sizes, config parsing, the
+converter's round trip and bad input, expert sharding, and the README's memory table."""
 
 import json
 import re
