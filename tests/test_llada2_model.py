@@ -1,6 +1,6 @@
-"""LLaDA2.x (MoE) and SDAR in the shared transformer: routing against a plain loop, the ragged
-expert layer against the dense oracle, preset sizes, config parsing, the converter's round trip
-and bad input, expert sharding, and the README's memory table."""
+"""LLaDA2.x (MoE) and SDAR in the shared transformer: routing against a plain loop, both expert
+kernels (tiled, ragged_dot) against the dense oracle, preset sizes, config parsing, the
+converter's round trip and bad input, expert sharding, and the README's memory table."""
 
 import json
 import re
@@ -16,7 +16,7 @@ from dllm_jax import checkpoint, sharding
 from dllm_jax import models
 from dllm_jax.models import safetensors_io
 from dllm_jax.models.config import from_hf_config
-from dllm_jax.models.moe import MoE, group_limited_top_k
+from dllm_jax.models.moe import MoE, group_limited_top_k, tile_layout, tile_rows
 from dllm_jax.models.safetensors_io import CheckpointError
 from tests import hf_fixtures as fx
 from tests import llada2_fixtures as lf
@@ -39,7 +39,7 @@ def _loop_routing(scores, bias, k, groups, keep, scale):
   return chosen, weights
 
 
-def test_routing_matches_a_plain_loop_and_ragged_matches_dense():
+def test_routing_matches_a_plain_loop_and_the_layer_matches_dense():
   config = models.llada2_tiny(num_experts=16, expert_groups=4, groups_per_token=2,
                               experts_per_token=3)
   layer = MoE(config, rngs=nnx.Rngs(3))
@@ -57,9 +57,85 @@ def test_routing_matches_a_plain_loop_and_ragged_matches_dense():
   # The bias changes choices (so the test above sees it), never the weights' source.
   unbiased = group_limited_top_k(jnp.asarray(scores, jnp.float32), 3, 4, 2)
   assert (np.sort(np.asarray(unbiased), -1) != np.asarray(want_chosen)).any()
-  ragged = layer(x[None])
-  dense = layer(x[None], dense=True)
-  np.testing.assert_allclose(np.asarray(ragged), np.asarray(dense), atol=1e-5, rtol=1e-5)
+  dense, auto = jax.jit(lambda x: (layer(x, path="dense"), layer(x)))(x[None])
+  np.testing.assert_allclose(np.asarray(auto), np.asarray(dense), atol=1e-5, rtol=1e-5)
+
+
+def _routing(kind, T, E, K, rng):
+  """Chosen experts [T, K] (distinct per token) with a given group-size pattern."""
+  if kind == "uneven":  # a few crowded experts, many with zero or one row
+    p = np.r_[np.full(3, 10.0), np.ones(E - 3)] / (30 + E - 3)
+    return np.stack([rng.choice(E, K, replace=False, p=p) for _ in range(T)])
+  if kind == "one expert":  # every row on expert 5 (a grouped-matmul case routing never makes)
+    return np.full((T, K), 5)
+  if kind == "three experts":  # every token on the same three experts, the rest empty
+    return np.tile([E - 1, 0, 7], (T, 1))
+  return np.stack([rng.choice(E, K, replace=False) for _ in range(T)])
+
+
+_TILES = (1, 3, 8, 64)
+
+
+@pytest.fixture(scope="module")
+def all_expert_paths():
+  """One compiled function per routing shape: every expert path on a given routing."""
+  config = models.llada2_tiny(num_experts=16, expert_groups=4, groups_per_token=2,
+                              experts_per_token=3)
+  layer = MoE(config, rngs=nnx.Rngs(5))
+
+  @jax.jit
+  def run(x, chosen, weights):
+    out = {path: layer.experts(x, chosen, weights, path)
+           for path in ("dense", "ragged_dot", "tiled", "auto")}
+    for tile in _TILES:
+      out[f"tile {tile}"] = layer._experts_tiled(x, chosen, weights, tile)  # pylint: disable=protected-access
+    return out
+  return config, run
+
+
+@pytest.mark.parametrize("kind", ["uniform", "uneven", "one expert", "three experts"])
+def test_tiled_and_ragged_paths_match_the_dense_oracle(kind, all_expert_paths):
+  """Both grouped-matmul paths == every expert on every token (float32, 1e-5), for group sizes
+  from empty to all tokens, with tiles smaller than, equal to and larger than the groups."""
+  config, run = all_expert_paths
+  rng = np.random.default_rng(0)
+  T = 23
+  chosen = jnp.asarray(_routing(kind, T, 16, 3, rng), jnp.int32)
+  weights = jnp.asarray(rng.uniform(0.1, 1.0, chosen.shape), jnp.float32)
+  out = {k: np.asarray(v) for k, v in
+         run(jax.random.normal(jax.random.key(6), (T, config.hidden_size)), chosen,
+             weights).items()}
+  assert np.abs(out["dense"]).max() > 1e-3
+  for path in ("ragged_dot", "tiled") + tuple(f"tile {t}" for t in _TILES):
+    np.testing.assert_allclose(out[path], out["dense"], atol=1e-5, rtol=1e-5, err_msg=str(path))
+  # On CPU "auto" compiles the tiled loop (bit for bit; ragged_dot rounds differently).
+  np.testing.assert_array_equal(out["auto"], out["tiled"])
+
+
+def test_tile_layout_against_a_loop():
+  """Padded slots and each expert's tiles equal a plain Python construction, and the static tile
+  bound holds at its worst case (every nonempty group one row past a multiple of the tile)."""
+  for sizes, tile in [([0, 5, 0, 0, 1, 9], 4), ([5, 5, 5], 4), ([0, 0, 7], 1), ([3], 8)]:
+    experts = np.repeat(np.arange(len(sizes)), sizes)
+    slot, first_tile, tiles, bound = jax.jit(tile_layout, static_argnums=(1, 2))(
+        jnp.asarray(experts, jnp.int32), len(sizes), tile)
+    want_slot, want_first, want_tiles, used = [], [], [], 0
+    for s in sizes:
+      want_slot += list(range(used * tile, used * tile + s))
+      want_first.append(used)
+      want_tiles.append(-(-s // tile))
+      used += want_tiles[-1]
+    assert used <= bound
+    np.testing.assert_array_equal(np.asarray(slot), want_slot)
+    np.testing.assert_array_equal(np.asarray(first_tile), want_first)
+    np.testing.assert_array_equal(np.asarray(tiles), want_tiles)
+  assert tile_rows(256 * 8, 256) == 8 and tile_rows(40, 256) == 1 and tile_rows(10**6, 8) == 64
+
+
+def test_unknown_expert_path_is_refused():
+  layer = nnx.eval_shape(lambda: MoE(models.llada2_tiny(), rngs=nnx.Rngs(0)))
+  with pytest.raises(ValueError, match="experts path 'fast' is unknown; use 'auto', 'tiled'"):
+    layer(jnp.zeros((1, 2, layer.config.hidden_size)), path="fast")
 
 
 def _independent_count(c):
