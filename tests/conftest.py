@@ -6,8 +6,14 @@ import pathlib
 import shutil
 import tempfile
 
-# Multi-device tests need fake CPU devices; this must happen before jax is imported.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# Multi-device tests need fake CPU devices; this must happen before jax is imported. The tests'
+# programs are tiny, so compiling them is most of their cost: LLVM's optimisation level 0 makes
+# XLA:CPU compile them much faster (README, "Tests"); benchmarks run without it.
+_flags = os.environ.get("XLA_FLAGS", "")
+for _flag in ("--xla_force_host_platform_device_count=8", "--xla_backend_optimization_level=0"):
+  if _flag.split("=")[0] not in _flags:
+    _flags = f"{_flags} {_flag}".strip()
+os.environ["XLA_FLAGS"] = _flags
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 # JAX's persistent compilation cache, in a fresh directory per run (made by the first pytest
