@@ -14,6 +14,10 @@ from dllm_jax.sampling import oracle, policy
 from dllm_jax.sampling.learned_policy import PolicyTrace
 
 NET = policy.PolicyConfig()
+# Compiled once each: run op by op, the hand checks below took ~40 s apiece (one compile per op).
+_policy_logits = jax.jit(policy.policy_logits, static_argnums=0)
+_grpo_loss = jax.jit(pt.grpo_loss, static_argnums=1)
+_trace_logits = jax.jit(pt.trace_logits, static_argnums=0)
 
 
 def test_rewards_and_group_advantages():
@@ -45,7 +49,7 @@ def test_loss_and_gradient_equal_a_hand_computation():
                       logprob_BS=jnp.zeros((N, Sn)))
   advantage = np.array([0.6, -0.4, 0.3, -0.5])
   # Hand computation of the log-probabilities and d/d(output bias) from the network's logits.
-  z = np.asarray(policy.policy_logits(NET, params, trace.confidence_BSW.reshape(-1, W),
+  z = np.asarray(_policy_logits(NET, params, trace.confidence_BSW.reshape(-1, W),
                                       trace.masked_BSW.reshape(-1, W),
                                       trace.t_BS.reshape(-1)), np.float64).reshape(N, Sn, W)
   p = _sigmoid(z / tau)
@@ -71,7 +75,7 @@ def test_loss_and_gradient_equal_a_hand_computation():
 
   loss_fn = lambda prm: pt.grpo_loss(prm, rule, trace, jnp.asarray(old, jnp.float32),
                                      jnp.asarray(advantage, jnp.float32), eps)
-  (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  (loss, _), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
   np.testing.assert_allclose(float(loss), want_loss, rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(float(grads["head"]["bias"][0]), want_grad, rtol=1e-3, atol=1e-6)
 
@@ -152,7 +156,7 @@ def test_entropy_bonus_and_zero_variance_weights_by_hand():
                       action_BSW=jnp.asarray(masked & (rng.random((N, Sn, W)) < 0.5)),
                       active_BS=jnp.asarray([[1, 1], [1, 0], [1, 1], [0, 0]], bool),
                       logprob_BS=jnp.zeros((N, Sn)))
-  z = np.asarray(policy.policy_logits(NET, params, trace.confidence_BSW.reshape(-1, W),
+  z = np.asarray(_policy_logits(NET, params, trace.confidence_BSW.reshape(-1, W),
                                       trace.masked_BSW.reshape(-1, W), trace.t_BS.reshape(-1)),
                  np.float64).reshape(N, Sn, W) / 0.8
   p = _sigmoid(z)
@@ -165,17 +169,17 @@ def test_entropy_bonus_and_zero_variance_weights_by_hand():
   np.testing.assert_allclose(weights, [0, 0, 0.5, 0.5])
   np.testing.assert_allclose(pt.rollout_weights(reward, pt.GRPOConfig(group_size=2)), [0.25] * 4)
   advantage = pt.group_advantages(reward, 2)
-  old = pt.trace_logits(rule, params, trace)  # any old log-probs: use the new ones (ratio 1)
+  old = _trace_logits(rule, params, trace)  # any old log-probs: use the new ones (ratio 1)
   old_logprob = np.asarray(S.learned_policy.bernoulli_log_prob(
       old, trace.action_BSW, trace.masked_BSW, 0.8)) * np.asarray(trace.active_BS)
-  base, aux = pt.grpo_loss(params, rule, trace, jnp.asarray(old_logprob), advantage, 0.5, weights)
-  bonus, _ = pt.grpo_loss(params, rule, trace, jnp.asarray(old_logprob), advantage, 0.5, weights,
+  base, aux = _grpo_loss(params, rule, trace, jnp.asarray(old_logprob), advantage, 0.5, weights)
+  bonus, _ = _grpo_loss(params, rule, trace, jnp.asarray(old_logprob), advantage, 0.5, weights,
                           entropy_coef=0.3)
   np.testing.assert_allclose(float(aux["entropy"]), want_entropy, rtol=1e-5)
   np.testing.assert_allclose(float(bonus - base), -0.3 * want_entropy, rtol=1e-4, atol=1e-7)
   # Dropping the zero-variance group (2 of 4 rollouts) doubles the gradient of the others.
-  grad = lambda w: jax.grad(lambda prm: pt.grpo_loss(prm, rule, trace, jnp.asarray(old_logprob),
-                                                     advantage, 0.5, w)[0])(params)
+  grad = lambda w: jax.jit(jax.grad(lambda prm: pt.grpo_loss(
+      prm, rule, trace, jnp.asarray(old_logprob), advantage, 0.5, w)[0]))(params)
   dropped, plain = grad(weights), grad(None)
   np.testing.assert_allclose(dropped["head"]["kernel"], 2 * plain["head"]["kernel"], rtol=1e-4,
                              atol=1e-9)
