@@ -92,9 +92,15 @@ def test_llada2_runs_resumes_and_equals_generate_blocks(llada2_ckpt, shared_data
     assert record["tokens"] == direct.tokens[by_id[record["problem_id"]]].tolist()
   # generate_blocks lays out the blocks this batch needs, the runner those any prompt length
   # may need; with these prompts (remainders 23 and 19 mod 32) both decode 2 blocks, so the
-  # forward counts are comparable too (each row reports its batch's count).
+  # forward counts are comparable too: each record has its row's own count, the count of that
+  # prompt decoded alone.
   assert direct.layout.num_blocks - direct.layout.first_block == -(-(GEN + 31) // 32) == 2
-  assert all(r["nfe"] == direct.forward_passes for r in records), direct.forward_passes
+  assert all(r["nfe"] == direct.nfe_B[by_id[r["problem_id"]]] for r in records), direct.nfe_B
+  assert max(direct.nfe_B) <= direct.forward_passes  # the batch waits for its slowest row per block
+  alone = bd.generate_blocks(bd.BlockDiffusion(GEN), models.make_denoise(config), params,
+                             np.asarray([ids[0]]), mask_id=config.mask_token_id,
+                             eos_id=config.eos_token_id, pad_id=config.pad_token_id)
+  assert alone.nfe_B.tolist() == [alone.forward_passes] == [direct.nfe_B[0]]
   summary = report.summarize(out)
   assert summary.problems == 2 and set(summary.pass_at) == {1}
   assert summary.mean_nfe == records[0]["nfe"]
@@ -129,8 +135,8 @@ def test_sdar_runs_with_the_quality_preset(tmp_path, shared_data, tokenizer):
 
 @pytest.mark.parametrize("rule,fields,settings,message", [
     ({"name": "low_confidence"}, {}, {}, "--remasking=low_confidence is not supported"),
-    ({"alpha": 4.0}, {"top_p": 0.9}, {}, r"does not take \['--alpha', '--top_p'\]"),
-    ({}, {"temperature": 0.7}, {}, "--temperature=0.7: block diffusion"),
+    ({"alpha": 4.0}, {"cfg_scale": 1.0}, {}, r"does not take \['--alpha', '--cfg_scale'\]"),
+    ({}, {"temperature": -1.0}, {}, "temperature must be >= 0"),
     ({}, {"block_length": 8}, {}, "--block_length=8: this llada2_moe model attends in blocks of 4"),
     ({"threshold": 0.9}, {}, {"llada21_mode": "speed"}, "sets the thresholds itself"),
     ({}, {}, {"max_post_steps": 4}, "--max_post_steps bounds token editing"),
@@ -157,6 +163,10 @@ def test_settings_map_to_the_decoder():
   assert make(llada21_mode="speed") == bd.BlockDiffusion(GEN, block_length=4, steps=4,
                                                          threshold=0.5, editing_threshold=0.0)
   assert not runner.can_sample(make())
+  hot = make(fields={"temperature": 0.7, "top_p": 0.9, "top_k": 5})
+  assert hot == bd.BlockDiffusion(GEN, block_length=4, steps=4, threshold=0.95, temperature=0.7,
+                                  top_p=0.9, top_k=5)
+  assert runner.can_sample(hot)
 
 
 @pytest.mark.slow

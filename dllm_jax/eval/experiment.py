@@ -210,8 +210,8 @@ _NOT_BLOCK_SETTINGS = {"alg_temp": 0.0, "alpha": 2.0, "num_candidates": 4,
                        "imh_positions": "random", "num_rollouts": 1, "rollout_tokens_per_step": 1,
                        "rollout_greedy": False, "num_particles": 8, "ess_threshold": 0.5,
                        "position_penalty": 0.1, "first_temperature": 0.9, "policy": None,
-                       "policy_temperature": None, "top_p": None, "top_k": None,
-                       "cfg_scale": 0.0, "forbid_eos": False, "eos_confidence_inf": False,
+                       "policy_temperature": None, "cfg_scale": 0.0, "forbid_eos": False,
+                       "eos_confidence_inf": False,
                        "schedule": "linear", "cache": "none"}
 
 
@@ -219,7 +219,8 @@ def block_sampler(config, rule: dict[str, Any], sampler_fields: dict[str, Any], 
                   cache: str, streaming: dict[str, Any], block: dict[str, Any]) -> BlockDiffusion:
   """Block diffusion decoding (LLaDA2.x, SDAR) from the run's settings, at LLaDA2's defaults:
   the model's block length, as many steps per block, threshold 0.95 with the scheduled
-  low-confidence fallback, temperature 0. `block` may hold `llada21_mode` ("speed" or "quality":
+  low-confidence fallback, temperature 0 (`--temperature`, `--top_p`, `--top_k` sample as the
+  official generate does). `block` may hold `llada21_mode` ("speed" or "quality":
   `BlockDiffusion.llada21_speed` / `llada21_quality`), `editing_threshold` (LLaDA2.1 token
   editing) and `max_post_steps`. Every other setting must be at its default: the block decoder
   does not take it (yet)."""
@@ -235,9 +236,6 @@ def block_sampler(config, rule: dict[str, Any], sampler_fields: dict[str, Any], 
   if stray:
     raise ValueError(f"block diffusion ({family}) does not take {stray}: the block decoder does "
                      "not support them yet")
-  if sampler_fields.get("temperature") not in (None, 0.0):
-    raise ValueError(f"--temperature={sampler_fields['temperature']}: block diffusion ({family}) "
-                     "decodes at temperature 0 only for now; leave --temperature unset")
   block_length = sampler_fields.get("block_length")
   if block_length not in (None, config.attention_block):
     raise ValueError(f"--block_length={block_length}: this {family} model attends in blocks of "
@@ -246,6 +244,8 @@ def block_sampler(config, rule: dict[str, Any], sampler_fields: dict[str, Any], 
   gen_length = sampler_fields.get("gen_length") or 256
   fields = {"block_length": config.attention_block,
             "steps": sampler_fields.get("steps") or config.attention_block}
+  fields.update({k: sampler_fields[k] for k in ("temperature", "top_p", "top_k")
+                 if sampler_fields.get(k) is not None})
   mode = block.get("llada21_mode")
   threshold, editing = rule.get("threshold"), block.get("editing_threshold")
   if mode is not None:

@@ -13,9 +13,9 @@ prompt; a row whose generation ends early in its last block may decode one block
 `generate_blocks` would (tokens past `gen_length`, never returned), when it has not stopped at
 EOS before.
 
-Statistics: rows move from block to block together, so `nfe_B` is the batch's number of block
-forwards (prefill excluded) for every row; with one row per batch it is that sequence's own
-count, the figure the official generate's tokens per forward come from. The committed tokens'
+Statistics: `nfe_B` is each row's own number of block forwards (prefill excluded), the count the
+row would take decoded alone, the figure the official generate's tokens per forward come from
+(rows move from block to block together; `steps` is the batch's count). The committed tokens'
 log-probabilities are not recorded by the block decoder: `logprob_BG` is NaN.
 """
 
@@ -75,14 +75,14 @@ def generate_padded(decoder: BlockDiffusion, denoise_fn, params, prompt_BP: jax.
                                   config.mask_token_id)).astype(jnp.int32)
   valid_BL = position_L >= pad_B[:, None]
   keys_B = row_random.row_keys(jax.random.key(0) if rng is None else rng, rows)
-  canvas_BL, _, nfe = block_diffusion._decode(  # pylint: disable=protected-access
+  canvas_BL, _, nfe, nfe_B = block_diffusion._decode(  # pylint: disable=protected-access
       decoder, denoise_fn, params, (canvas_BL, valid_BL, gen_start_B, keys_B), None, first,
       num_blocks, (config.mask_token_id, config.eos_token_id))
   gen_BG = jnp.take_along_axis(canvas_BL, gen_start_B[:, None] + jnp.arange(G), axis=1)
   zeros_BG = jnp.zeros((rows, G), jnp.int32)
   return DecodeOutput(
       tokens_BL=jnp.concatenate([prompt_BP.astype(jnp.int32), gen_BG], axis=1),
-      nfe_B=jnp.full((rows,), nfe, jnp.int32), steps=nfe,
+      nfe_B=nfe_B, steps=nfe,
       logprob_BG=jnp.full((rows, G), jnp.nan, jnp.float32),
       confidence_BG=jnp.zeros((rows, G), jnp.float32), commit_step_BG=zeros_BG,
       imh_accepts_B=jnp.zeros((rows,), jnp.int32))

@@ -282,7 +282,7 @@ def _decode(decoder: BlockDiffusion, denoise_fn, params, arrays, policy_params, 
     return logits_BWV, cache
 
   def step(state):
-    canvas, cache, block, s, post_B, done_B, nfe, row_steps_B = state
+    canvas, cache, block, s, post_B, done_B, nfe, row_steps_B, blocks_B = state
     start = block * Bk
     logits_BWV, new_cache = block_logits(cache, canvas, start)
     keys = row_random.step_keys(keys_B, row_steps_B, 4 if imh else 3)
@@ -326,27 +326,34 @@ def _decode(decoder: BlockDiffusion, denoise_fn, params, arrays, policy_params, 
     advance = final_B.all()
     end_BL = jnp.arange(L)[None] < start + Bk
     eos_B = ((canvas == eos_id) & gen_BL & end_BL).any(-1)
+    done_before_B = done_B
     done_B = jnp.where(advance, done_B | eos_B, done_B)
     zeros = jnp.zeros_like(post_B)
     return (canvas, new_cache, block + advance.astype(block.dtype),
             jnp.where(advance, 0, s + 1), jnp.where(advance, zeros, post_B), done_B,
             nfe + passes,
-            row_steps_B + (~final_B).astype(jnp.int32))
+            row_steps_B + (~final_B).astype(jnp.int32),
+            blocks_B + (advance & ~done_before_B).astype(jnp.int32))
 
   def not_finished(state):
-    _, _, block, _, _, done_B, _, _ = state
+    _, _, block, _, _, done_B, _, _, _ = state
     return (block < num_blocks) & ~done_B.all()
 
   state = (canvas_BL, cache, jnp.int32(first_block), jnp.int32(0), jnp.zeros(rows, jnp.int32),
-           jnp.zeros(rows, bool), jnp.int32(0), jnp.zeros(rows, jnp.int32))
-  canvas, cache, _, _, _, _, nfe, _ = jax.lax.while_loop(not_finished, step, state)
-  return canvas, cache, nfe
+           jnp.zeros(rows, bool), jnp.int32(0), jnp.zeros(rows, jnp.int32),
+           jnp.zeros(rows, jnp.int32))
+  canvas, cache, _, _, _, _, nfe, row_steps_B, blocks_B = jax.lax.while_loop(not_finished, step,
+                                                                            state)
+  # A row's own forward count: its steps with the block still open, plus each block's closing
+  # step (what decoding that row alone would take).
+  return canvas, cache, nfe, passes * (row_steps_B + blocks_B)
 
 
 @dataclasses.dataclass(frozen=True)
 class BlockDecodeOutput:
   tokens: np.ndarray  # [B, gen_length]: each row's generated tokens (masks past a stopped row)
   forward_passes: int  # model calls over the batch, prefill excluded
+  nfe_B: np.ndarray  # [B] each row's own forward passes (= forward_passes for the row alone)
   canvas: np.ndarray
   cache: list  # every layer's keys and values over the canvas (finished blocks exact)
   layout: BlockLayout
@@ -373,10 +380,10 @@ def generate_blocks(decoder: BlockDiffusion, denoise_fn, params, prompt_BP, prom
     raise ValueError("policy_params go with remasking=LearnedPolicy(...) and only with it")
   lay = layout(prompt_BP, prompt_mask_BP, decoder, mask_id, pad_id)
   keys_B = row_random.row_keys(jax.random.key(0) if rng is None else rng, prompt_BP.shape[0])
-  canvas, cache, nfe = _decode(decoder, denoise_fn, params,
+  canvas, cache, nfe, nfe_B = _decode(decoder, denoise_fn, params,
                                (jnp.asarray(lay.canvas), jnp.asarray(lay.valid),
                                 jnp.asarray(lay.gen_start), keys_B), policy_params,
                                lay.first_block, lay.num_blocks, (mask_id, eos_id))
   canvas = np.asarray(canvas)
   tokens = np.stack([canvas[b, s:s + decoder.gen_length] for b, s in enumerate(lay.gen_start)])
-  return BlockDecodeOutput(tokens, int(nfe), canvas, cache, lay)
+  return BlockDecodeOutput(tokens, int(nfe), np.asarray(nfe_B), canvas, cache, lay)
