@@ -16,6 +16,9 @@ Threshold(0.9) commits one position by its fallback nearly always), hence the sh
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 import time
 
 import jax
@@ -28,6 +31,7 @@ from dllm_jax import sampling
 from dllm_jax.sampling import policy
 from dllm_jax.sampling.learned_policy import PolicyTrace
 from dllm_jax.tasks import builtin, policy_demo
+from tests.conftest import REPO_ROOT
 
 TAU = 0.9
 ROWS = 16        # rollout rows per imitation step, and per evaluation batch (one compilation)
@@ -84,6 +88,18 @@ def _step_agreement(committed, trace, tau):
 
 @pytest.mark.slow
 def test_threshold_imitation_reproduces_thresholds_decisions():
+  # In a process of its own, with XLA's default optimisation: this test is training compute,
+  # not compilation: 106 s of CPU at the suite's level 0 (tests/conftest.py), 70 s at 3.
+  env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "").replace(
+      "--xla_backend_optimization_level=0", "--xla_backend_optimization_level=3")}
+  code = "from tests.test_policy_warm_start import warm_start_check; warm_start_check()"
+  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env,
+                        capture_output=True, text=True, timeout=1200, check=False)
+  print(proc.stdout)
+  assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+
+
+def warm_start_check() -> None:
   model = builtin.load_builtin(builtin.LAGGED_DIFFERENCE)
   sampler = policy_demo.policy_sampler(model, "semi_ar")
   train = model.task.sample_problems("train", 64, seed=0)
