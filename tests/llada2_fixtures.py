@@ -6,8 +6,14 @@ independently of the library's table (dllm_jax/models/hf_layout.py).
 
 from __future__ import annotations
 
+import json
+import pathlib
+
+import jax.numpy as jnp
 import numpy as np
 
+from dllm_jax.models import hf_layout
+from dllm_jax.models.config import from_hf_config
 from tests import hf_fixtures as fx
 
 
@@ -96,3 +102,17 @@ def sdar_hf_config(**kw) -> dict:
 
 def sdar_tensors(cfg: dict, seed: int = 0) -> dict[str, np.ndarray]:
   return fx.random_tensors({**cfg, "model_type": "wedlm"}, seed=seed)
+
+
+def jax_params(cfg: dict, tensors: dict[str, np.ndarray], folder: pathlib.Path,
+               attention_block: int = 4):
+  """(ModelConfig, params) of an HF config and its tensors, through the converter's key table
+  (`config.json` is written to `folder`)."""
+  path = pathlib.Path(folder) / "config.json"
+  path.write_text(json.dumps(cfg))
+  config = from_hf_config(path, attention_block=attention_block)
+  assembler, params = hf_layout.HFAssembler(config), {}
+  for key, array in tensors.items():
+    for p, value in assembler.add(key, array):
+      hf_layout.set_path(params, p, jnp.asarray(value))
+  return config, params

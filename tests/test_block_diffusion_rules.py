@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-import json
 import types
 
 import jax
@@ -23,8 +22,7 @@ import numpy as np
 import pytest
 
 from dllm_jax import sampling as S
-from dllm_jax.models import hf_layout, make_denoise
-from dllm_jax.models.config import from_hf_config
+from dllm_jax.models import make_denoise
 from dllm_jax.sampling import block_diffusion as bd
 from dllm_jax.sampling import oracle
 from dllm_jax.sampling.policy import policy_logits
@@ -267,14 +265,7 @@ def _tiny_llada2():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
   cfg, tensors = _tiny_llada2()
-  path = tmp_path_factory.mktemp("cfg") / "config.json"
-  path.write_text(json.dumps(cfg))
-  config = from_hf_config(path, attention_block=4)
-  assembler, params = hf_layout.HFAssembler(config), {}
-  for key, array in tensors.items():
-    for p, value in assembler.add(key, array):
-      hf_layout.set_path(params, p, jnp.asarray(value))
-  return config, params
+  return lf.jax_params(cfg, tensors, tmp_path_factory.mktemp("cfg"))
 
 
 def test_imh_keeps_the_cache_exact(tiny):

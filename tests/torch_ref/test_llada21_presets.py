@@ -2,15 +2,13 @@
 the official generate (`llada2_torch.generate`, checked against the official files) at
 temperature 0 on a tiny model, prompt by prompt, from a left-padded batch."""
 
-import json
 
 import jax
 import numpy as np
 import pytest
 import torch
 
-from dllm_jax.models import hf_layout, make_denoise
-from dllm_jax.models.config import from_hf_config
+from dllm_jax.models import make_denoise
 from dllm_jax.sampling import block_diffusion as bd
 from tests import llada2_fixtures as lf
 from tests.torch_ref import llada2_torch
@@ -24,13 +22,7 @@ def tiny(tmp_path_factory):
   cfg = lf.llada2_hf_config()
   tensors = lf.llada2_tensors(cfg, seed=5)
   tensors["lm_head.weight"] = tensors["lm_head.weight"] * 6.0  # confident enough to commit >1
-  path = tmp_path_factory.mktemp("cfg") / "config.json"
-  path.write_text(json.dumps(cfg))
-  config = from_hf_config(path, attention_block=4)
-  assembler, params = hf_layout.HFAssembler(config), {}
-  for key, array in tensors.items():
-    for p, value in assembler.add(key, array):
-      hf_layout.set_path(params, p, jax.numpy.asarray(value))
+  config, params = lf.jax_params(cfg, tensors, tmp_path_factory.mktemp("cfg"))
   model = llada2_torch.LLaDA2(cfg)
   model.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()})
   return config, params, model.eval()

@@ -12,8 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from dllm_jax.models import hf_layout
-from dllm_jax.models.config import from_hf_config
 from dllm_jax.models import make_denoise
 from dllm_jax.sampling import block_diffusion as bd
 from tests import llada2_fixtures as lf
@@ -27,14 +25,7 @@ def tiny(tmp_path_factory):
   cfg = lf.llada2_hf_config()
   tensors = lf.llada2_tensors(cfg, seed=9)
   tensors["lm_head.weight"] = tensors["lm_head.weight"] * 6.0  # confident enough to commit >1
-  path = tmp_path_factory.mktemp("cfg") / "config.json"
-  import json  # pylint: disable=import-outside-toplevel
-  path.write_text(json.dumps(cfg))
-  config = from_hf_config(path, attention_block=4)
-  assembler, params = hf_layout.HFAssembler(config), {}
-  for key, array in tensors.items():
-    for p, value in assembler.add(key, array):
-      hf_layout.set_path(params, p, jax.numpy.asarray(value))
+  config, params = lf.jax_params(cfg, tensors, tmp_path_factory.mktemp("cfg"))
   model = llada2_torch.LLaDA2(cfg)
   model.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()})
   return config, params, model.eval()
