@@ -7,10 +7,12 @@ import shutil
 import tempfile
 
 # Multi-device tests need fake CPU devices; this must happen before jax is imported. The tests'
-# programs are tiny, so compiling them is most of their cost: LLVM's optimisation level 0 makes
-# XLA:CPU compile them much faster (README, "Tests"); benchmarks run without it.
+# programs are tiny, so compiling them is most of their cost: LLVM's optimisation level 0 and
+# XLA:CPU's older (non-MLIR) fusion code generator make it compile them much faster (README,
+# "Tests"); benchmarks run without either.
 _flags = os.environ.get("XLA_FLAGS", "")
-for _flag in ("--xla_force_host_platform_device_count=8", "--xla_backend_optimization_level=0"):
+for _flag in ("--xla_force_host_platform_device_count=8", "--xla_backend_optimization_level=0",
+              "--xla_cpu_use_fusion_emitters=false"):
   if _flag.split("=")[0] not in _flags:
     _flags = f"{_flags} {_flag}".strip()
 os.environ["XLA_FLAGS"] = _flags
@@ -18,13 +20,16 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 # JAX's persistent compilation cache, in a fresh directory per run (made by the first pytest
 # process; xdist workers and the scripts that tests start inherit it through the environment), so
-# a program that several test modules or subprocesses compile is compiled once.
+# a program that several test modules or subprocesses compile is compiled once. A directory given
+# in JAX_COMPILATION_CACHE_DIR is used and kept instead: `make test-fast` keeps one between runs
+# (programs that a change did not touch are not compiled again). No size limit is set here: JAX's
+# size-limited cache lists the whole directory on every write, which made the suite minutes slower.
 _OWN_CACHE_DIR = None
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   _OWN_CACHE_DIR = tempfile.mkdtemp(prefix="dllm_jax_test_jit_cache_")
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE_DIR
-  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pytest  # noqa: E402
 

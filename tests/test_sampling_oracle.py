@@ -12,6 +12,7 @@ from dllm_jax import sampling as S
 from dllm_jax.sampling import oracle
 from dllm_jax.sampling.oracle_exact import (exact_distributions, total_variation,
                                             tv_sampling_bound)
+from tests import optimized
 
 V, L, N = 3, 4, 100_000
 DENOISE = oracle.make_oracle_denoise(V, L)
@@ -25,7 +26,8 @@ def _joint(seed):
 
 def _empirical(sampler, log_p, seed=0):
   prompt = jnp.zeros((N, 0), jnp.int32)
-  out = S.generate(sampler, DENOISE, log_p, prompt, prompt.astype(bool), jax.random.key(seed))
+  out = optimized.generate(sampler, DENOISE, log_p, prompt, prompt.astype(bool),
+                           jax.random.key(seed))
   index = oracle.sequence_index(np.asarray(out.tokens_BL), V)
   return np.bincount(index, minlength=V ** L) / N, out
 

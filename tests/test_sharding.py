@@ -1,5 +1,6 @@
 """Sharded decoding on 8 fake CPU devices equals single-device decoding, for every sampler."""
 
+import json
 import re
 import subprocess
 import sys
@@ -81,16 +82,33 @@ def test_sharded_equals_single_device(rule, temperature):
 SHARP_PARAMS = {**PARAMS, "lm_head": {"kernel": 8.0 * PARAMS["lm_head"]["kernel"]}}
 
 
-@pytest.mark.parametrize("mode", ["dual", "prefix"])
-@pytest.mark.parametrize("rule_index", [1, 7], ids=["lowconf", "threshold"])
-def test_sharded_block_cache_equals_single_device(mode, rule_index):
-  # In a process of its own: once, in the full suite (after hundreds of other programs), XLA's
-  # CPU compiler died with a segmentation fault compiling these programs; alone they pass.
-  code = ("from tests.test_sharding import block_cache_check; "
-          f"block_cache_check({mode!r}, {rule_index})")
+BLOCK_CACHE_CASES = [(mode, rule_index) for rule_index in (1, 7) for mode in ("dual", "prefix")]
+
+
+@pytest.fixture(scope="module")
+def block_cache_results():
+  """Every case of the test below, checked in one process of its own: once, in the full suite
+  (after hundreds of other programs), XLA's CPU compiler died with a segmentation fault compiling
+  these programs; alone they pass. One process for the four cases, not one each: they share
+  the single-device programs, and each process start costs seconds."""
+  code = ("import json, traceback; from tests.test_sharding import BLOCK_CACHE_CASES, "
+          "block_cache_check\nresults = {}\nfor mode, rule in BLOCK_CACHE_CASES:\n"
+          "  try:\n    block_cache_check(mode, rule); results[f'{mode}-{rule}'] = 'ok'\n"
+          "  except Exception:\n    results[f'{mode}-{rule}'] = traceback.format_exc()\n"
+          "print('RESULTS ' + json.dumps(results))")
   proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
                         text=True, timeout=1200, check=False)
-  assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+  lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULTS ")]
+  assert proc.returncode == 0 and lines, (proc.stdout + proc.stderr)[-4000:]
+  return json.loads(lines[-1][len("RESULTS "):])
+
+
+@pytest.mark.parametrize("mode,rule_index", BLOCK_CACHE_CASES,
+                         ids=[f"{'lowconf' if i == 1 else 'threshold'}-{m}"
+                              for m, i in BLOCK_CACHE_CASES])
+def test_sharded_block_cache_equals_single_device(mode, rule_index, block_cache_results):
+  result = block_cache_results[f"{mode}-{rule_index}"]
+  assert result == "ok", result
 
 
 def block_cache_check(mode: str, rule_index: int) -> None:
