@@ -42,3 +42,29 @@ def test_quick_tradeoff(tmp_path, capsys):
                               settings.bootstrap_resamples)
   assert again.verdict_lines() == comparison.verdict_lines()
   assert again.table() == comparison.table()
+
+
+def test_capped_baselines_are_bounds_and_rollout_cost_is_exact():
+  """A task's `max_baseline_samples` caps the baselines' draws; their compute-matched points past
+  it are lower bounds, so the verdict cannot be "holds". The ETA's cost of a RolloutIMH row is
+  its measured NFE (one token per step)."""
+  from dllm_jax import sampling  # pylint: disable=import-outside-toplevel
+  from dllm_jax.tasks import builtin, draws  # pylint: disable=import-outside-toplevel
+  model = builtin.load_builtin(tradeoff.TASKS["countdown"].model_path)
+  base = sampling.Sampler.for_model(model.config, gen_length=model.gen_length)
+  rollout = tradeoff.CLAIMED["RolloutIMH alpha=2 K=2 R=1"](base)
+  problems = tradeoff.problems_for(model, 3, seed=0)
+  comparison = tradeoff.compare_samplers(
+      model, problems, {label: tradeoff.BASELINES[label](base)
+                        for label in ("random T=1", "random T=1/2")},
+      {"rollout": rollout}, samples=2, batch_rows=16, bootstrap_resamples=50,
+      max_baseline_samples=4)
+  claimed = comparison.draws["rollout"].samples
+  steps = base.total_steps
+  assert claimed.nfe == draws.forward_passes_per_row(rollout) == (
+      1 + 2 * steps + 2 * (steps - 1) * (steps - 2) // 2)
+  # Matching would ask ceil(2 x 45 / 7) = 13 samples of each baseline; the cap gives 4.
+  assert all(comparison.draws[b].samples.num_samples == 4 for b in ("random T=1", "random T=1/2"))
+  points = [p for p in comparison.points["rollout"] if not p.label.startswith("mix ")]
+  assert points and all(p.bounded and p.k == pytest.approx(2 * claimed.nfe / 7) for p in points)
+  assert not comparison.verdicts["rollout"].holds

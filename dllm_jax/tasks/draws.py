@@ -31,8 +31,15 @@ class Draw:
 def forward_passes_per_row(sampler: sampling.Sampler) -> int:
   """A row's forward passes, estimated before decoding (the ETA's weights): one per step; K per
   step for IMH (its K candidates are scored in one pass over K canvases) and P per step for SMC,
-  plus the first step's own pass. RolloutIMH's rollouts come on top and are not counted."""
+  plus the first step's own pass. RolloutIMH adds its rollouts as if one token were committed
+  per step (`rollout_imh`'s cost formula: exact then)."""
   steps, rule = sampler.total_steps, sampler.remasking
+  if isinstance(rule, sampling.RolloutIMH):
+    if rule.num_candidates == 1:  # no chain, so no rollouts
+      return 1 + steps
+    c = rule.rollout_tokens_per_step
+    rollouts = sum(max(-(-masked // c) - 1, 0) for masked in range(steps))
+    return 1 + rule.num_candidates * (steps + rule.num_rollouts * rollouts)
   if isinstance(rule, sampling.IMH):
     return 1 + rule.num_candidates * steps
   if isinstance(rule, sampling.SMC):
