@@ -722,7 +722,8 @@ def section_llada2_decode(run: Run) -> None:
         arrays = jax.device_put((lay.canvas, lay.valid, lay.gen_start,
                                  jax.random.split(jax.random.key(settings.seed), batch)),
                                 run.device)
-        decode = jax.jit(lambda params, arrays: block_diffusion._decode(  # pylint: disable=protected-access
+        # pylint: disable-next=protected-access
+        decode = jax.jit(lambda params, arrays: block_diffusion._decode(
             decoder, state.denoise, params, arrays, None, lay.first_block, lay.num_blocks,
             (config.mask_token_id, no_eos)))
         compiled, compile_times = run.compile(lambda: decode.lower(params, arrays))
@@ -883,10 +884,11 @@ def _llada2_tables(forward_rows: list[dict[str, Any]], decode_rows: list[dict[st
          if "jax" in r else [f"{r['batch']} x {r['length']}", "", "", "", "",
                              r["compile"]["compile_s"]] for r in forward_rows]))
   if decode_rows:
-    L, G, W = settings.llada2_shapes
-    out.append(f"\n{_llada2_name(settings)} decoding, threshold {accelerator_plan.LLADA2_THRESHOLD}, block "
-               f"{W}, prompt {settings.prompt_length}, greedy, no EOS. JAX: gen {G}, the "
-               "compiled loop with the exact block cache; torch: the official generate "
+    _, G, W = settings.llada2_shapes
+    out.append(f"\n{_llada2_name(settings)} decoding, threshold "
+               f"{accelerator_plan.LLADA2_THRESHOLD}, block {W}, prompt {settings.prompt_length}, "
+               f"greedy, no EOS. JAX: gen {G}, the compiled loop with the exact block cache; "
+               "torch: the official generate "
                f"(one prompt at a time, canvas recomputed, experts in a Python loop), gen "
                f"{settings.llada2_torch_gen_length} on {settings.llada2_torch_rows} row(s) of "
                "each batch; JAX/torch = tokens/s ratio\n")

@@ -96,8 +96,8 @@ Memory: the 8.0B bf16 weights take 14.9 GiB once (PyTorch aliases them); the lar
 the forward at 32 x 512, whose float32 logits alone are 8.3 GB; the PyTorch loop at B = 32 holds
 about 11 GB of logits and softmax, IMH at B = 8 about 15 GB: under 50 GB in all, well inside an
 H200's ~139 GiB. LLaDA2.0-mini adds its 30.3 GiB while its sections run (with LLaDA's and WeDLM's
-30 GiB: about 60 GiB of weights), its forward at 8 x 1024 5.2 GB of float32 logits. JAX does not preallocate (so PyTorch can share the device) unless
-XLA_PYTHON_CLIENT_PREALLOCATE is set.
+30 GiB: about 60 GiB of weights), its forward at 8 x 1024 5.2 GB of float32 logits. JAX does
+not preallocate (so PyTorch can share the device) unless XLA_PYTHON_CLIENT_PREALLOCATE is set.
 """
 
 from __future__ import annotations

@@ -315,7 +315,8 @@ def test_run_script_refuses_in_one_line(llada2_ckpt, shared_data, tmp_path):
       cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False)
   assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
   last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith("error: --remasking=rollout_imh is not supported for block diffusion"), last
+  assert last.startswith("error: --remasking=rollout_imh is not supported for block "
+                         "diffusion"), last
   assert not (tmp_path / "out").exists()
 
 

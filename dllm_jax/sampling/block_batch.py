@@ -81,8 +81,8 @@ def generate_padded(decoder: BlockDiffusion, denoise_fn, params, prompt_BP: jax.
   valid_BL = position_L >= pad_B[:, None]
   keys_B = row_random.row_keys(jax.random.key(0) if rng is None else rng, rows)
   canvas_BL, _, nfe, nfe_B = block_diffusion._decode(  # pylint: disable=protected-access
-      decoder, denoise_fn, params, (canvas_BL, valid_BL, gen_start_B, keys_B), policy_params, first,
-      num_blocks, (config.mask_token_id, config.eos_token_id))
+      decoder, denoise_fn, params, (canvas_BL, valid_BL, gen_start_B, keys_B), policy_params,
+      first, num_blocks, (config.mask_token_id, config.eos_token_id))
   gen_BG = jnp.take_along_axis(canvas_BL, gen_start_B[:, None] + jnp.arange(G), axis=1)
   zeros_BG = jnp.zeros((rows, G), jnp.int32)
   return DecodeOutput(
