@@ -252,14 +252,15 @@ def block_sampler(config, rule: dict[str, Any], sampler_fields: dict[str, Any], 
   stray += sorted(f"--{k}" for k, v in streaming.items() if v is not None)
   if stray:
     raise ValueError(f"block diffusion ({family}) does not take {stray}: the block decoder does "
-                     "not support them")
+                     "not support them; drop them")
   stray = sorted(f"--{k}" for k, default in _RULE_SETTINGS.items()
                  if given.get(k, default) != default and k not in _RULE_TAKES.get(name, ()))
   if not official and rule.get("threshold") is not None:
     stray.append("--threshold")
   if stray:
     rule_flag = f"--remasking={name}" if name else "the default rule (LLaDA2's threshold)"
-    raise ValueError(f"{rule_flag} does not take {stray}: they are settings of other rules")
+    raise ValueError(f"{rule_flag} does not take {stray}: they are settings of other rules; "
+                     "drop them or pick the rule they belong to")
   block_length = sampler_fields.get("block_length")
   if block_length not in (None, config.attention_block):
     raise ValueError(f"--block_length={block_length}: this {family} model attends in blocks of "
