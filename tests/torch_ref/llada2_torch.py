@@ -118,7 +118,7 @@ def _rotate(x, positions, theta, rotary_dim):
   exponents = torch.arange(0, rotary_dim, 2, device=x.device).float() / rotary_dim
   inv_freq = 1.0 / theta ** exponents
   angles = positions.float()[:, None, :, None] * inv_freq
-  cos, sin = angles.cos(), angles.sin()
+  cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)  # as the official code
   turned, passed = x[..., :rotary_dim], x[..., rotary_dim:]
   a, b = turned[..., :half], turned[..., half:]
   rotated = torch.cat([a * cos - b * sin, b * cos + a * sin], dim=-1)
