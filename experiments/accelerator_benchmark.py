@@ -4,7 +4,8 @@ describes what is measured, how it is timed and the time budget).
 `Settings` (accelerator_plan.py) holds what to measure; `Run` holds what the sections share (the
 weights on the device, the PyTorch model over the same buffers, the measured peak, the report
 rewritten after every setting); each `section_*` function measures one section; `run_all` runs
-the selected ones and returns the markdown tables. PyTorch is optional: without it the PyTorch
+the selected ones and returns the markdown tables (the LLaDA2 sections are in
+accelerator_llada2.py, imported when they run). PyTorch is optional: without it the PyTorch
 rows are skipped with the reason. Nothing here imports the data/eval stack.
 """
 
@@ -62,6 +63,7 @@ class Run:
   torch_skip: str | None = None  # why the PyTorch side does not run
   torch_shares_weights: bool = False
   compile_times: list[float] = dataclasses.field(default_factory=list)
+  llada2: Any = None  # accelerator_llada2.LLaDA2State, made by run_all for the LLaDA2 sections
 
   @property
   def config(self) -> ModelConfig:
@@ -74,10 +76,10 @@ class Run:
     budget = self.settings.budget_s
     return budget - self.elapsed() if budget > 0 else None
 
-  def costs(self) -> Costs:
+  def costs(self, config: ModelConfig | None = None) -> Costs:
     s = self.settings
     peak = self.peak_flops or s.assumed_peak_tflops * 1e12
-    return Costs(s.config, peak, s.assumed_mfu, s.assumed_bandwidth_gbs * 1e9)
+    return Costs(config or s.config, peak, s.assumed_mfu, s.assumed_bandwidth_gbs * 1e9)
 
   def compile_guess(self) -> float:
     times = self.compile_times
@@ -601,9 +603,20 @@ def section_wedlm(run: Run) -> None:
                 estimate_setting(settings, run.costs(), "wedlm", run.compile_guess(), batch), body)
 
 
+def section_llada2_forward(run: Run) -> None:
+  from experiments import accelerator_llada2  # pylint: disable=import-outside-toplevel
+  accelerator_llada2.section_forward(run)
+
+
+def section_llada2_decode(run: Run) -> None:
+  from experiments import accelerator_llada2  # pylint: disable=import-outside-toplevel
+  accelerator_llada2.section_decode(run)
+
+
 SECTIONS: dict[str, Callable[[Run], None]] = {
     "matmul_peak": section_matmul_peak, "forward": section_forward, "decode": section_decode,
-    "threshold_cache": section_threshold_cache, "imh": section_imh, "wedlm": section_wedlm}
+    "threshold_cache": section_threshold_cache, "imh": section_imh, "wedlm": section_wedlm,
+    "llada2_forward": section_llada2_forward, "llada2_decode": section_llada2_decode}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -658,6 +671,9 @@ def tables(report: dict[str, Any], settings: Settings) -> str:
     out.append(benchlib.markdown_table(
         ["sampler", "B", "steps", "JAX tok/s", "JAX ms/step", "JAX MFU", "torch tok/s",
          "torch ms/step", "torch MFU", "JAX/torch", "compile s (lower + compile)"], decode_rows))
+  if ok("llada2_forward") or ok("llada2_decode"):
+    from experiments import accelerator_llada2  # pylint: disable=import-outside-toplevel
+    out += accelerator_llada2.tables(ok("llada2_forward"), ok("llada2_decode"), settings)
   others = [(name, r["setting"], r) for name, sec in s.items() for r in sec.get("rows", [])
             if r["status"] != "ok"]
   others += [(name, f"{r['setting']} torch", r["torch"]) for name, sec in s.items()
@@ -691,11 +707,14 @@ def goals(report: dict[str, Any]) -> list[dict[str, Any]]:
             value(row("decode", "B=32"), "jax", "mfu"), 0.5),
            ("JAX >= 1.5x the PyTorch loop at B=1", value(row("decode", "B=1"), "speed_ratio"), 1.5),
            ("JAX >= 1.0x the PyTorch loop at B=32", value(row("decode", "B=32"), "speed_ratio"),
-            1.0)]
+            1.0),
+           ("LLaDA2 decode: JAX tokens/s >= 1.0x the official generate's at B=1",
+            value(row("llada2_decode", "B=1"), "speed_ratio"), 1.0)]
   out = [{"goal": goal, "measured": v, "met": None if v is None else v >= target}
          for goal, v, target in items]
   compiles = [r["compile"]["lower_s"] + r["compile"]["compile_s"]
-              for name in ("forward", "decode", "threshold_cache", "imh", "wedlm")
+              for name in ("forward", "decode", "threshold_cache", "imh", "wedlm",
+                           "llada2_forward", "llada2_decode")
               for r in s.get(name, {}).get("rows", []) if r["status"] == "ok"]
   worst = max(compiles) if compiles else None
   out.append({"goal": "compile <= 60 s per program (slowest)", "measured": worst,
@@ -705,7 +724,8 @@ def goals(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 _BATCH_FLAGS = {"forward": "forward_shapes", "decode": "decode_batches",
                 "threshold_cache": "cache_batches", "imh": "imh_batches",
-                "wedlm": "wedlm_batches"}
+                "wedlm": "wedlm_batches", "llada2_forward": "llada2_forward_shapes",
+                "llada2_decode": "llada2_batches"}
 
 
 def rerun_flags(report: dict[str, Any]) -> str | None:
@@ -756,6 +776,9 @@ def run_all(run: Run) -> str:
     report["torch_side"] = {"status": "error", "error": run.torch_skip,
                             "traceback": traceback.format_exc()[-4000:]}
   run.save()
+  if any(name.startswith("llada2") for name in run.settings.sections):
+    from experiments import accelerator_llada2  # pylint: disable=import-outside-toplevel
+    run.llada2 = accelerator_llada2.LLaDA2State(run)
   for name, section in SECTIONS.items():
     if name not in run.settings.sections:
       report["sections"][name] = {"status": "skipped", "reason": "not in --sections", "rows": []}

@@ -1,5 +1,6 @@
 """One prepared accelerator benchmark: LLaDA-8B shapes in bfloat16 on one device, against LLaDA's
-PyTorch loop on the same device.
+PyTorch loop on the same device; then LLaDA2.0-mini (mixture of experts, block diffusion) against
+its official PyTorch generate.
 
   PYTHONPATH=. python -m experiments.bench_accelerator --out_dir=/tmp/bench_acc [--quick]
   PYTHONPATH=. python -m experiments.bench_accelerator --plan_only   # the estimate below; no device
@@ -24,13 +25,37 @@ runs; if one side of a comparison fails, the other side's figures are kept):
   wedlm            WeDLM-8B streaming decoding (`sampling.stream_generate`: exact prefix cache,
                    window 16, one token per step, no stop tokens) at B in {1, 8}, its own random
                    weights made on the device after LLaDA's (both fit: 15 + 15 GiB)
+  llada2_forward   LLaDA2.0-mini (DESIGN.md §14: width 2048, 20 layers, 16:4 heads, 256 experts
+                   top 8 + 1 shared of width 512, layer 0 dense 5120, vocab 157,184; 16.26B
+                   parameters, 30.3 GiB in bf16, its own random weights made on the device at
+                   the first LLaDA2 setting and dropped after the last) forward at 8 x 1024:
+                   ms and MFU from the model FLOPs of the ACTIVE parameters (1.11B in matmuls:
+                   attention, the router, 8 routed experts and the shared one, the LM head), not
+                   of all 15.9B
+  llada2_decode    LLaDA2's official default rule (threshold 0.95 with the scheduled fallback,
+                   block 32, 32 steps per block, temperature 0) with the exact block cache (the
+                   loop of `block_diffusion.generate_blocks`), gen 256 after a 32-token prompt, no
+                   EOS, at B in {1, 8, 32}, against the official generate as reimplemented in
+                   tests/torch_ref/llada2_torch.py on the same GPU and the same weights (DLPack
+                   views of the JAX buffers; only the fused query_key_value weights are copied):
+                   one prompt at a time (the official generate takes one), the canvas recomputed
+                   up to the current block every step, the experts run in a Python loop as the
+                   official `moe_infer` does. That loop is slow, so it decodes the first
+                   --llada2_torch_rows (1) rows of each batch, --llada2_torch_gen_length (64)
+                   tokens each; its tokens/s does not depend on B (rows go one at a time) and its
+                   shorter canvas favours it, so JAX/torch (the tokens/s ratio) is conservative.
+                   Also: ms per step on both sides, JAX MFU (active FLOPs; attention charged over
+                   the whole canvas, as computed), tokens per forward, and the share of the
+                   torch rows' tokens the JAX loop decoded identically (bf16: close to, not
+                   necessarily, 1; float32 tiny: 1, tested)
 Every decode program's lowering and compile time is reported (goal: <= 60 s each).
 FLOPs are model FLOPs (benchlib.forward_flops: 2 x matmul parameters per token + attention),
 each side charged with what it computes: the JAX loop applies the LM head to the current block
 only, LLaDA's loop to every position, IMH's candidate passes to every position; the block cache
 counts one full pass per block and W-token window passes against the cached keys otherwise.
 With random weights no draw reaches probability 0.9, so Threshold commits one token per step (its
-worst case, 256 steps); its ms per step is the figure that carries over to real weights.
+worst case, 256 steps); its ms per step is the figure that carries over to real weights. The same
+holds for LLaDA2's threshold 0.95 (32 steps per block, + 1 closing pass per block for the cache).
 
 Timing: every program runs once untimed (its time is recorded as `warmup_s`; the PyTorch loop,
 which compiles nothing, warms up with one forward pass of its shape), then the contenders
@@ -44,25 +69,35 @@ a setting that would overrun --budget_s is skipped and recorded as skipped. Resu
 Budget (`--plan_only` prints the estimate; assumptions: 790 TFLOP/s bf16 peak, as PyTorch measured
 on an H200 of this workplace, 60% MFU, weights streamed at 4,000 GB/s, 20 s per compile (32-layer
 decode programs compile in 6-10 s on 2 CPU cores at width 256), 5 ms of PyTorch eager overhead per
-step). One forward of [B, 288] costs 4.1 TFLOP per row, so a low-confidence run (128 steps) is
+step, 50 us per expert with tokens per MoE layer in the official LLaDA2 PyTorch loop). One forward
+of [B, 288] costs 4.1 TFLOP per row, so a low-confidence run (128 steps) is
 about 1.3 s at B = 1 (weight-bound), 7 s at B = 8 and 35 s at B = 32; IMH at B = 8 evaluates 32
-canvases a step (about 38 s a run). Estimated settings, s (compile + warm-up + timed runs):
+canvases a step (about 38 s a run). LLaDA2.0-mini: a 32-token window pass costs 2.3 GFLOP per
+token (active), under the 8 ms of streaming its 31.9 GB of matmul weights even at B = 32, so a
+JAX run (256 steps) is about 2.1 s at every B; the official generate is about 0.24 s a step
+(0.23 s of it the assumed expert-loop overhead), 15.6 s for its 64 steps. Estimated settings, s
+(compile + warm-up + timed runs):
   forward 1x1024 20, 8x1024 22, 32x512 23; decode (JAX + PyTorch) B=1 36, B=8 67, B=32 203;
-  threshold_cache B=1 26, B=8 36; imh B=8 134; wedlm B=1 26, B=8 26 (weight-bound, 256 steps of a
-  16-token window): 618 s, plus about 35 s of imports, init and peak (and WeDLM's init).
-So the whole plan needs about 10 min at these assumptions (about 7.5 min at 75% MFU and 10 s
-compiles). With --budget_s=450 the full run stops starting settings that would end later: at the
-assumptions it measures everything up to threshold_cache B=1 in about 7.2 min, skips
-threshold_cache B=8, IMH and WeDLM, and prints the flags that run just those (about 4.5 min more):
-  --sections=matmul_peak,threshold_cache,imh,wedlm --cache_batches=8 --imh_batches=8 \
-      --wedlm_batches=1,8
+  threshold_cache B=1 26, B=8 36; imh B=8 134; wedlm B=1 26, B=8 33 (weight-bound, 256 steps of a
+  16-token window); llada2_forward 8x1024 20; llada2_decode (JAX + PyTorch) B=1, 8, 32 57 each:
+  815 s, plus about 35 s of imports, init and peak (and WeDLM's and LLaDA2's inits).
+So the whole plan needs about 14.5 min at these assumptions. With --budget_s=450 the full run stops
+starting settings that would end later: at the assumptions it measures everything up to
+threshold_cache B=1 in about 7.2 min, skips threshold_cache B=8, IMH, WeDLM and LLaDA2, and
+prints the flags that run just those (about 7 min more; run the LLaDA2 part alone, about 4 min
+with set-up, with --sections=matmul_peak,llada2_forward,llada2_decode):
+  --sections=matmul_peak,threshold_cache,imh,wedlm,llada2_forward,llada2_decode \
+      --cache_batches=8 --imh_batches=8 --wedlm_batches=1,8 --llada2_forward_shapes=8x1024 \
+      --llada2_batches=1,8,32
 --quick (--budget_s=170): forward 8x1024, decode B in {1, 8} with PyTorch, threshold_cache B=1,
-wedlm B=1; about 3 min (the guard drops the last of these if the device is slower than assumed).
+wedlm B=1, no LLaDA2; about 3 min (the guard drops the last of these if the device is slower than
+assumed).
 Memory: the 8.0B bf16 weights take 14.9 GiB once (PyTorch aliases them); the largest transient is
 the forward at 32 x 512, whose float32 logits alone are 8.3 GB; the PyTorch loop at B = 32 holds
 about 11 GB of logits and softmax, IMH at B = 8 about 15 GB: under 50 GB in all, well inside an
-H200's ~139 GiB. JAX does not preallocate (so PyTorch can share the device) unless
-XLA_PYTHON_CLIENT_PREALLOCATE is set.
+H200's ~139 GiB. LLaDA2.0-mini adds its 30.3 GiB while its sections run (with LLaDA's and WeDLM's
+30 GiB: about 60 GiB of weights), its forward at 8 x 1024 5.2 GB of float32 logits. JAX does
+not preallocate (so PyTorch can share the device) unless XLA_PYTHON_CLIENT_PREALLOCATE is set.
 """
 
 from __future__ import annotations
@@ -112,6 +147,17 @@ _IMH_K = flags.DEFINE_integer("imh_candidates", 4, "IMH K.")
 _WEDLM_BATCHES = flags.DEFINE_list("wedlm_batches", ["1", "8"], "WeDLM streaming B.")
 _WEDLM_MODEL = flags.DEFINE_enum("wedlm_model", "wedlm_8b", ["wedlm_8b", "wedlm_tiny"],
                                  "Model preset of the WeDLM section (in --dtype).")
+_LLADA2_MODEL = flags.DEFINE_enum("llada2_model", "llada2_mini", ["llada2_mini", "llada2_tiny"],
+                                  "Model preset of the LLaDA2 sections (in --dtype).")
+_LLADA2_FORWARD = flags.DEFINE_string("llada2_forward_shapes", "8x1024",
+                                      "Comma-separated BxL of the LLaDA2 forward section.")
+_LLADA2_BATCHES = flags.DEFINE_list("llada2_batches", ["1", "8", "32"], "LLaDA2 decode B.")
+_LLADA2_GEN = flags.DEFINE_integer("llada2_gen_length", 256, "LLaDA2 decode: JAX's generated "
+                                   "tokens per row.")
+_LLADA2_TORCH_GEN = flags.DEFINE_integer("llada2_torch_gen_length", 64, "LLaDA2 decode: the "
+                                         "official PyTorch generate's tokens per row.")
+_LLADA2_TORCH_ROWS = flags.DEFINE_integer("llada2_torch_rows", 1, "LLaDA2 decode: rows of each "
+                                          "batch the official generate decodes (one at a time).")
 _TORCH = flags.DEFINE_enum("torch", "auto", ["auto", "on", "off"],
                            "PyTorch loop: auto = only where it runs on a GPU (JAX's); on = "
                            "wherever JAX runs (CPU too); off = never.")
@@ -132,6 +178,7 @@ _ASSUMED_COMPILE = flags.DEFINE_float("assumed_compile_s", 20.0,
 
 _QUICK_DEFAULTS = {"forward_shapes": "8x1024", "decode_batches": ["1", "8"],
                    "cache_batches": ["1"], "imh_batches": [], "wedlm_batches": ["1"],
+                   "llada2_forward_shapes": "", "llada2_batches": [],
                    "setting_seconds": 12.0, "budget_s": 170.0}
 
 
@@ -174,7 +221,12 @@ def settings_from_flags() -> accelerator_plan.Settings:
         imh_candidates=_IMH_K.value, wedlm_batches=_ints(_WEDLM_BATCHES),
         wedlm_config=models.PRESETS[_WEDLM_MODEL.value](dtype=_DTYPE.value,
                                                         param_dtype=_DTYPE.value),
-        torch=_TORCH.value,
+        llada2_config=models.PRESETS[_LLADA2_MODEL.value](dtype=_DTYPE.value,
+                                                          param_dtype=_DTYPE.value),
+        llada2_forward_shapes=tuple(benchlib.parse_settings(_flag(_LLADA2_FORWARD))),
+        llada2_batches=_ints(_LLADA2_BATCHES), llada2_gen_length=_LLADA2_GEN.value,
+        llada2_torch_gen_length=_LLADA2_TORCH_GEN.value,
+        llada2_torch_rows=_LLADA2_TORCH_ROWS.value, torch=_TORCH.value,
         seed=_SEED.value, peak_n=_PEAK_N.value, peak_chain=_PEAK_CHAIN.value,
         repeats=_REPEATS.value, min_repeats=_MIN_REPEATS.value,
         setting_seconds=_flag(_SETTING_SECONDS), budget_s=_flag(_BUDGET),

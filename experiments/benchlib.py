@@ -73,23 +73,32 @@ def matmul_peak(n: int = 2048, repeats: int = 5) -> dict[str, float]:
   return result
 
 
-def matmul_params(config: ModelConfig) -> int:
+def matmul_params(config: ModelConfig, active: bool = False) -> int:
   """Parameters that take part in matmuls: every projection and the LM head (not the embedding
-  table, which is a gather, nor the norm scales)."""
+  table, which is a gather, nor the norm scales). A mixture of experts (LLaDA2.x) counts its
+  router, shared experts and every routed expert, or with `active` only the `experts_per_token`
+  routed experts one token goes through."""
   c = config
   attn = c.hidden_size * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads)
   mlp = 3 * c.hidden_size * c.mlp_hidden_size
-  return c.num_layers * (attn + mlp) + c.hidden_size * c.vocab_size
+  moe_layers = sum(map(c.is_moe_layer, range(c.num_layers)))
+  routed = c.experts_per_token if active else c.num_experts
+  moe = c.hidden_size * (c.num_experts
+                         + 3 * c.expert_hidden_size * (routed + c.num_shared_experts))
+  return (c.num_layers * attn + (c.num_layers - moe_layers) * mlp + moe_layers * moe
+          + c.hidden_size * c.vocab_size)
 
 
 def forward_flops(config: ModelConfig, batch: int, length: int,
                   logit_positions: int | None = None) -> float:
-  """Model FLOPs of one forward pass: 2 x matmul params per token + attention (QK^T and PV,
-  4 x L x heads x head_dim per token and layer), with the LM head applied at `logit_positions`
-  of the L positions (default: all)."""
+  """Model FLOPs of one forward pass: 2 x matmul params per token (a mixture of experts: the
+  active ones, `matmul_params(active=True)`) + attention (QK^T and PV, 4 x L x heads x head_dim
+  per token and layer), with the LM head applied at `logit_positions` of the L positions
+  (default: all)."""
   c = config
   head = c.hidden_size * c.vocab_size
-  per_token = 2 * (matmul_params(c) - head) + 4 * length * c.num_heads * c.head_dim * c.num_layers
+  per_token = (2 * (matmul_params(c, active=True) - head)
+               + 4 * length * c.num_heads * c.head_dim * c.num_layers)
   logit_positions = length if logit_positions is None else logit_positions
   return float(per_token * length + 2 * head * logit_positions) * batch
 

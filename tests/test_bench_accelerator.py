@@ -2,7 +2,8 @@
 
 Each run is a subprocess that first makes the modules the GPU image lacks unimportable, so the
 benchmark's whole import chain is checked too (a fourth process checks that the blocking works).
-Three runs go in parallel: every section (JAX and the PyTorch loop, float32), a run without torch
+Three runs go in parallel: every section (JAX and the PyTorch loops, float32; LLaDA2 at a tiny
+MoE shape against the official generate's reimplementation), a run without torch
 and with a spent time budget (every setting skipped with its reason), and the --plan_only
 estimate.
 """
@@ -22,8 +23,12 @@ BLOCKED = ("dllm_jax.data", "dllm_jax.eval", "dllm_jax.tasks", "tensorflow",
 TINY = ["--model=llada_tiny", "--overrides=max_length=64", "--dtype=float32", "--seed=1",
         "--forward_shapes=2x16", "--gen_length=16", "--block_length=8", "--prompt_length=4",
         "--tokens_per_step=2", "--decode_batches=2", "--cache_batches=2", "--imh_batches=2",
-        "--wedlm_batches=1,2", "--wedlm_model=wedlm_tiny", "--peak_n=256", "--peak_chain=2", "--repeats=2"]
-SECTIONS = ("matmul_peak", "forward", "decode", "threshold_cache", "imh", "wedlm")
+        "--wedlm_batches=1,2", "--wedlm_model=wedlm_tiny", "--peak_n=256", "--peak_chain=2",
+        "--repeats=2", "--llada2_model=llada2_tiny", "--llada2_forward_shapes=2x16",
+        "--llada2_batches=2", "--llada2_gen_length=16", "--llada2_torch_gen_length=12",
+        "--llada2_torch_rows=2"]
+SECTIONS = ("matmul_peak", "forward", "decode", "threshold_cache", "imh", "wedlm",
+            "llada2_forward", "llada2_decode")
 
 
 def _start(args, blocked=BLOCKED, body="import runpy; sys.argv[0] = 'bench_accelerator'; "
@@ -102,14 +107,36 @@ def test_bench_accelerator_end_to_end(tmp_path):
     _rates(r["jax"])
     assert r["jax"]["tokens_per_s"] > 0 and 16 <= r["steps"] <= 16 + r["window"] - 1, r
   assert s["wedlm"]["model"]["config"]["family"] == "wedlm"
+  # LLaDA2 (tiny, float32): forward MFU from the active parameters; decoding with the official
+  # rule, JAX (16 tokens, block 4: 4 blocks of 4 steps, + 1 closing pass each) against the
+  # official generate on both rows (12 tokens: 3 blocks), the same weights through DLPack.
+  llada2 = report["llada2_model"]
+  assert llada2["config"]["family"] == "llada2_moe"
+  # llada2_tiny by hand: attention 2 x 32 x 16 x (2 x 4 + 2 x 2), the dense layer 3 x 32 x 64,
+  # the MoE layer's router 32 x 8 + (2 routed of 8, + 1 shared) x 3 x 32 x 16, the head 32 x 160
+  assert llada2["active_matmul_params"] == 12288 + 6144 + 256 + 3 * 1536 + 5120 == 28416
+  assert llada2["matmul_params"] == 12288 + 6144 + 256 + 9 * 1536 + 5120 == 37632
+  forward = s["llada2_forward"]["rows"][0]
+  _rates(forward["jax"])
+  assert forward["flops"] == "active"
+  assert forward["jax"]["flops"] == 2 * 16 * (2 * (llada2["active_matmul_params"] - 32 * 160)
+                                              + 4 * 16 * 4 * 16 * 2) + 2 * 16 * 2 * 32 * 160
+  row = s["llada2_decode"]["rows"][0]
+  _rates(row["jax"])
+  assert row["steps"] == 20 and row["nfe_mean"] == 20 and row["threshold"] == 0.95
+  assert row["torch"]["tokens_per_s"] > 0 and row["torch"]["ms_per_step"] > 0
+  assert row["torch"]["rows"] == 2 and row["torch"]["forwards"] == 2 * 12
+  assert row["speed_ratio"] == row["jax"]["tokens_per_s"] / row["torch"]["tokens_per_s"]
+  assert row["same_tokens_fraction"] == 1.0  # float32, the same weights: the same tokens
+  assert s["llada2_decode"]["torch_side"]["weights"] == "the JAX buffers, through DLPack"
   assert report["torch_side"]["weights"] == "the JAX buffers, through DLPack"
   table = (tmp_path / "full" / "bench_accelerator.md").read_text()
   assert "| low-confidence | 2 |" in table and "| 2 x 16 |" in table
+  assert "LLaDA2 (2 layers, width 32, 8 experts, top 2, float32) decoding" in table
   assert "decode B=2" in full_out
   goals = {g["goal"]: g for g in report["goals"]}
   slowest = max(r["compile"]["lower_s"] + r["compile"]["compile_s"]
-                for name in ("forward", "decode", "threshold_cache", "imh", "wedlm")
-                for r in s[name]["rows"])
+                for name in SECTIONS[1:] for r in s[name]["rows"])
   assert goals["compile <= 60 s per program (slowest)"]["measured"] == slowest
   assert goals["JAX >= 1.5x the PyTorch loop at B=1"]["measured"] is None  # B=1 not in this run
 
@@ -124,9 +151,11 @@ def test_bench_accelerator_end_to_end(tmp_path):
                         for r in rows), rows
   assert "Not measured" in no_torch_out
   assert report["rerun_flags"] == (
-      "--sections=matmul_peak,forward,decode,threshold_cache,imh,wedlm --forward_shapes=2x16 "
-      "--decode_batches=2 --cache_batches=2 --imh_batches=2 --wedlm_batches=1,2")
+      "--sections=matmul_peak,forward,decode,threshold_cache,imh,wedlm,llada2_forward,"
+      "llada2_decode --forward_shapes=2x16 --decode_batches=2 --cache_batches=2 "
+      "--imh_batches=2 --wedlm_batches=1,2 --llada2_forward_shapes=2x16 --llada2_batches=2")
 
   assert "| forward | 8x1024 |" in plan_out and "| decode | B=8 |" in plan_out
   assert "imh" not in plan_out  # --quick leaves IMH out
   assert "| wedlm | B=1 |" in plan_out
+  assert "llada2" not in plan_out  # and the LLaDA2 sections

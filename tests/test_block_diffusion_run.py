@@ -7,10 +7,13 @@ import json
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from dllm_jax import checkpoint, models
+from dllm_jax import sampling as S
 from dllm_jax.data import jsonl, prompts, tokenize
 from dllm_jax.eval import experiment, report, runner
 from dllm_jax.sampling import block_diffusion as bd
@@ -57,6 +60,19 @@ def llada2_ckpt(tmp_path_factory, tokenizer):
   return _convert(tmp_path_factory.mktemp("llada2"), cfg, tensors, tokenizer,
                   {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
                    "chat_template": prompts.LLADA2_FALLBACK_TEMPLATE + "{# own #}"})
+
+
+def _direct_inputs(ckpt, shared_data, limit):
+  """(params, config, problems, tokens, mask): the run's prompts (the checkpoint's template),
+  left-padded in one batch, for a direct `generate_blocks` call."""
+  params, config = checkpoint.load(ckpt)
+  tok = tokenize.CheckpointTokenizer.from_checkpoint(ckpt / "tokenizer",
+                                                     mask_id=config.mask_token_id)
+  template = prompts.load_chat_template(ckpt / "tokenizer", family=config.family)
+  problems = jsonl.load_benchmark("math500", shared_data, limit)
+  ids = [tok.encode(text) for text in prompts.build_prompts(problems, template)]
+  tokens, mask = tokenize.pad_left(ids, config.pad_token_id, max(map(len, ids)))
+  return params, config, problems, np.asarray(tokens), np.asarray(mask)
 
 
 def test_llada2_runs_resumes_and_equals_generate_blocks(llada2_ckpt, shared_data, tmp_path):
@@ -111,12 +127,18 @@ def test_llada2_runs_resumes_and_equals_generate_blocks(llada2_ckpt, shared_data
     run(editing_threshold=0.5)  # another sampler in the same directory: refused
 
 
-def test_sdar_runs_with_the_quality_preset(tmp_path, shared_data, tokenizer):
+@pytest.fixture(scope="module")
+def sdar_ckpt(tmp_path_factory, tokenizer):
+  """SDAR layout (block 4), no chat template of its own."""
   ids = {token: tokenizer.token_to_id(token) for token in SPECIAL}
   cfg = lf.sdar_hf_config(vocab=tokenizer.get_vocab_size(), mask_id=ids["<|mask|>"],
                           eos_id=ids["<|endoftext|>"], max_len=1024)
-  ckpt = _convert(tmp_path, cfg, lf.sdar_tensors(cfg, seed=4), tokenizer,
+  return _convert(tmp_path_factory.mktemp("sdar"), cfg, lf.sdar_tensors(cfg, seed=4), tokenizer,
                   {"eos_token": "<|endoftext|>"})
+
+
+def test_sdar_runs_with_the_quality_preset(sdar_ckpt, tmp_path, shared_data):
+  ckpt = sdar_ckpt
   out = tmp_path / "run"
   experiment.run_benchmark(
       checkpoint_dir=ckpt, tokenizer_dir=None, benchmark="math500", data_path=str(shared_data),
@@ -133,9 +155,72 @@ def test_sdar_runs_with_the_quality_preset(tmp_path, shared_data, tokenizer):
   assert len(record["tokens"]) == 8 and record["nfe"] >= 2  # gen 8 at block 4: >= 2 blocks
 
 
+# The rules run.py takes for block models, as run.py passes them, and the decoder they must build.
+RULES = {
+    "low_confidence": ({"name": "low_confidence"}, {}, dict(remasking=S.LowConfidence())),
+    "random": ({"name": "random"}, {"temperature": 1.0},
+               dict(remasking=S.Random(), temperature=1.0)),
+    "imh": ({"name": "imh", "alpha": 3.0, "num_candidates": 2}, {"steps": 8},
+            dict(remasking=S.IMH(alpha=3.0, num_candidates=2), steps=8)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RULES))
+def test_rules_inside_blocks_equal_generate_blocks(name, llada2_ckpt, shared_data, tmp_path):
+  """--remasking=<rule> on a LLaDA2 checkpoint: the runner's records (tokens and each row's own
+  forward count) equal a direct `generate_blocks` call with the same rule and the runner's
+  per-sample keys."""
+  rule, fields, decoder_fields = RULES[name]
+  out = tmp_path / "run"
+  experiment.run_benchmark(
+      checkpoint_dir=llada2_ckpt, tokenizer_dir=None, benchmark="math500",
+      data_path=str(shared_data), limit=2, chat_template="auto", mesh_spec="data=-1,model=1",
+      output_dir=str(out), n_samples=1, batch_size=2, seed=5, allow_greedy=False,
+      rule=_rule(**rule), sampler_fields=dict(FIELDS, **fields), progress=False, block={})
+  decoder = bd.BlockDiffusion(GEN, **decoder_fields)
+  assert json.loads((out / "config.json").read_text())["sampler"] == repr(decoder)
+  params, config, problems, tokens, mask = _direct_inputs(llada2_ckpt, shared_data, 2)
+  keys = jnp.stack([runner.unit_key(5, p.id, 0) for p in problems])
+  direct = bd.generate_blocks(decoder, models.make_denoise(config), params, tokens, mask,
+                              mask_id=config.mask_token_id, eos_id=config.eos_token_id,
+                              pad_id=config.pad_token_id, rng=keys)
+  by_id = {p.id: b for b, p in enumerate(problems)}
+  records = runner.read_results(out)
+  assert len(records) == 2
+  for record in records:
+    b = by_id[record["problem_id"]]
+    assert record["tokens"] == direct.tokens[b].tolist()
+    assert record["nfe"] == direct.nfe_B[b]
+  # The rule ran (not the default): the default rule's tokens differ.
+  default = bd.generate_blocks(bd.BlockDiffusion(GEN), models.make_denoise(config), params,
+                               tokens, mask, mask_id=config.mask_token_id,
+                               eos_id=config.eos_token_id, pad_id=config.pad_token_id)
+  assert (default.tokens != direct.tokens).any() or (default.nfe_B != direct.nfe_B).any()
+  if name == "imh":  # a step is 1 + K passes
+    assert all(r["nfe"] % 3 == 0 for r in records)
+
+
 @pytest.mark.parametrize("rule,fields,settings,message", [
-    ({"name": "low_confidence"}, {}, {}, "--remasking=low_confidence is not supported"),
-    ({"alpha": 4.0}, {"cfg_scale": 1.0}, {}, r"does not take \['--alpha', '--cfg_scale'\]"),
+    ({"name": "smc"}, {}, {}, "--remasking=smc is not supported for block diffusion .* use "
+                              "--remasking=imh"),
+    ({"name": "wedlm_streaming"}, {}, {}, "WeDLM's streaming decoder"),
+    ({"alpha": 4.0}, {"cfg_scale": 1.0}, {}, r"does not take \['--cfg_scale'\]"),
+    ({"alpha": 4.0}, {}, {}, r"the default rule \(LLaDA2's threshold\) does not take "
+                             r"\['--alpha'\]"),
+    ({"name": "random", "alpha": 3.0}, {}, {}, r"--remasking=random does not take \['--alpha'\]"),
+    ({"name": "low_confidence", "threshold": 0.8}, {}, {},
+     r"--remasking=low_confidence does not take \['--threshold'\]"),
+    ({"name": "random"}, {}, {"editing_threshold": 0.5},
+     r"\['--editing_threshold'\] edit with LLaDA2's threshold rule only, not with "
+     "--remasking=random"),
+    ({"name": "low_confidence"}, {}, {"llada21_mode": "speed"}, r"\['--llada21_mode'\] edit"),
+    ({"name": "imh"}, {"temperature": 0.5, "top_k": 3}, {},
+     r"--remasking=imh draws its candidates from p\*\*alpha: drop \['--temperature', '--top_k'\]"),
+    ({"name": "learned_policy"}, {}, {}, "needs --policy="),
+    ({"name": "learned_policy", "policy": "p.safetensors"}, {"steps": 2}, {},
+     "chooses its own steps: drop --steps"),
+    ({"name": "low_confidence"}, {"steps": 8}, {}, "--steps=8 is per block: at most the model's "
+                                                   "block length 4"),
     ({}, {"temperature": -1.0}, {}, "temperature must be >= 0"),
     ({}, {"block_length": 8}, {}, "--block_length=8: this llada2_moe model attends in blocks of 4"),
     ({"threshold": 0.9}, {}, {"llada21_mode": "speed"}, "sets the thresholds itself"),
@@ -146,8 +231,8 @@ def test_flags_the_block_decoder_does_not_take_are_named(rule, fields, settings,
   with pytest.raises(ValueError, match=message):
     experiment.block_sampler(models.llada2_tiny(), _rule(**rule), dict(FIELDS, **fields),
                              "linear", "none", {}, settings)
-  with pytest.raises(ValueError, match=r"does not take \['--cache', '--window'\]"):
-    experiment.block_sampler(models.llada2_tiny(), _rule(), FIELDS, "linear", "dual",
+  with pytest.raises(ValueError, match=r"does not take \['--cache', '--schedule', '--window'\]"):
+    experiment.block_sampler(models.llada2_tiny(), _rule(), FIELDS, "dream", "dual",
                              {"window": 4}, {})
 
 
@@ -167,6 +252,58 @@ def test_settings_map_to_the_decoder():
   assert hot == bd.BlockDiffusion(GEN, block_length=4, steps=4, threshold=0.95, temperature=0.7,
                                   top_p=0.9, top_k=5)
   assert runner.can_sample(hot)
+  imh = make({"name": "imh", "alpha": 4.0, "num_candidates": 2, "imh_positions": "confidence"},
+             {"steps": 2})
+  assert imh == bd.BlockDiffusion(GEN, block_length=4, steps=2, remasking=S.IMH(
+      alpha=4.0, num_candidates=2, positions=S.LowConfidence()))
+  assert runner.can_sample(imh) and runner.can_sample(make({"name": "random"}))
+  assert not runner.can_sample(make({"name": "low_confidence"}))
+  assert make({"name": "egi", "first_temperature": 1.5}, {"temperature": 0.5}) == bd.BlockDiffusion(
+      GEN, block_length=4, steps=4, remasking=S.EGI(first_temperature=1.5), temperature=0.5)
+  assert make({"name": "threshold"}) == make()  # the official rule by its name
+
+
+def test_learned_policy_runs_inside_blocks(sdar_ckpt, shared_data, tmp_path):
+  """--remasking=learned_policy --policy=<file> on a block model (SDAR, block 4): the file must
+  be trained for this gen_length and the model's block length, its temperature is the default,
+  and the run's records equal `generate_blocks` with the file's params and the runner's keys."""
+  gen = 8
+  path = tmp_path / "policy.safetensors"
+  params = S.init_policy(S.PolicyConfig())
+  leaves, tree = jax.tree.flatten(params)  # random weights: the smart init ignores its inputs
+  keys = jax.random.split(jax.random.key(5), len(leaves))
+  params = jax.tree.unflatten(tree, [x + 0.5 * jax.random.normal(k, x.shape, x.dtype)
+                                     for x, k in zip(leaves, keys)])
+  S.save_policy_params(path, params, {"gen_length": gen, "block_length": 4, "temperature": 0.7})
+  rule = _rule(name="learned_policy", policy=str(path))
+  make = lambda **changes: experiment.block_sampler(
+      models.sdar_tiny(), dict(rule, **changes), dict(FIELDS, gen_length=gen, temperature=1.0),
+      "linear", "none", {}, {})
+  decoder = bd.BlockDiffusion(gen, block_length=4, steps=4, temperature=1.0,
+                              remasking=S.LearnedPolicy(temperature=0.7))
+  assert make() == decoder
+  assert make(policy_temperature=0.3).remasking == S.LearnedPolicy(temperature=0.3)
+  with pytest.raises(ValueError, match=r"was trained for gen_length 8 \(decoding uses 32\)"):
+    experiment.block_sampler(models.sdar_tiny(), rule, dict(FIELDS), "linear", "none", {}, {})
+
+  out = tmp_path / "run"
+  experiment.run_benchmark(
+      checkpoint_dir=sdar_ckpt, tokenizer_dir=None, benchmark="math500",
+      data_path=str(shared_data), limit=2, chat_template="auto", mesh_spec="data=-1,model=1",
+      output_dir=str(out), n_samples=1, batch_size=2, seed=1, allow_greedy=False,
+      rule=dict(rule), sampler_fields=dict(FIELDS, gen_length=gen, temperature=1.0),
+      progress=False, block={})
+  model_params, config, problems, tokens, mask = _direct_inputs(sdar_ckpt, shared_data, 2)
+  direct = bd.generate_blocks(decoder, models.make_denoise(config), model_params, tokens, mask,
+                              mask_id=config.mask_token_id, eos_id=config.eos_token_id,
+                              pad_id=config.pad_token_id, policy_params=params,
+                              rng=jnp.stack([runner.unit_key(1, p.id, 0) for p in problems]))
+  by_id = {p.id: b for b, p in enumerate(problems)}
+  records = runner.read_results(out)
+  assert len(records) == 2
+  for record in records:
+    assert record["tokens"] == direct.tokens[by_id[record["problem_id"]]].tolist()
+    assert record["nfe"] == direct.nfe_B[by_id[record["problem_id"]]]
 
 
 @pytest.mark.slow
@@ -174,11 +311,12 @@ def test_run_script_refuses_in_one_line(llada2_ckpt, shared_data, tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "experiments.run", f"--checkpoint={llada2_ckpt}",
        "--benchmark=math500", f"--data_path={shared_data}", "--limit=1",
-       f"--output_dir={tmp_path / 'out'}", "--remasking=entropy"],
+       f"--output_dir={tmp_path / 'out'}", "--remasking=rollout_imh"],
       cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False)
   assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
   last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith("error: --remasking=entropy is not supported for block diffusion"), last
+  assert last.startswith("error: --remasking=rollout_imh is not supported for block "
+                         "diffusion"), last
   assert not (tmp_path / "out").exists()
 
 

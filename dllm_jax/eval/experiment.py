@@ -89,6 +89,9 @@ def run_benchmark(*, checkpoint_dir: pathlib.Path, tokenizer_dir: str | None, be
   if config.attention_block:  # LLaDA2.x, SDAR
     sampler = block_sampler(config, rule, sampler_fields, schedule, cache, streaming or {},
                             block or {})
+    if isinstance(sampler.remasking, sampling.LearnedPolicy):
+      policy_file = rule["policy"]
+      policy_params = sampling.load_policy_params(policy_file, sampler.remasking.network)
     longest = max(map(len, prompt_ids))
     if block_batch.canvas_length(sampler, longest) > config.max_length:
       raise ValueError(f"the longest prompt ({longest} tokens) + --gen_length={sampler.gen_length} "
@@ -205,47 +208,75 @@ def streaming_sampler(config, rule: dict[str, Any], sampler_fields: dict[str, An
   return StreamingSampler.for_model(config, **fields, **options)
 
 
-# Flags the block decoder does not take (yet), with the value that means "not given".
-_NOT_BLOCK_SETTINGS = {"alg_temp": 0.0, "alpha": 2.0, "num_candidates": 4,
-                       "imh_positions": "random", "num_rollouts": 1, "rollout_tokens_per_step": 1,
-                       "rollout_greedy": False, "num_particles": 8, "ess_threshold": 0.5,
-                       "position_penalty": 0.1, "first_temperature": 0.9, "policy": None,
-                       "policy_temperature": None, "cfg_scale": 0.0, "forbid_eos": False,
-                       "eos_confidence_inf": False,
-                       "schedule": "linear", "cache": "none"}
+# Flags the block decoder does not take, with the value that means "not given".
+_NOT_BLOCK_SETTINGS = {"num_rollouts": 1, "rollout_tokens_per_step": 1, "rollout_greedy": False,
+                       "num_particles": 8, "ess_threshold": 0.5, "cfg_scale": 0.0,
+                       "forbid_eos": False, "eos_confidence_inf": False, "schedule": "linear",
+                       "cache": "none"}
+# The settings of one rule (refused with any other rule), with their "not given" value.
+_RULE_SETTINGS = {"alg_temp": 0.0, "alpha": 2.0, "num_candidates": 4, "imh_positions": "random",
+                  "position_penalty": 0.1, "first_temperature": 0.9, "policy": None,
+                  "policy_temperature": None}
+_RULE_TAKES = {"maskgit_plus": {"alg_temp"}, "topk_margin": {"alg_temp"}, "entropy": {"alg_temp"},
+               "rank_then_sample": {"alg_temp"}, "egi": {"alg_temp", "first_temperature"},
+               "wedlm_entropy": {"position_penalty"},
+               "imh": {"alpha", "num_candidates", "imh_positions"},
+               "learned_policy": {"policy", "policy_temperature"}}
+_NOT_IN_BLOCKS = {
+    "rollout_imh": "its rollouts are not written for the block cache; use --remasking=imh",
+    "smc": "its particles are not written for the block cache; use --remasking=imh",
+    "wedlm_streaming": "it is WeDLM's streaming decoder (WeDLM checkpoints only)",
+    "wedlm_streaming_imh": "it is WeDLM's streaming decoder (WeDLM checkpoints only)"}
 
 
 def block_sampler(config, rule: dict[str, Any], sampler_fields: dict[str, Any], schedule: str,
                   cache: str, streaming: dict[str, Any], block: dict[str, Any]) -> BlockDiffusion:
-  """Block diffusion decoding (LLaDA2.x, SDAR) from the run's settings, at LLaDA2's defaults:
-  the model's block length, as many steps per block, threshold 0.95 with the scheduled
-  low-confidence fallback, temperature 0 (`--temperature`, `--top_p`, `--top_k` sample as the
-  official generate does). `block` may hold `llada21_mode` ("speed" or "quality":
-  `BlockDiffusion.llada21_speed` / `llada21_quality`), `editing_threshold` (LLaDA2.1 token
-  editing) and `max_post_steps`. Every other setting must be at its default: the block decoder
-  does not take it (yet)."""
+  """Block diffusion decoding (LLaDA2.x, SDAR) from the run's settings. Without `rule["name"]`
+  (or with "threshold") LLaDA2's defaults: the model's block length, as many steps per block,
+  threshold 0.95 with the scheduled low-confidence fallback, temperature 0 (`--temperature`,
+  `--top_p`, `--top_k` sample as the official generate does). `block` may hold `llada21_mode`
+  ("speed" or "quality": `BlockDiffusion.llada21_speed` / `llada21_quality`),
+  `editing_threshold` (LLaDA2.1 token editing) and `max_post_steps`. Another rule name runs that
+  `Sampler` rule inside each block (`BlockDiffusion.remasking`; `--steps` per block, the rule's
+  own settings as for LLaDA; learned_policy: `--policy`, whose params `run_benchmark` loads).
+  Settings the block decoder does not take, or that the rule does not, are refused by flag."""
   family = config.family
   name = rule.get("name")
-  if name not in (None, "threshold"):
-    raise ValueError(f"--remasking={name} is not supported for block diffusion ({family}) yet: "
-                     "it decodes with LLaDA2's threshold rule; leave --remasking unset")
+  if name in _NOT_IN_BLOCKS:
+    raise ValueError(f"--remasking={name} is not supported for block diffusion ({family}): "
+                     f"{_NOT_IN_BLOCKS[name]}")
+  official = name in (None, "threshold")
   given = {**rule, **sampler_fields, "schedule": schedule, "cache": cache}
   stray = sorted(f"--{k}" for k, default in _NOT_BLOCK_SETTINGS.items()
                  if given.get(k, default) != default)
   stray += sorted(f"--{k}" for k, v in streaming.items() if v is not None)
   if stray:
     raise ValueError(f"block diffusion ({family}) does not take {stray}: the block decoder does "
-                     "not support them yet")
+                     "not support them; drop them")
+  stray = sorted(f"--{k}" for k, default in _RULE_SETTINGS.items()
+                 if given.get(k, default) != default and k not in _RULE_TAKES.get(name, ()))
+  if not official and rule.get("threshold") is not None:
+    stray.append("--threshold")
+  if stray:
+    rule_flag = f"--remasking={name}" if name else "the default rule (LLaDA2's threshold)"
+    raise ValueError(f"{rule_flag} does not take {stray}: they are settings of other rules; "
+                     "drop them or pick the rule they belong to")
   block_length = sampler_fields.get("block_length")
   if block_length not in (None, config.attention_block):
     raise ValueError(f"--block_length={block_length}: this {family} model attends in blocks of "
                      f"{config.attention_block}, which decoding must use; leave --block_length "
                      "unset")
+  steps = sampler_fields.get("steps")
+  if steps is not None and steps > config.attention_block:
+    raise ValueError(f"--steps={steps} is per block: at most the model's block length "
+                     f"{config.attention_block}")
   gen_length = sampler_fields.get("gen_length") or 256
-  fields = {"block_length": config.attention_block,
-            "steps": sampler_fields.get("steps") or config.attention_block}
+  fields = {"block_length": config.attention_block, "steps": steps or config.attention_block}
   fields.update({k: sampler_fields[k] for k in ("temperature", "top_p", "top_k")
                  if sampler_fields.get(k) is not None})
+  if not official:
+    remasking = _block_rule(name, rule, fields, block, gen_length, steps)
+    return BlockDiffusion(gen_length, remasking=remasking, **fields)
   mode = block.get("llada21_mode")
   threshold, editing = rule.get("threshold"), block.get("editing_threshold")
   if mode is not None:
@@ -266,3 +297,29 @@ def block_sampler(config, rule: dict[str, Any], sampler_fields: dict[str, Any], 
                        "--llada21_mode")
     fields["max_post_steps"] = max_post
   return preset(gen_length, **fields)
+
+
+def _block_rule(name: str, rule: dict[str, Any], fields: dict[str, Any], block: dict[str, Any],
+                gen_length: int, steps: int | None):
+  """The `Sampler` rule `name` to run inside the blocks (not the official threshold rule)."""
+  editing = sorted(f"--{k}" for k, v in block.items() if v is not None)
+  if editing:
+    raise ValueError(f"{editing} edit with LLaDA2's threshold rule only, not with "
+                     f"--remasking={name}: drop them or --remasking")
+  sampled = sorted(f"--{k}" for k in ("temperature", "top_p", "top_k") if k in fields)
+  if name == "imh" and sampled:
+    raise ValueError(f"--remasking=imh draws its candidates from p**alpha: drop {sampled} (set "
+                     "--alpha)")
+  if name != "learned_policy":
+    return rule_from_name(name, **{k: rule[k] for k in _RULE_SETTINGS if k in rule
+                                   and k not in ("policy", "policy_temperature")})
+  if steps is not None:
+    raise ValueError("--remasking=learned_policy chooses its own steps: drop --steps")
+  if not rule.get("policy"):
+    raise ValueError("--remasking=learned_policy needs --policy=<file>.safetensors")
+  metadata = sampling.check_policy_fits(rule["policy"], gen_length, fields["block_length"])
+  temperature = rule.get("policy_temperature")
+  temperature = metadata.get("temperature", 1.0) if temperature is None else temperature
+  if not temperature > 0:
+    raise ValueError(f"--policy_temperature must be > 0, got {temperature}")
+  return sampling.LearnedPolicy(temperature=temperature)

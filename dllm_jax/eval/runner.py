@@ -78,7 +78,7 @@ def can_sample(sampler: sampling.Sampler) -> bool:
   if isinstance(sampler, StreamingSampler):
     return sampler.imh is not None or sampler.temperature > 0
   if isinstance(sampler, BlockDiffusion):
-    return getattr(sampler, "temperature", 0.0) > 0  # greedy block decoding
+    return sampler.samples  # temperature > 0 or a rule that draws
   rule = sampler.remasking
   if isinstance(rule, IMH) or sampler.token_temperature > 0:
     return True

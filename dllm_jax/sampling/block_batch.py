@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from dllm_jax.sampling import block_diffusion, row_random
 from dllm_jax.sampling.block_diffusion import BlockDiffusion
 from dllm_jax.sampling.decode import DecodeOutput
+from dllm_jax.sampling.learned_policy import LearnedPolicy
 
 
 def static_layout(decoder: BlockDiffusion, prompt_width: int) -> tuple[int, int]:
@@ -52,13 +53,17 @@ def check_model(decoder: BlockDiffusion, config) -> None:
 
 @functools.partial(jax.jit, static_argnames=("decoder", "denoise_fn"))
 def generate_padded(decoder: BlockDiffusion, denoise_fn, params, prompt_BP: jax.Array,
-                    prompt_mask_BP: jax.Array, rng: jax.Array | None = None) -> DecodeOutput:
+                    prompt_mask_BP: jax.Array, rng: jax.Array | None = None,
+                    policy_params=None) -> DecodeOutput:
   """Decodes `decoder.gen_length` tokens after each left-padded prompt (every row needs at least
   one prompt token). `denoise_fn` is `models.make_denoise(config)` of a block diffusion model; its
   config gives the mask, EOS and padding ids. `rng` (one key, or one per row) drives the decoder
-  when it samples (`decoder.samples`); a greedy decoder ignores it."""
+  when it samples (`decoder.samples`); a greedy decoder ignores it. `policy_params`: the network
+  weights of a `LearnedPolicy` rule (and only of it)."""
   config = denoise_fn.config
   check_model(decoder, config)
+  if isinstance(decoder.remasking, LearnedPolicy) != (policy_params is not None):
+    raise ValueError("policy_params go with remasking=LearnedPolicy(...) and only with it")
   rows, P = prompt_BP.shape
   Bk, G = decoder.block_length, decoder.gen_length
   first, num_blocks = static_layout(decoder, P)
@@ -76,8 +81,8 @@ def generate_padded(decoder: BlockDiffusion, denoise_fn, params, prompt_BP: jax.
   valid_BL = position_L >= pad_B[:, None]
   keys_B = row_random.row_keys(jax.random.key(0) if rng is None else rng, rows)
   canvas_BL, _, nfe, nfe_B = block_diffusion._decode(  # pylint: disable=protected-access
-      decoder, denoise_fn, params, (canvas_BL, valid_BL, gen_start_B, keys_B), None, first,
-      num_blocks, (config.mask_token_id, config.eos_token_id))
+      decoder, denoise_fn, params, (canvas_BL, valid_BL, gen_start_B, keys_B), policy_params,
+      first, num_blocks, (config.mask_token_id, config.eos_token_id))
   gen_BG = jnp.take_along_axis(canvas_BL, gen_start_B[:, None] + jnp.arange(G), axis=1)
   zeros_BG = jnp.zeros((rows, G), jnp.int32)
   return DecodeOutput(

@@ -8,7 +8,10 @@ that its state dict *is* a checkpoint in the released key layout. It was checked
 official files (fetched from the public ZHZisZZ/dllm repository, not committed), on tiny random
 configs at float32, before being committed: identical chosen experts, logits within 1e-6 x
 max|logit| (full canvases and block-causal masks), and identical tokens from `generate`
-(2.0 threshold decoding and 2.1 editing; temperature 0).
+(2.0 threshold decoding and 2.1 editing; temperature 0). The MoE layer was later rewritten in
+the official `moe_infer`'s form (slots sorted by expert, one host read of the counts per layer)
+so that experiments/bench_accelerator.py times the official structure on a GPU; every module
+takes the device of its inputs and `generate` runs on the model's device.
 
 Official facts followed (where DESIGN.md §14's second-hand list is silent): the group score is
 the sum of the two best *biased* scores; the attention output projection `dense` has a bias
@@ -67,8 +70,8 @@ class Gate(nn.Module):
     groups = c["n_group"]
     group_score = biased.view(T, groups, E // groups).topk(2, dim=-1).values.sum(-1)
     keep_groups = group_score.topk(c["topk_group"], dim=-1).indices
-    keep = torch.zeros(T, groups, dtype=torch.bool)
-    keep[torch.arange(T)[:, None], keep_groups] = True
+    keep = torch.zeros(T, groups, dtype=torch.bool, device=x_TD.device)
+    keep[torch.arange(T, device=x_TD.device)[:, None], keep_groups] = True
     keep = keep[:, :, None].expand(T, groups, E // groups).reshape(T, E)
     chosen = biased.masked_fill(~keep, float("-inf")).topk(c["num_experts_per_tok"], dim=-1).indices
     weights = scores.gather(1, chosen)
@@ -87,14 +90,24 @@ class SparseMoe(nn.Module):
     self.shared_experts = SwiGLU(d, f * cfg["num_shared_experts"])
 
   def forward(self, x_BLD):
+    """As the official `moe_infer`: the (token, slot) pairs sorted by expert, the counts read on
+    the host once per layer, each expert with tokens run on its rows (a Python loop), the outputs
+    put back in slot order and summed with the routing weights in float32."""
     B, L, D = x_BLD.shape
     x_TD = x_BLD.reshape(-1, D)
     chosen, weights = self.gate(x_TD)
-    out = torch.zeros(x_TD.shape[0], D, dtype=torch.float32)
-    for e, expert in enumerate(self.experts):  # plain loop over (token, slot) pairs per expert
-      token, slot = (chosen == e).nonzero(as_tuple=True)
-      if len(token):
-        out[token] += expert(x_TD[token]).float() * weights[token, slot, None]
+    T, k = chosen.shape
+    order = chosen.view(-1).argsort()
+    counts = torch.bincount(chosen.view(-1), minlength=len(self.experts)).tolist()
+    rows = x_TD[order // k]
+    outs, start = [], 0
+    for e, n in enumerate(counts):
+      if n:
+        outs.append(self.experts[e](rows[start:start + n]))
+        start += n
+    y_SD = torch.empty_like(rows)
+    y_SD[order] = torch.cat(outs)
+    out = (y_SD.view(T, k, D).float() * weights[..., None]).sum(1)
     y = out.to(x_TD.dtype) + self.shared_experts(x_TD)
     return y.view(B, L, D), chosen.view(B, L, -1)
 
@@ -102,9 +115,10 @@ class SparseMoe(nn.Module):
 def _rotate(x, positions, theta, rotary_dim):
   """Half-split RoPE on the first `rotary_dim` dims of [B, N, L, H]."""
   half = rotary_dim // 2
-  inv_freq = 1.0 / theta ** (torch.arange(0, rotary_dim, 2).float() / rotary_dim)
+  exponents = torch.arange(0, rotary_dim, 2, device=x.device).float() / rotary_dim
+  inv_freq = 1.0 / theta ** exponents
   angles = positions.float()[:, None, :, None] * inv_freq
-  cos, sin = angles.cos(), angles.sin()
+  cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)  # as the official code
   turned, passed = x[..., :rotary_dim], x[..., rotary_dim:]
   a, b = turned[..., :half], turned[..., half:]
   rotated = torch.cat([a * cos - b * sin, b * cos + a * sin], dim=-1)
@@ -181,7 +195,7 @@ class LLaDA2(nn.Module):
   def forward(self, tokens, positions, visible):
     """Float32 logits [B, L, V] and the chosen experts [B, L, k] of each MoE layer; `visible`
     is a boolean [B, L, L] (query, key) mask."""
-    additive = torch.zeros(visible.shape, dtype=torch.float32).masked_fill(
+    additive = torch.zeros(visible.shape, dtype=torch.float32, device=visible.device).masked_fill(
         ~visible, torch.finfo(torch.float32).min)[:, None]
     x = self.model.word_embeddings(tokens)
     chosen = []
@@ -196,7 +210,7 @@ def block_causal(positions, valid, block: int):
   """[B, L, L]: key j visible to query i iff block(j) <= block(i) and j is real (+ self)."""
   blk = positions // block
   visible = (blk[:, None, :] <= blk[:, :, None]) & valid[:, None, :]
-  return visible | torch.eye(positions.shape[1], dtype=torch.bool)[None]
+  return visible | torch.eye(positions.shape[1], dtype=torch.bool, device=positions.device)[None]
 
 
 def _schedule(block_length: int, steps: int) -> list[int]:
@@ -213,20 +227,22 @@ def generate(model: LLaDA2, prompt: list[int], *, gen_length: int, block_length:
   LLaDA2.0's (threshold with the scheduled fallback; stops after the block holding an EOS) or,
   with `editing_threshold`, LLaDA2.1's (one committed token minimum per step, plus edits of
   committed tokens; decodes every block). Returns the tokens after the prompt up to and
-  including the first EOS, and the number of forward passes."""
+  including the first EOS, and the number of forward passes. Runs on the model's device."""
+  device = next(model.parameters()).device
   P = len(prompt)
   num_blocks = (P + gen_length + block_length - 1) // block_length
   total = num_blocks * block_length
-  x = torch.full((1, total), mask_id, dtype=torch.long)
-  x[0, :P] = torch.tensor(prompt)
-  positions = torch.arange(total)[None]
-  visible_all = block_causal(positions, torch.ones(1, total, dtype=torch.bool), block_length)
+  x = torch.full((1, total), mask_id, dtype=torch.long, device=device)
+  x[0, :P] = torch.tensor(prompt, device=device)
+  positions = torch.arange(total, device=device)[None]
+  visible_all = block_causal(positions, torch.ones(1, total, dtype=torch.bool, device=device),
+                             block_length)
   schedule = _schedule(block_length, min(steps, gen_length))
   forwards = 0
   for b in range(P // block_length, num_blocks):
     end = (b + 1) * block_length
     start = end - block_length
-    fixed = torch.arange(start, end) < P  # prompt positions inside the block
+    fixed = torch.arange(start, end, device=device) < P  # prompt positions inside the block
     step, post = 0, 0
     while True:
       old = x[0, start:end].clone()
@@ -243,15 +259,15 @@ def generate(model: LLaDA2, prompt: list[int], *, gen_length: int, block_length:
       probs = logits.softmax(-1)
       x0_p, x0 = probs.max(-1)
       n = schedule[step] if editing_threshold is None else num_to_transfer
-      commit = torch.zeros(block_length, dtype=torch.bool)
+      commit = torch.zeros(block_length, dtype=torch.bool, device=device)
       if masked.any():
-        confidence = torch.where(masked, x0_p, torch.tensor(-float("inf")))
+        confidence = torch.where(masked, x0_p, -float("inf"))
         high = (confidence > threshold) & masked
         if int(high.sum()) >= n:
           commit = high
         else:
           commit[confidence.topk(min(n, int(masked.sum()))).indices] = True
-      edit = torch.zeros(block_length, dtype=torch.bool)
+      edit = torch.zeros(block_length, dtype=torch.bool, device=device)
       if editing_threshold is not None:
         editable = ~masked & ~fixed
         edit = editable & (x0_p > editing_threshold) & (x0 != old)
