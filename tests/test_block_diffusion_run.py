@@ -162,6 +162,10 @@ RULES = {
                dict(remasking=S.Random(), temperature=1.0)),
     "imh": ({"name": "imh", "alpha": 3.0, "num_candidates": 2}, {"steps": 8},
             dict(remasking=S.IMH(alpha=3.0, num_candidates=2), steps=8)),
+    "rollout_imh": ({"name": "rollout_imh", "num_candidates": 2, "num_rollouts": 2,
+                     "rollout_tokens_per_step": 4}, {"steps": 8},
+                    dict(remasking=S.RolloutIMH(num_candidates=2, num_rollouts=2,
+                                                rollout_tokens_per_step=4), steps=8)),
 }
 
 
@@ -200,9 +204,14 @@ def test_rules_inside_blocks_equal_generate_blocks(name, llada2_ckpt, shared_dat
     assert all(r["nfe"] % 3 == 0 for r in records)
 
 
+
 @pytest.mark.parametrize("rule,fields,settings,message", [
     ({"name": "smc"}, {}, {}, "--remasking=smc is not supported for block diffusion .* use "
-                              "--remasking=imh"),
+                              "--remasking=imh or --remasking=rollout_imh"),
+    ({"name": "imh", "num_rollouts": 2}, {}, {},
+     r"--remasking=imh does not take \['--num_rollouts'\]"),
+    ({"name": "rollout_imh"}, {"top_p": 0.9}, {},
+     r"--remasking=rollout_imh draws its candidates from p\*\*alpha: drop \['--top_p'\]"),
     ({"name": "wedlm_streaming"}, {}, {}, "WeDLM's streaming decoder"),
     ({"alpha": 4.0}, {"cfg_scale": 1.0}, {}, r"does not take \['--cfg_scale'\]"),
     ({"alpha": 4.0}, {}, {}, r"the default rule \(LLaDA2's threshold\) does not take "
@@ -257,6 +266,11 @@ def test_settings_map_to_the_decoder():
   assert imh == bd.BlockDiffusion(GEN, block_length=4, steps=2, remasking=S.IMH(
       alpha=4.0, num_candidates=2, positions=S.LowConfidence()))
   assert runner.can_sample(imh) and runner.can_sample(make({"name": "random"}))
+  rollouts = make({"name": "rollout_imh", "num_candidates": 3, "num_rollouts": 2,
+                   "rollout_tokens_per_step": 2, "rollout_greedy": True})
+  assert rollouts == bd.BlockDiffusion(GEN, block_length=4, steps=4, remasking=S.RolloutIMH(
+      num_candidates=3, num_rollouts=2, rollout_tokens_per_step=2, greedy=True))
+  assert runner.can_sample(rollouts)
   assert not runner.can_sample(make({"name": "low_confidence"}))
   assert make({"name": "egi", "first_temperature": 1.5}, {"temperature": 0.5}) == bd.BlockDiffusion(
       GEN, block_length=4, steps=4, remasking=S.EGI(first_temperature=1.5), temperature=0.5)
@@ -311,12 +325,11 @@ def test_run_script_refuses_in_one_line(llada2_ckpt, shared_data, tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "experiments.run", f"--checkpoint={llada2_ckpt}",
        "--benchmark=math500", f"--data_path={shared_data}", "--limit=1",
-       f"--output_dir={tmp_path / 'out'}", "--remasking=rollout_imh"],
+       f"--output_dir={tmp_path / 'out'}", "--remasking=smc"],
       cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False)
   assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
   last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith("error: --remasking=rollout_imh is not supported for block "
-                         "diffusion"), last
+  assert last.startswith("error: --remasking=smc is not supported for block diffusion"), last
   assert not (tmp_path / "out").exists()
 
 

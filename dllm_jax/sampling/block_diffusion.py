@@ -45,8 +45,29 @@ the mean-field weight sums over the masks left *in the block* (the decoder never
 blocks); so a step costs 1 + K passes (K = 1: one, no chain), and with several blocks the law is
 not the main loop's IMH (whose weight covers every mask left).
 
-Not supported here: RolloutIMH and SMC inside the block (their rollout or particle passes are
-not written for the block cache), token editing combined with a rule other than the default,
+RolloutIMH (`rollout_imh.py`) inside the block: IMH's step, but each candidate's weight is the
+mean of R rollout estimates (`rollout_log_mass`), each rollout completing the masks left *in the
+block* (uniformly random order, `rollout_tokens_per_step` per pass, values from p**alpha, S_hat =
+the product of the local normalisers Z_j) by window passes against the cache: a rollout pass
+evaluates the K R B rollout windows as K R passes of B windows (`lax.map`, the cache shared, as
+IMH's candidates); the pseudo-marginal independent MH chain as in the main loop. What it targets:
+the block's conditionals given the cache are p(x_b | x_<b), the later blocks marginalised (the
+model is block-causal), so S_hat is unbiased for S_b(v) = sum over completions y of the block's
+masks of p(y | x_<b, x_O, v)**alpha (one token per rollout pass, conditionals of one joint), and
+the chain's stationary law at each step is the marginal of the block's tempered conditional.
+With K -> infinity (one token per step) a block is drawn from p(x_b | x_<b)**alpha / Z_b(x_<b):
+the output law is the product over blocks of those, blockwise tempering, not the global
+p**alpha (which weighs each block by the tempered mass of the blocks after it; the main loop's
+RolloutIMH targets that). With one block covering the generation the two coincide: the block
+loop's law is then the main loop's (`oracle_exact.rollout_imh_distribution`, tested on the
+oracle, and with two blocks its `block_suffix=True` law). Cost: a step is 1 + K passes and
+K R (ceil(m / c) - 1) rollout passes, m the block's masks left after the step's commit, c
+`rollout_tokens_per_step`; a block of n masks at one token per step and per rollout pass costs
+(1 + K)(n + 1) + K R (n - 1)(n - 2) / 2 (the closing step included), counted in `nfe_B` (the
+batch's `forward_passes` adds the step's largest rollout count). K = 1 runs no rollouts.
+
+Not supported here: SMC inside the block (its particles, and resampling them with their caches
+of finished blocks, are not written), token editing combined with a rule other than the default,
 the learned policy's training trace (decoding only), and Multiple Block Editing (re-opening
 finished blocks). LLaDA2.2's insert/delete editing is out of scope.
 """
@@ -69,12 +90,12 @@ from dllm_jax.sampling.position_first import EGI, RankThenSample
 from dllm_jax.sampling.remasking import (DreamOrigin, Entropy, LowConfidence, MaskGitPlus, Random,
                                          StepInputs, Threshold, TopKMargin, WeDLMEntropy,
                                          apply_rule, token_probability)
-from dllm_jax.sampling.rollout_imh import RolloutIMH
+from dllm_jax.sampling.rollout_imh import RolloutIMH, rollout_log_mass
 from dllm_jax.sampling.smc import SMC
 
 # The rules that run inside a block (the `Sampler` rules that score and select in one pass).
 BLOCK_RULES = (Random, LowConfidence, MaskGitPlus, TopKMargin, Entropy, WeDLMEntropy,
-               DreamOrigin, Threshold, RankThenSample, EGI, LearnedPolicy, IMH)
+               DreamOrigin, Threshold, RankThenSample, EGI, LearnedPolicy, IMH, RolloutIMH)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,8 +132,8 @@ class BlockDiffusion:
     if self.top_k is not None and self.top_k < 1:
       raise ValueError(f"top_k must be >= 1, got {self.top_k}")
     rule = self.remasking
-    if isinstance(rule, (RolloutIMH, SMC)):
-      raise ValueError(f"{type(rule).__name__} is not supported inside blocks yet; use one of "
+    if isinstance(rule, SMC):
+      raise ValueError(f"SMC is not supported inside blocks yet; use one of "
                        f"{[r.__name__ for r in BLOCK_RULES]} or dllm_jax.sampling.Sampler")
     if rule is not None and not isinstance(rule, BLOCK_RULES):
       raise ValueError(f"remasking must be None (the official threshold rule) or one of "
@@ -220,27 +241,47 @@ def _draw(decoder: BlockDiffusion, logits_BWV: jax.Array, key_B: jax.Array, star
 
 
 def _imh_commit(rule: IMH, window_logits, logits_BWV: jax.Array, inputs: StepInputs,
-                tok_BW: jax.Array, keys: list[jax.Array], max_chosen: int):
+                tok_BW: jax.Array, keys: list[jax.Array], max_chosen: int, open_B: jax.Array):
   """One IMH step inside the block (`imh.py`): positions by `rule.positions`, K candidates
-  from p**alpha there, each scored by the mean-field mass of the block's masks left after it
-  (`window_logits(candidate_BW)`, one window pass per candidate), the independent MH chain.
-  Returns the positions to commit and the block's tokens with the chosen candidate."""
-  key_cand, key_score, key_select, key_chain = keys
+  from p**alpha there, each scored by the mass of the block's masks left after it
+  (`window_logits(candidate_BW)`, one window pass per candidate): the mean-field product, or
+  for RolloutIMH R rollouts completing the block (`rollout_imh.rollout_log_mass`, rows whose
+  block is closed (`open_B` False) roll nothing out); then the independent MH chain.
+  Returns the positions to commit, the block's tokens with the chosen candidate and each row's
+  rollout passes."""
+  key_cand, key_score, key_select, key_chain, *key_roll = keys
+  no_rollouts_B = jnp.zeros(open_B.shape, jnp.int32)
   mode_BW = jnp.argmax(logits_BWV, axis=-1).astype(jnp.int32)
   inputs = inputs._replace(sample_logits_BGV=logits_BWV, x0_BG=mode_BW)
   score_BW = rule.positions.confidence(inputs, key_score)
   chosen_BW = rule.positions.select(score_BW, inputs, key_select) & inputs.eligible_BG
   index_BM, valid_BM = imh_lib.gather_positions(chosen_BW, max_chosen)
   logits_BMV = jnp.take_along_axis(logits_BWV, index_BM[..., None], axis=1)
-  values_KBM = imh_lib.draw_candidates(key_cand, logits_BMV, rule.alpha, rule.num_candidates)
+  K = rule.num_candidates
+  values_KBM = imh_lib.draw_candidates(key_cand, logits_BMV, rule.alpha, K)
   cand_KBW = imh_lib.place_candidates(tok_BW, index_BM, valid_BM, values_KBM)
-  if rule.num_candidates == 1:  # no chain: the one candidate is committed
-    return chosen_BW, cand_KBW[0]
+  if K == 1:  # no chain: the one candidate is committed
+    return chosen_BW, cand_KBW[0], no_rollouts_B
   # One candidate at a time (`lax.map`): the cache is shared, not copied K times.
-  log_w_KB = imh_lib.suffix_log_mass(jax.lax.map(window_logits, cand_KBW),
-                                     inputs.eligible_BG & ~chosen_BW, rule.alpha)
+  cand_logits_KBWV = jax.lax.map(window_logits, cand_KBW)
+  remaining_BW = inputs.eligible_BG & ~chosen_BW
+  if isinstance(rule, RolloutIMH):
+    rows, W = tok_BW.shape
+    runs = K * rule.num_rollouts
+
+    def forward(block_XW):  # one candidate-rollout batch of rows at a time, as above
+      logits = jax.lax.map(window_logits, block_XW.reshape(runs, rows, W))
+      return logits.reshape(runs * rows, W, logits.shape[-1])
+
+    log_w_KB, rollout_passes_B = rollout_log_mass(
+        key_roll[0], forward, cand_KBW, cand_logits_KBWV, remaining_BW & open_B[:, None],
+        jnp.zeros((W,), jnp.int32), rule)
+  else:
+    log_w_KB = imh_lib.suffix_log_mass(cand_logits_KBWV, remaining_BW, rule.alpha)
+    rollout_passes_B = no_rollouts_B
   state_B, _ = imh_lib.run_chain(key_chain, log_w_KB)
-  return chosen_BW, jnp.take_along_axis(cand_KBW, state_B[None, :, None], axis=0)[0]
+  return (chosen_BW, jnp.take_along_axis(cand_KBW, state_B[None, :, None], axis=0)[0],
+          rollout_passes_B)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 5, 6, 7))
@@ -253,6 +294,7 @@ def _decode(decoder: BlockDiffusion, denoise_fn, params, arrays, policy_params, 
   editing = decoder.editing_threshold is not None
   rule = decoder.remasking
   imh = isinstance(rule, IMH)
+  rollouts = isinstance(rule, RolloutIMH) and rule.num_candidates > 1
   schedule = jnp.asarray(decoder.schedule())
   # One pass per step, and IMH's candidate passes (none with one candidate).
   passes = 1 + (rule.num_candidates if imh and rule.num_candidates > 1 else 0)
@@ -282,10 +324,12 @@ def _decode(decoder: BlockDiffusion, denoise_fn, params, arrays, policy_params, 
     return logits_BWV, cache
 
   def step(state):
-    canvas, cache, block, s, post_B, done_B, nfe, row_steps_B, blocks_B = state
+    canvas, cache, block, s, post_B, done_B, nfe, row_steps_B, blocks_B, rollout_B = state
     start = block * Bk
     logits_BWV, new_cache = block_logits(cache, canvas, start)
-    keys = row_random.step_keys(keys_B, row_steps_B, 4 if imh else 3)
+    # RolloutIMH takes a fifth key; IMH keeps its four.
+    keys = row_random.step_keys(keys_B, row_steps_B,
+                                5 if isinstance(rule, RolloutIMH) else 4 if imh else 3)
     key_token, key_score, key_select = keys[:3]
     region_start = (block - first_block) * Bk
     sample_BWV, x0_BW, p_BW = _draw(decoder, logits_BWV, key_token, region_start, region)
@@ -304,6 +348,7 @@ def _decode(decoder: BlockDiffusion, denoise_fn, params, arrays, policy_params, 
     else:  # Threshold, LearnedPolicy: the block runs until it is complete
       final_B = ~has_mask_B
     final_B = final_B | done_B
+    rollout_passes_B = jnp.zeros((rows,), jnp.int32)
     if rule is None:
       n = decoder.num_to_transfer if editing else schedule[step_in_block]
       commit_BW = _threshold_commit(decoder, p_BW, masked_BW, n)
@@ -314,8 +359,9 @@ def _decode(decoder: BlockDiffusion, denoise_fn, params, arrays, policy_params, 
       if imh:
         window_logits = lambda block_BW: block_logits(
             cache, jax.lax.dynamic_update_slice_in_dim(canvas, block_BW, start, 1), start)[0]
-        commit_BW, x0_BW = _imh_commit(rule, window_logits, logits_BWV, inputs, tok_BW, keys,
-                                       int(decoder.schedule().max()))
+        commit_BW, x0_BW, rollout_passes_B = _imh_commit(
+            rule, window_logits, logits_BWV, inputs, tok_BW, keys, int(decoder.schedule().max()),
+            ~final_B)
       else:
         inputs, _, commit_BW = apply_rule(rule, inputs, key_token, key_score, key_select,
                                           decoder.top_p, decoder.top_k)
@@ -331,22 +377,22 @@ def _decode(decoder: BlockDiffusion, denoise_fn, params, arrays, policy_params, 
     zeros = jnp.zeros_like(post_B)
     return (canvas, new_cache, block + advance.astype(block.dtype),
             jnp.where(advance, 0, s + 1), jnp.where(advance, zeros, post_B), done_B,
-            nfe + passes,
+            nfe + passes + (jnp.max(rollout_passes_B) if rollouts else 0),
             row_steps_B + (~final_B).astype(jnp.int32),
-            blocks_B + (advance & ~done_before_B).astype(jnp.int32))
+            blocks_B + (advance & ~done_before_B).astype(jnp.int32), rollout_B + rollout_passes_B)
 
   def not_finished(state):
-    _, _, block, _, _, done_B, _, _, _ = state
+    _, _, block, _, _, done_B, _, _, _, _ = state
     return (block < num_blocks) & ~done_B.all()
 
   state = (canvas_BL, cache, jnp.int32(first_block), jnp.int32(0), jnp.zeros(rows, jnp.int32),
            jnp.zeros(rows, bool), jnp.int32(0), jnp.zeros(rows, jnp.int32),
-           jnp.zeros(rows, jnp.int32))
-  canvas, cache, _, _, _, _, nfe, row_steps_B, blocks_B = jax.lax.while_loop(not_finished, step,
-                                                                            state)
+           jnp.zeros(rows, jnp.int32), jnp.zeros(rows, jnp.int32))
+  canvas, cache, _, _, _, _, nfe, row_steps_B, blocks_B, rollout_B = jax.lax.while_loop(
+      not_finished, step, state)
   # A row's own forward count: its steps with the block still open, plus each block's closing
-  # step (what decoding that row alone would take).
-  return canvas, cache, nfe, passes * (row_steps_B + blocks_B)
+  # step (what decoding that row alone would take), plus its rollout passes (RolloutIMH).
+  return canvas, cache, nfe, passes * (row_steps_B + blocks_B) + rollout_B
 
 
 @dataclasses.dataclass(frozen=True)

@@ -155,10 +155,12 @@ def _block_orders(positions: list[int], block: int) -> list[tuple[int, ...]]:
 
 
 def _rollout_estimates(marginals, state: tuple, alpha: float, chunk: int, greedy: bool,
-                       block: int) -> tuple[np.ndarray, np.ndarray]:
+                       block: int, only_block: int | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
   """The law of one rollout's estimate S_hat from `state` (`rollout_imh.py`): its values and
-  their probabilities, equal values merged."""
-  remaining = [j for j, t in enumerate(state) if t is None]
+  their probabilities, equal values merged. `only_block`: complete that block's masks only."""
+  remaining = [j for j, t in enumerate(state)
+               if t is None and (only_block is None or j // block == only_block)]
   if not remaining:
     return np.ones(1), np.ones(1)
   orders = _block_orders(remaining, block)
@@ -228,10 +230,13 @@ def imh_chain_law(proposal_N: np.ndarray, weight_N: np.ndarray, moves: int) -> n
 def rollout_imh_distribution(p_N: np.ndarray, vocab: int, length: int, alpha: float,
                              candidates: list[int], num_rollouts: int,
                              rollout_tokens_per_step: int = 1, greedy: bool = False,
-                             block_length: int | None = None) -> dict[int, np.ndarray]:
+                             block_length: int | None = None, block_suffix: bool = False
+                             ) -> dict[int, np.ndarray]:
   """{K: exact output law} of `RolloutIMH` (one token per step, random positions): the
   pseudo-marginal chain over (candidate, its estimate) pairs, whose proposal is
   q(v) x (law of the mean of R rollout estimates from the candidate canvas), after K - 1 moves.
+  `block_suffix`: the rollouts complete the current block's masks only (RolloutIMH inside the
+  block decoder, `block_diffusion.py`), not every mask left.
   Equal estimates are merged after rounding to 1e-13 (the laws are exact to that)."""
   sequences_NL = all_sequences(vocab, length)
   block = block_length or length
@@ -257,11 +262,12 @@ def rollout_imh_distribution(p_N: np.ndarray, vocab: int, length: int, alpha: fl
           values, owners, proposal = [], [], []
           for v in np.flatnonzero(q):
             after = _with(state, i, int(v))
-            if after not in estimates:
-              estimates[after] = _mean_of_draws(
+            only = step // block if block_suffix else None
+            if (after, only) not in estimates:
+              estimates[after, only] = _mean_of_draws(
                   *_rollout_estimates(marginals, after, alpha, rollout_tokens_per_step, greedy,
-                                      block), num_rollouts)
-            w, pw = estimates[after]
+                                      block, only), num_rollouts)
+            w, pw = estimates[after, only]
             values.append(w)
             owners.append(np.full(len(w), v))
             proposal.append(q[v] * pw)
