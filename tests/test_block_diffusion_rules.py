@@ -28,7 +28,8 @@ from dllm_jax.sampling import oracle
 from dllm_jax.sampling.policy import policy_logits
 from dllm_jax.sampling.oracle_exact import (_marginals, exact_distributions,
                                             position_first_distribution,
-                                            rollout_imh_distribution, total_variation,
+                                            rollout_imh_distribution, smc_particle_law,
+                                            total_variation,
                                             tv_sampling_bound)
 from tests import llada2_fixtures as lf
 
@@ -241,6 +242,32 @@ def test_rollout_imh_inside_blocks_completes_the_block_only():
   _check(law, laws[True], laws[False], runs)
 
 
+@pytest.mark.parametrize("blocks", [1, 2])
+def test_smc_inside_blocks_samples_the_main_loops_law(blocks):
+  """SMC, P = 4 particles per run carried across blocks (with their canvases and caches),
+  alpha = 3, resampling below ESS 0.9 P: the drawn particle's law is that of the main loop's
+  SMC with the same blocks, estimated by its numpy re-implementation
+  (`smc_particle_law`, 200,000 runs; the bound adds both sampling errors); far from locally
+  tempered decoding (P = 1, exact). NFE of a run: P passes per step, the closing steps
+  included: P (G + blocks)."""
+  n, alpha, runs = 4, 3.0, 20_000
+  block = G // blocks
+  log_p, p = _joint(2)
+  reference = smc_particle_law(p, V, G, alpha, n, 200_000, ess_threshold=0.9, seed=1,
+                               block_length=block)
+  decoder = bd.BlockDiffusion(gen_length=G, block_length=block, steps=block,
+                              remasking=S.SMC(alpha=alpha, num_particles=n, ess_threshold=0.9))
+  nfe = []
+  law = _empirical(decoder, log_p, seed=11, denoiser=BlockOracle(block=block, prompt=block),
+                   runs=runs, out_nfe=nfe)
+  tv = total_variation(law, reference)
+  bound = tv_sampling_bound(reference, runs) + tv_sampling_bound(reference, 200_000)
+  gap = total_variation(reference, exact_distributions(p, V, G, alpha, [1], block)[1])
+  print(f"TV(samples, reference) = {tv:.4f} (bound {bound:.4f}); TV(reference, P = 1) = {gap:.4f}")
+  assert tv <= bound and gap > 2 * bound
+  assert np.all(nfe[0][0] == n * (G + blocks)) and nfe[0][1] == n * (G + blocks)
+
+
 def learned_policy_law(p, rule, params, temperature):
   """Exact law of the learned policy inside blocks: per step every masked position of the block
   is unmasked with probability sigmoid(z_i / tau) (z from the network on the window's top-1
@@ -316,11 +343,14 @@ def tiny(tmp_path_factory):
   return lf.jax_params(cfg, tensors, tmp_path_factory.mktemp("cfg"))
 
 
-def test_rollout_imh_keeps_the_cache_exact(tiny):
+@pytest.mark.parametrize("name", ["rollout_imh", "smc"])
+def test_rollout_imh_and_smc_keep_the_cache_exact(tiny, name):
   """RolloutIMH, whose candidates and their rollouts are extra window passes against the cache
-  (IMH's candidate passes, then the rollouts'), keeps the cache exact (it equals a fresh forward
-  of the final canvas), and the uncached loop (the canvas recomputed at every pass) draws the
-  same tokens from the same keys with the same forward counts. (The other rules and the sampling
+  (IMH's candidate passes, then the rollouts'), and SMC, whose particles carry their own caches
+  of finished blocks (gathered with them when resampled; ess_threshold 1 resamples at every
+  uneven step), keep the cache exact (it equals a fresh forward of the final canvas), and the
+  uncached loop (the canvas recomputed at every pass) draws the same tokens from the same keys
+  with the same forward counts. (The other rules and the sampling
   default share the loop of the T = 0 default, whose cache is tested in
   tests/torch_ref/test_llada2_generate.py: only the committed positions differ.)"""
   config, params = tiny
@@ -331,9 +361,9 @@ def test_rollout_imh_keeps_the_cache_exact(tiny):
   for b, prompt in enumerate(prompts):
     tokens[b, 7 - len(prompt):], mask[b, 7 - len(prompt):] = prompt, True
   keys = jax.random.split(jax.random.key(7), 2)
-  decoder = bd.BlockDiffusion(gen_length=8, block_length=4, steps=4,
-                              remasking=S.RolloutIMH(alpha=2.0, num_candidates=3,
-                                                     num_rollouts=2))
+  rule = (S.RolloutIMH(alpha=2.0, num_candidates=3, num_rollouts=2) if name == "rollout_imh"
+          else S.SMC(alpha=2.0, num_particles=3, ess_threshold=1.0))
+  decoder = bd.BlockDiffusion(gen_length=8, block_length=4, steps=4, remasking=rule)
   run = lambda d, t, m, k: bd.generate_blocks(d, denoise, params, t, m, mask_id=150, eos_id=159,
                                               pad_id=151, rng=k)
   out = run(decoder, tokens, mask, keys)
@@ -349,10 +379,12 @@ def test_rollout_imh_keeps_the_cache_exact(tiny):
   np.testing.assert_array_equal(plain.nfe_B, out.nfe_B)
   # A row's count: per block with n masks (one token per step and per rollout pass) n steps and
   # the closing step of 1 + K passes, and K R (m - 1) rollout passes after each commit leaving
-  # m >= 1 masks in the block (no row stops at EOS here: every block counts).
+  # m >= 1 masks in the block; SMC: one pass per particle and step (no row stops at EOS here:
+  # every block counts).
   assert (out.tokens != 159).all()
   K, R, lay = 3, 2, out.layout
-  cost = lambda n: (1 + K) * (n + 1) + K * R * (n - 1) * (n - 2) // 2
+  cost = ((lambda n: (1 + K) * (n + 1) + K * R * (n - 1) * (n - 2) // 2) if name == "rollout_imh"
+          else lambda n: rule.num_particles * (n + 1))
   for b in range(2):
     masks = [len([j for j in range(k * 4, k * 4 + 4) if j >= lay.gen_start[b]])
              for k in range(lay.first_block, lay.num_blocks)]
@@ -363,8 +395,8 @@ def test_rollout_imh_keeps_the_cache_exact(tiny):
 
 
 def test_bad_settings_are_refused():
-  with pytest.raises(ValueError, match="SMC is not supported inside blocks"):
-    bd.BlockDiffusion(gen_length=4, remasking=S.SMC())
+  with pytest.raises(ValueError, match="SMC draws its values from p\\*\\*alpha"):
+    bd.BlockDiffusion(gen_length=4, remasking=S.SMC(), top_k=3)
   with pytest.raises(ValueError, match="leave temperature, top_p and top_k unset"):
     bd.BlockDiffusion(gen_length=4, remasking=S.IMH(), temperature=0.5)
   with pytest.raises(ValueError, match="editing_threshold works with the default rule only"):

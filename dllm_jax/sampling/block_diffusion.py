@@ -83,6 +83,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dllm_jax.sampling import imh as imh_lib
+from dllm_jax.sampling import smc as smc_lib
 from dllm_jax.sampling import row_random, token_sampling
 from dllm_jax.sampling.imh import IMH
 from dllm_jax.sampling.learned_policy import LearnedPolicy
@@ -95,7 +96,7 @@ from dllm_jax.sampling.smc import SMC
 
 # The rules that run inside a block (the `Sampler` rules that score and select in one pass).
 BLOCK_RULES = (Random, LowConfidence, MaskGitPlus, TopKMargin, Entropy, WeDLMEntropy,
-               DreamOrigin, Threshold, RankThenSample, EGI, LearnedPolicy, IMH, RolloutIMH)
+               DreamOrigin, Threshold, RankThenSample, EGI, LearnedPolicy, IMH, RolloutIMH, SMC)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,15 +133,12 @@ class BlockDiffusion:
     if self.top_k is not None and self.top_k < 1:
       raise ValueError(f"top_k must be >= 1, got {self.top_k}")
     rule = self.remasking
-    if isinstance(rule, SMC):
-      raise ValueError(f"SMC is not supported inside blocks yet; use one of "
-                       f"{[r.__name__ for r in BLOCK_RULES]} or dllm_jax.sampling.Sampler")
     if rule is not None and not isinstance(rule, BLOCK_RULES):
       raise ValueError(f"remasking must be None (the official threshold rule) or one of "
                        f"{[r.__name__ for r in BLOCK_RULES]}, got {rule!r}")
-    if isinstance(rule, IMH) and (self.temperature or self.top_p or self.top_k):
-      raise ValueError("IMH draws its candidates from p**alpha (temperature 1/alpha, no "
-                       "top_p/top_k); leave temperature, top_p and top_k unset")
+    if isinstance(rule, (IMH, SMC)) and (self.temperature or self.top_p or self.top_k):
+      raise ValueError(f"{type(rule).__name__} draws its values from p**alpha (temperature "
+                       "1/alpha, no top_p/top_k); leave temperature, top_p and top_k unset")
     if rule is not None and self.editing_threshold is not None:
       raise ValueError("editing_threshold works with the default rule only; leave remasking "
                        "unset to edit")
@@ -149,7 +147,8 @@ class BlockDiffusion:
   def samples(self) -> bool:
     """Whether decoding draws random numbers (then `generate_blocks` needs `rng`)."""
     rule = self.remasking
-    return (self.temperature > 0 or isinstance(rule, (Random, DreamOrigin, LearnedPolicy, IMH))
+    return (self.temperature > 0
+            or isinstance(rule, (Random, DreamOrigin, LearnedPolicy, IMH, SMC))
             or getattr(rule, "alg_temp", 0) > 0
             or (isinstance(rule, EGI) and rule.first_temperature > 0))
 
@@ -284,6 +283,38 @@ def _imh_commit(rule: IMH, window_logits, logits_BWV: jax.Array, inputs: StepInp
           rollout_passes_B)
 
 
+def _smc_commit(rule: SMC, logits_XWV: jax.Array, inputs: StepInputs, keys: list[jax.Array],
+                run_key_R: jax.Array, log_w_X: jax.Array, open_X: jax.Array):
+  """One SMC step inside the block (`smc.py`), rows X = R runs x P particles (run-major):
+  positions by `rule.positions`, each open particle's weight times the local normalisers Z of
+  its positions, systematic resampling of the runs whose ESS fell below the threshold. Returns
+  the positions, the values drawn from p**alpha / Z there (for the particle that holds the slot
+  after resampling), the ancestors [R, P], the new log weights and the resampled runs."""
+  key_token, key_score, key_select = keys
+  n = rule.num_particles
+  mode_XW = jnp.argmax(logits_XWV, axis=-1).astype(jnp.int32)
+  inputs = inputs._replace(sample_logits_BGV=logits_XWV, x0_BG=mode_XW)
+  score_XW = rule.positions.confidence(inputs, key_score)
+  chosen_XW = rule.positions.select(score_XW, inputs, key_select) & inputs.eligible_BG
+  chosen_XW = chosen_XW & open_X[:, None]
+  log_z_XW = smc_lib.log_normalizer(logits_XWV, rule.alpha)
+  log_w_RP = (log_w_X + jnp.sum(jnp.where(chosen_XW, log_z_XW, 0.0), axis=-1)).reshape(-1, n)
+  resample_R = smc_lib.effective_sample_size(log_w_RP) < rule.ess_threshold * n
+  ancestors_RP = jnp.where(resample_R[:, None], smc_lib.systematic_ancestors(run_key_R, log_w_RP),
+                           jnp.arange(n)[None])
+  pick = lambda x_X: smc_lib.gather_particles(x_X, ancestors_RP)
+  logits_XWV, chosen_XW = pick(logits_XWV), pick(chosen_XW)
+  gumbel_XWV = row_random.gumbel(key_token, logits_XWV.shape[1:])
+  tokens_XW = jnp.argmax(rule.alpha * jax.nn.log_softmax(logits_XWV, axis=-1) + gumbel_XWV,
+                         axis=-1).astype(jnp.int32)
+  new_log_w_X = jnp.where(resample_R[:, None], 0.0, log_w_RP).reshape(-1)
+  return chosen_XW, tokens_XW, ancestors_RP, new_log_w_X, log_w_RP, resample_R
+
+
+def _log_mean(log_w_RP: jax.Array) -> jax.Array:
+  return jax.nn.logsumexp(log_w_RP, axis=-1) - jnp.log(log_w_RP.shape[-1])
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1, 5, 6, 7))
 def _decode(decoder: BlockDiffusion, denoise_fn, params, arrays, policy_params, first_block: int,
             num_blocks: int, ids: tuple[int, int]):
@@ -295,6 +326,8 @@ def _decode(decoder: BlockDiffusion, denoise_fn, params, arrays, policy_params, 
   rule = decoder.remasking
   imh = isinstance(rule, IMH)
   rollouts = isinstance(rule, RolloutIMH) and rule.num_candidates > 1
+  smc = isinstance(rule, SMC)
+  num_particles = rule.num_particles if smc else 1
   schedule = jnp.asarray(decoder.schedule())
   # One pass per step, and IMH's candidate passes (none with one candidate).
   passes = 1 + (rule.num_candidates if imh and rule.num_candidates > 1 else 0)
@@ -310,6 +343,16 @@ def _decode(decoder: BlockDiffusion, denoise_fn, params, arrays, policy_params, 
   else:
     _, cache = denoise_fn.with_cache(params, canvas_BL, valid_BL, 0, 1)
     cache = [(jnp.zeros_like(k), jnp.zeros_like(v)) for k, v in cache]
+  runs = rows
+  if smc:  # rows become particles, run-major, sharing the prefill; keys as in `decode.py`
+    run_keys_R, final_keys_R, base_R = jax.vmap(lambda k: jax.random.split(k, 3), out_axes=1)(
+        keys_B)
+    keys_B = jax.vmap(lambda k: jax.vmap(lambda i: jax.random.fold_in(k, i))(
+        jnp.arange(num_particles)))(base_R).reshape(runs * num_particles)
+    canvas_BL, valid_BL, gen_start_B, gen_BL = (jnp.repeat(x, num_particles, axis=0) for x in (
+        canvas_BL, valid_BL, gen_start_B, gen_BL))
+    cache = jax.tree.map(lambda a: jnp.repeat(a, num_particles, axis=0), cache)
+    rows = runs * num_particles
 
   def block_logits(cache, canvas, start):
     """The block's logits [B, W, V] and the cache with the block's keys/values."""
@@ -324,7 +367,8 @@ def _decode(decoder: BlockDiffusion, denoise_fn, params, arrays, policy_params, 
     return logits_BWV, cache
 
   def step(state):
-    canvas, cache, block, s, post_B, done_B, nfe, row_steps_B, blocks_B, rollout_B = state
+    (canvas, cache, block, s, post_B, done_B, nfe, row_steps_B, blocks_B, rollout_B,
+     particles) = state
     start = block * Bk
     logits_BWV, new_cache = block_logits(cache, canvas, start)
     # RolloutIMH takes a fifth key; IMH keeps its four.
@@ -362,6 +406,21 @@ def _decode(decoder: BlockDiffusion, denoise_fn, params, arrays, policy_params, 
         commit_BW, x0_BW, rollout_passes_B = _imh_commit(
             rule, window_logits, logits_BWV, inputs, tok_BW, keys, int(decoder.schedule().max()),
             ~final_B)
+      elif smc:
+        log_w_X, evidence_X, resamples_X = particles
+        (run_key_R,) = row_random.step_keys(run_keys_R, row_steps_B[::num_particles], 1)
+        commit_BW, tokens_BW, ancestors_RP, log_w_X, log_w_RP, resample_R = _smc_commit(
+            rule, logits_BWV, inputs, keys[:3], run_key_R, log_w_X, ~final_B)
+        # The particles that hold the slots now, with their canvases and caches of finished
+        # blocks (the current block's keys/values are recomputed at the next pass).
+        pick = lambda x_X: smc_lib.gather_particles(x_X, ancestors_RP)
+        canvas, new_cache = pick(canvas), jax.tree.map(pick, new_cache)
+        done_B, final_B = pick(done_B), pick(final_B)
+        tok_BW = jax.lax.dynamic_slice_in_dim(canvas, start, Bk, 1)
+        x0_BW = jnp.where(commit_BW, tokens_BW, tok_BW)
+        particles = (log_w_X, evidence_X + jnp.repeat(
+            jnp.where(resample_R, _log_mean(log_w_RP), 0.0), num_particles),
+                     resamples_X + jnp.repeat(resample_R, num_particles).astype(jnp.int32))
       else:
         inputs, _, commit_BW = apply_rule(rule, inputs, key_token, key_score, key_select,
                                           decoder.top_p, decoder.top_k)
@@ -379,20 +438,31 @@ def _decode(decoder: BlockDiffusion, denoise_fn, params, arrays, policy_params, 
             jnp.where(advance, 0, s + 1), jnp.where(advance, zeros, post_B), done_B,
             nfe + passes + (jnp.max(rollout_passes_B) if rollouts else 0),
             row_steps_B + (~final_B).astype(jnp.int32),
-            blocks_B + (advance & ~done_before_B).astype(jnp.int32), rollout_B + rollout_passes_B)
+            blocks_B + (advance & ~done_before_B).astype(jnp.int32), rollout_B + rollout_passes_B,
+            particles)
 
   def not_finished(state):
-    _, _, block, _, _, done_B, _, _, _, _ = state
+    _, _, block, _, _, done_B, _, _, _, _, _ = state
     return (block < num_blocks) & ~done_B.all()
 
   state = (canvas_BL, cache, jnp.int32(first_block), jnp.int32(0), jnp.zeros(rows, jnp.int32),
            jnp.zeros(rows, bool), jnp.int32(0), jnp.zeros(rows, jnp.int32),
-           jnp.zeros(rows, jnp.int32), jnp.zeros(rows, jnp.int32))
-  canvas, cache, _, _, _, _, nfe, row_steps_B, blocks_B, rollout_B = jax.lax.while_loop(
-      not_finished, step, state)
+           jnp.zeros(rows, jnp.int32), jnp.zeros(rows, jnp.int32),
+           (jnp.zeros(rows), jnp.zeros(rows), jnp.zeros(rows, jnp.int32)))
+  canvas, cache, _, _, _, _, nfe, row_steps_B, blocks_B, rollout_B, particles = (
+      jax.lax.while_loop(not_finished, step, state))
   # A row's own forward count: its steps with the block still open, plus each block's closing
   # step (what decoding that row alone would take), plus its rollout passes (RolloutIMH).
-  return canvas, cache, nfe, passes * (row_steps_B + blocks_B) + rollout_B
+  nfe_B = passes * (row_steps_B + blocks_B) + rollout_B
+  if not smc:
+    return canvas, cache, nfe, nfe_B
+  # SMC: one particle per run drawn by its final weight; a run's count is its particles' sum
+  # and the batch's counts every particle's window (P per step).
+  log_w_RP = particles[0].reshape(runs, num_particles)
+  drawn_R = jax.vmap(jax.random.categorical)(final_keys_R, log_w_RP)
+  index_R = jnp.arange(runs) * num_particles + drawn_R
+  return (canvas[index_R], jax.tree.map(lambda a: a[index_R], cache), nfe * num_particles,
+          jnp.sum(nfe_B.reshape(runs, num_particles), axis=1))
 
 
 @dataclasses.dataclass(frozen=True)

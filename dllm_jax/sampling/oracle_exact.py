@@ -285,11 +285,13 @@ def rollout_imh_distribution(p_N: np.ndarray, vocab: int, length: int, alpha: fl
 
 
 def smc_particle_law(p_N: np.ndarray, vocab: int, length: int, alpha: float, particles: int,
-                     runs: int, ess_threshold: float = 0.5, seed: int = 0) -> np.ndarray:
+                     runs: int, ess_threshold: float = 0.5, seed: int = 0,
+                     block_length: int | None = None) -> np.ndarray:
   """A Monte Carlo estimate (not exact) of the law of one draw from `SMC` (one token per
   step, random positions; `smc.py`): `runs` independent runs of a plain numpy re-implementation,
   each contributing its particles with their normalised weights (the expected law of a draw,
-  with less noise than one draw per run)."""
+  with less noise than one draw per run). `block_length`: positions drawn in the current block
+  (each particle's first block with a mask) only."""
   rng = np.random.default_rng(seed)
   sequences_NL = all_sequences(vocab, length)
   # Conditional marginals of every partial canvas (token `vocab` = masked), by its index.
@@ -306,7 +308,12 @@ def smc_particle_law(p_N: np.ndarray, vocab: int, length: int, alpha: float, par
   rows = np.arange(runs)[:, None]
   for _ in range(length):
     m = table[(canvas * place).sum(-1)]                                  # [N, P, L, V]
-    u = np.where(canvas == vocab, rng.random(canvas.shape), np.inf)
+    masked = canvas == vocab
+    if block_length is not None:
+      block = np.arange(length) // block_length
+      current = block[np.argmax(masked, axis=-1)]
+      masked = masked & (block == current[..., None])
+    u = np.where(masked, rng.random(canvas.shape), np.inf)
     position = np.argmin(u, axis=-1)                                     # uniform among masks
     q = np.take_along_axis(m, position[..., None, None], axis=2)[:, :, 0] ** alpha
     log_w = log_w + np.log(q.sum(-1))
