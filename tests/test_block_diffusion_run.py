@@ -162,6 +162,8 @@ RULES = {
                dict(remasking=S.Random(), temperature=1.0)),
     "imh": ({"name": "imh", "alpha": 3.0, "num_candidates": 2}, {"steps": 8},
             dict(remasking=S.IMH(alpha=3.0, num_candidates=2), steps=8)),
+    "smc": ({"name": "smc", "num_particles": 3, "ess_threshold": 1.0}, {"steps": 8},
+            dict(remasking=S.SMC(num_particles=3, ess_threshold=1.0), steps=8)),
     "rollout_imh": ({"name": "rollout_imh", "num_candidates": 2, "num_rollouts": 2,
                      "rollout_tokens_per_step": 4}, {"steps": 8},
                     dict(remasking=S.RolloutIMH(num_candidates=2, num_rollouts=2,
@@ -206,12 +208,14 @@ def test_rules_inside_blocks_equal_generate_blocks(name, llada2_ckpt, shared_dat
 
 
 @pytest.mark.parametrize("rule,fields,settings,message", [
-    ({"name": "smc"}, {}, {}, "--remasking=smc is not supported for block diffusion .* use "
-                              "--remasking=imh or --remasking=rollout_imh"),
+    ({"name": "smc"}, {"temperature": 0.7}, {},
+     r"--remasking=smc draws its values from p\*\*alpha: drop \['--temperature'\]"),
+    ({"name": "smc", "num_candidates": 2}, {}, {},
+     r"--remasking=smc does not take \['--num_candidates'\]"),
     ({"name": "imh", "num_rollouts": 2}, {}, {},
      r"--remasking=imh does not take \['--num_rollouts'\]"),
     ({"name": "rollout_imh"}, {"top_p": 0.9}, {},
-     r"--remasking=rollout_imh draws its candidates from p\*\*alpha: drop \['--top_p'\]"),
+     r"--remasking=rollout_imh draws its values from p\*\*alpha: drop \['--top_p'\]"),
     ({"name": "wedlm_streaming"}, {}, {}, "WeDLM's streaming decoder"),
     ({"alpha": 4.0}, {"cfg_scale": 1.0}, {}, r"does not take \['--cfg_scale'\]"),
     ({"alpha": 4.0}, {}, {}, r"the default rule \(LLaDA2's threshold\) does not take "
@@ -224,7 +228,7 @@ def test_rules_inside_blocks_equal_generate_blocks(name, llada2_ckpt, shared_dat
      "--remasking=random"),
     ({"name": "low_confidence"}, {}, {"llada21_mode": "speed"}, r"\['--llada21_mode'\] edit"),
     ({"name": "imh"}, {"temperature": 0.5, "top_k": 3}, {},
-     r"--remasking=imh draws its candidates from p\*\*alpha: drop \['--temperature', '--top_k'\]"),
+     r"--remasking=imh draws its values from p\*\*alpha: drop \['--temperature', '--top_k'\]"),
     ({"name": "learned_policy"}, {}, {}, "needs --policy="),
     ({"name": "learned_policy", "policy": "p.safetensors"}, {"steps": 2}, {},
      "chooses its own steps: drop --steps"),
@@ -271,6 +275,11 @@ def test_settings_map_to_the_decoder():
   assert rollouts == bd.BlockDiffusion(GEN, block_length=4, steps=4, remasking=S.RolloutIMH(
       num_candidates=3, num_rollouts=2, rollout_tokens_per_step=2, greedy=True))
   assert runner.can_sample(rollouts)
+  smc = make({"name": "smc", "alpha": 3.0, "num_particles": 2, "ess_threshold": 0.3,
+              "imh_positions": "confidence"})
+  assert smc == bd.BlockDiffusion(GEN, block_length=4, steps=4, remasking=S.SMC(
+      alpha=3.0, num_particles=2, ess_threshold=0.3, positions=S.LowConfidence()))
+  assert runner.can_sample(smc)
   assert not runner.can_sample(make({"name": "low_confidence"}))
   assert make({"name": "egi", "first_temperature": 1.5}, {"temperature": 0.5}) == bd.BlockDiffusion(
       GEN, block_length=4, steps=4, remasking=S.EGI(first_temperature=1.5), temperature=0.5)
@@ -325,11 +334,12 @@ def test_run_script_refuses_in_one_line(llada2_ckpt, shared_data, tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "experiments.run", f"--checkpoint={llada2_ckpt}",
        "--benchmark=math500", f"--data_path={shared_data}", "--limit=1",
-       f"--output_dir={tmp_path / 'out'}", "--remasking=smc"],
+       f"--output_dir={tmp_path / 'out'}", "--remasking=wedlm_streaming"],
       cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False)
   assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
   last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith("error: --remasking=smc is not supported for block diffusion"), last
+  assert last.startswith("error: --remasking=wedlm_streaming is not supported for block "
+                         "diffusion"), last
   assert not (tmp_path / "out").exists()
 
 
