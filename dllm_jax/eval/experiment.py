@@ -215,8 +215,8 @@ _NOT_BLOCK_SETTINGS = {"cfg_scale": 0.0,
 # The settings of one rule (refused with any other rule), with their "not given" value.
 _RULE_SETTINGS = {"alg_temp": 0.0, "alpha": 2.0, "num_candidates": 4, "imh_positions": "random",
                   "num_rollouts": 1, "rollout_tokens_per_step": 1, "rollout_greedy": False,
-                  "num_particles": 8, "ess_threshold": 0.5, "position_penalty": 0.1, "first_temperature": 0.9, "policy": None,
-                  "policy_temperature": None}
+                  "num_particles": 8, "ess_threshold": 0.5, "position_penalty": 0.1,
+                  "first_temperature": 0.9, "policy": None, "policy_temperature": None}
 _RULE_TAKES = {"maskgit_plus": {"alg_temp"}, "topk_margin": {"alg_temp"}, "entropy": {"alg_temp"},
                "rank_then_sample": {"alg_temp"}, "egi": {"alg_temp", "first_temperature"},
                "wedlm_entropy": {"position_penalty"},

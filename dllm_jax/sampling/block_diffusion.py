@@ -66,8 +66,29 @@ K R (ceil(m / c) - 1) rollout passes, m the block's masks left after the step's 
 (1 + K)(n + 1) + K R (n - 1)(n - 2) / 2 (the closing step included), counted in `nfe_B` (the
 batch's `forward_passes` adds the step's largest rollout count). K = 1 runs no rollouts.
 
-Not supported here: SMC inside the block (its particles, and resampling them with their caches
-of finished blocks, are not written), token editing combined with a rule other than the default,
+SMC (`smc.py`) inside the blocks: each run's P particles are rows of the loop (run-major, the
+prompt's prefill computed once per run), each with its own canvas and its own cache of finished
+blocks; a step's window pass gives every particle's logits, the positions (scheduled count) are
+chosen, each particle's weight is multiplied by their local normalisers Z, the runs whose ESS
+fell below `ess_threshold` x P are resampled systematically, and a resampled particle takes its
+ancestor's whole canvas *and cache* (a gather over the cache's rows), then the values are drawn
+from p**alpha / Z. The weights carry across blocks and one particle per run is drawn by its final
+weight after the last block. Why per-particle caches rather than particles confined to the
+current block over one shared cache: confining them would need a selection of one particle at
+each block's end (resetting the weights), which targets the blockwise tempered law above and
+loses the particles' diversity at every block boundary; carried across blocks, the incremental
+weights (which need no look-ahead) make the same estimator as the main loop's SMC, targeting the
+global p**alpha with the main loop's blocks, at P times the rows of cache (LLaDA2.0-mini, from
+`eval_shape`: 40 MiB a row at a 512-token canvas in float32, against 16B weights) and one
+gather of the cache at each step where a run resamples.
+On the oracle the drawn particle's law is the main loop's (`oracle_exact.smc_particle_law` with
+`block_length`, one and two blocks). Cost: one pass per particle and step, the closing step
+included: a run's `nfe_B` is P (G + blocks) at one token per step; `forward_passes` counts P
+per step. A row (particle) stops after the block where it wrote EOS, its weight then frozen:
+with EOS the target is over the decoded blocks, not the whole canvas. Only the drawn particle
+is returned (its canvas, cache and tokens), not the particle set or the evidence estimate.
+
+Not supported here: token editing combined with a rule other than the default,
 the learned policy's training trace (decoding only), and Multiple Block Editing (re-opening
 finished blocks). LLaDA2.2's insert/delete editing is out of scope.
 """
@@ -414,8 +435,9 @@ def _decode(decoder: BlockDiffusion, denoise_fn, params, arrays, policy_params, 
         # The particles that hold the slots now, with their canvases and caches of finished
         # blocks (the current block's keys/values are recomputed at the next pass).
         pick = lambda x_X: smc_lib.gather_particles(x_X, ancestors_RP)
-        canvas, new_cache = pick(canvas), jax.tree.map(pick, new_cache)
-        done_B, final_B = pick(done_B), pick(final_B)
+        canvas, new_cache, done_B, final_B = jax.lax.cond(  # no copy when no run resamples
+            resample_R.any(), lambda x: jax.tree.map(pick, x), lambda x: x,
+            (canvas, new_cache, done_B, final_B))
         tok_BW = jax.lax.dynamic_slice_in_dim(canvas, start, Bk, 1)
         x0_BW = jnp.where(commit_BW, tokens_BW, tok_BW)
         particles = (log_w_X, evidence_X + jnp.repeat(
