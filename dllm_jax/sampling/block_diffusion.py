@@ -82,9 +82,9 @@ global p**alpha with the main loop's blocks, at P times the rows of cache (LLaDA
 `eval_shape`: 40 MiB a row at a 512-token canvas in float32, against 16B weights) and one
 gather of the cache at each step where a run resamples.
 On the oracle the drawn particle's law is the main loop's (`oracle_exact.smc_particle_law` with
-`block_length`, one and two blocks). Cost: one pass per particle and step, the closing step
-included: a run's `nfe_B` is P (G + blocks) at one token per step; `forward_passes` counts P
-per step. A row (particle) stops after the block where it wrote EOS, its weight then frozen:
+`block_length`: tested with two blocks, measured once with one). Cost: one pass per particle
+and step, the closing step included: a run's `nfe_B` is P (n + 1) per block of n masks at one
+token per step; `forward_passes` counts P per step. A row (particle) stops after the block where it wrote EOS, its weight then frozen:
 with EOS the target is over the decoded blocks, not the whole canvas. Only the drawn particle
 is returned (its canvas, cache and tokens), not the particle set or the evidence estimate.
 
@@ -310,7 +310,7 @@ def _smc_commit(rule: SMC, logits_XWV: jax.Array, inputs: StepInputs, keys: list
   positions by `rule.positions`, each open particle's weight times the local normalisers Z of
   its positions, systematic resampling of the runs whose ESS fell below the threshold. Returns
   the positions, the values drawn from p**alpha / Z there (for the particle that holds the slot
-  after resampling), the ancestors [R, P], the new log weights and the resampled runs."""
+  after resampling), the ancestors [R, P], whether any run resampled, the new log weights."""
   key_token, key_score, key_select = keys
   n = rule.num_particles
   mode_XW = jnp.argmax(logits_XWV, axis=-1).astype(jnp.int32)
@@ -329,11 +329,7 @@ def _smc_commit(rule: SMC, logits_XWV: jax.Array, inputs: StepInputs, keys: list
   tokens_XW = jnp.argmax(rule.alpha * jax.nn.log_softmax(logits_XWV, axis=-1) + gumbel_XWV,
                          axis=-1).astype(jnp.int32)
   new_log_w_X = jnp.where(resample_R[:, None], 0.0, log_w_RP).reshape(-1)
-  return chosen_XW, tokens_XW, ancestors_RP, new_log_w_X, log_w_RP, resample_R
-
-
-def _log_mean(log_w_RP: jax.Array) -> jax.Array:
-  return jax.nn.logsumexp(log_w_RP, axis=-1) - jnp.log(log_w_RP.shape[-1])
+  return chosen_XW, tokens_XW, ancestors_RP, resample_R.any(), new_log_w_X
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 5, 6, 7))
@@ -389,7 +385,7 @@ def _decode(decoder: BlockDiffusion, denoise_fn, params, arrays, policy_params, 
 
   def step(state):
     (canvas, cache, block, s, post_B, done_B, nfe, row_steps_B, blocks_B, rollout_B,
-     particles) = state
+     log_w_X) = state
     start = block * Bk
     logits_BWV, new_cache = block_logits(cache, canvas, start)
     # RolloutIMH takes a fifth key; IMH keeps its four.
@@ -428,21 +424,17 @@ def _decode(decoder: BlockDiffusion, denoise_fn, params, arrays, policy_params, 
             rule, window_logits, logits_BWV, inputs, tok_BW, keys, int(decoder.schedule().max()),
             ~final_B)
       elif smc:
-        log_w_X, evidence_X, resamples_X = particles
         (run_key_R,) = row_random.step_keys(run_keys_R, row_steps_B[::num_particles], 1)
-        commit_BW, tokens_BW, ancestors_RP, log_w_X, log_w_RP, resample_R = _smc_commit(
+        commit_BW, tokens_BW, ancestors_RP, resampled, log_w_X = _smc_commit(
             rule, logits_BWV, inputs, keys[:3], run_key_R, log_w_X, ~final_B)
         # The particles that hold the slots now, with their canvases and caches of finished
         # blocks (the current block's keys/values are recomputed at the next pass).
         pick = lambda x_X: smc_lib.gather_particles(x_X, ancestors_RP)
         canvas, new_cache, done_B, final_B = jax.lax.cond(  # no copy when no run resamples
-            resample_R.any(), lambda x: jax.tree.map(pick, x), lambda x: x,
+            resampled, lambda x: jax.tree.map(pick, x), lambda x: x,
             (canvas, new_cache, done_B, final_B))
         tok_BW = jax.lax.dynamic_slice_in_dim(canvas, start, Bk, 1)
         x0_BW = jnp.where(commit_BW, tokens_BW, tok_BW)
-        particles = (log_w_X, evidence_X + jnp.repeat(
-            jnp.where(resample_R, _log_mean(log_w_RP), 0.0), num_particles),
-                     resamples_X + jnp.repeat(resample_R, num_particles).astype(jnp.int32))
       else:
         inputs, _, commit_BW = apply_rule(rule, inputs, key_token, key_score, key_select,
                                           decoder.top_p, decoder.top_k)
@@ -461,7 +453,7 @@ def _decode(decoder: BlockDiffusion, denoise_fn, params, arrays, policy_params, 
             nfe + passes + (jnp.max(rollout_passes_B) if rollouts else 0),
             row_steps_B + (~final_B).astype(jnp.int32),
             blocks_B + (advance & ~done_before_B).astype(jnp.int32), rollout_B + rollout_passes_B,
-            particles)
+            log_w_X)
 
   def not_finished(state):
     _, _, block, _, _, done_B, _, _, _, _, _ = state
@@ -470,8 +462,8 @@ def _decode(decoder: BlockDiffusion, denoise_fn, params, arrays, policy_params, 
   state = (canvas_BL, cache, jnp.int32(first_block), jnp.int32(0), jnp.zeros(rows, jnp.int32),
            jnp.zeros(rows, bool), jnp.int32(0), jnp.zeros(rows, jnp.int32),
            jnp.zeros(rows, jnp.int32), jnp.zeros(rows, jnp.int32),
-           (jnp.zeros(rows), jnp.zeros(rows), jnp.zeros(rows, jnp.int32)))
-  canvas, cache, _, _, _, _, nfe, row_steps_B, blocks_B, rollout_B, particles = (
+           jnp.zeros(rows))  # SMC: each particle's log weight since its run last resampled
+  canvas, cache, _, _, _, _, nfe, row_steps_B, blocks_B, rollout_B, log_w_X = (
       jax.lax.while_loop(not_finished, step, state))
   # A row's own forward count: its steps with the block still open, plus each block's closing
   # step (what decoding that row alone would take), plus its rollout passes (RolloutIMH).
@@ -480,7 +472,7 @@ def _decode(decoder: BlockDiffusion, denoise_fn, params, arrays, policy_params, 
     return canvas, cache, nfe, nfe_B
   # SMC: one particle per run drawn by its final weight; a run's count is its particles' sum
   # and the batch's counts every particle's window (P per step).
-  log_w_RP = particles[0].reshape(runs, num_particles)
+  log_w_RP = log_w_X.reshape(runs, num_particles)
   drawn_R = jax.vmap(jax.random.categorical)(final_keys_R, log_w_RP)
   index_R = jnp.arange(runs) * num_particles + drawn_R
   return (canvas[index_R], jax.tree.map(lambda a: a[index_R], cache), nfe * num_particles,
