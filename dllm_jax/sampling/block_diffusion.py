@@ -84,9 +84,10 @@ gather of the cache at each step where a run resamples.
 On the oracle the drawn particle's law is the main loop's (`oracle_exact.smc_particle_law` with
 `block_length`: tested with two blocks, measured once with one). Cost: one pass per particle
 and step, the closing step included: a run's `nfe_B` is P (n + 1) per block of n masks at one
-token per step; `forward_passes` counts P per step. A row (particle) stops after the block where it wrote EOS, its weight then frozen:
-with EOS the target is over the decoded blocks, not the whole canvas. Only the drawn particle
-is returned (its canvas, cache and tokens), not the particle set or the evidence estimate.
+token per step; `forward_passes` counts P per step. A row (particle) stops after the block
+where it wrote EOS, its weight then frozen: with EOS the target is over the decoded blocks, not
+the whole canvas. Only the drawn particle is returned (its canvas, cache and tokens), not the
+particle set or the evidence estimate.
 
 Not supported here: token editing combined with a rule other than the default,
 the learned policy's training trace (decoding only), and Multiple Block Editing (re-opening
