@@ -15,7 +15,8 @@ LLaDA2's defaults (the model's block of 32, 32 steps per block, threshold 0.95, 
       --gen_length=512 --output_dir=runs/humaneval_llada2   # + --llada21_mode=quality (2.1)
 
 or with another rule inside each block (--steps: steps per block), e.g. --remasking=imh --alpha=4
---num_candidates=4 --steps=8, --remasking=low_confidence, --remasking=random --temperature=1.
+--num_candidates=4 --steps=8, --remasking=rollout_imh --num_rollouts=2, --remasking=smc
+--num_particles=4, --remasking=low_confidence, --remasking=random --temperature=1.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ _REMASKING = flags.DEFINE_enum("remasking", None,
                                 "wedlm_streaming_imh"],
                                "Remasking rule (default low_confidence; block diffusion models: "
                                "LLaDA2's threshold rule, and the others run inside each block "
-                               "except rollout_imh, smc and wedlm_streaming*); "
+                               "except wedlm_streaming*; rollout_imh's rollouts complete the "
+                               "block, smc's particles carry their own block caches); "
                                "learned_policy: a trained unmasking policy "
                                "(--policy); wedlm_streaming(_imh): WeDLM's streaming "
                                "decoder with its exact prefix cache (+ IMH).")

@@ -27,30 +27,38 @@ from dllm_jax.sampling import block_diffusion as bd
 from dllm_jax.sampling import oracle
 from dllm_jax.sampling.policy import policy_logits
 from dllm_jax.sampling.oracle_exact import (_marginals, exact_distributions,
-                                            position_first_distribution, total_variation,
+                                            position_first_distribution,
+                                            rollout_imh_distribution, smc_particle_law,
+                                            total_variation,
                                             tv_sampling_bound)
 from tests import llada2_fixtures as lf
 
 V, G, P, BLOCK, N = 3, 4, 2, 2, 50_000
 MASK, EOS = V, V + 1  # EOS never appears: every block is decoded
-ORACLE = oracle.make_oracle_denoise(V, G)  # built outside any trace (it holds arrays)
 
 
 @dataclasses.dataclass(frozen=True)
 class BlockOracle:
   """The oracle as a block-cache denoiser: logits of the generated part from the exact
-  conditionals (prompt positions get zeros; they are never committed), a dummy cache."""
+  conditionals (prompt positions get zeros; they are never committed), a dummy cache. The
+  prompt is a whole number of blocks (prefilled), the oracle's joint covers `gen` tokens."""
+
+  vocab: int = V
+  gen: int = G
+  block: int = BLOCK
+  prompt: int = P
 
   @property
   def config(self):
-    return types.SimpleNamespace(attention_block=BLOCK)
+    return types.SimpleNamespace(attention_block=self.block)
 
   def _logits(self, log_p, tokens_BL):
     rows, length = tokens_BL.shape
-    if length != P + G:  # the prefill of the prompt's block: its logits are unused
-      return jnp.zeros((rows, length, V + 1))
-    gen = ORACLE(log_p, tokens_BL[:, P:], None)
-    return jnp.concatenate([jnp.zeros((rows, P, V + 1)), gen], axis=1)
+    if length != self.prompt + self.gen:  # the prefill of the prompt's blocks: logits unused
+      return jnp.zeros((rows, length, self.vocab + 1))
+    gen = oracle.make_oracle_denoise(self.vocab, self.gen)(log_p, tokens_BL[:, self.prompt:],
+                                                           None)
+    return jnp.concatenate([jnp.zeros((rows, self.prompt, self.vocab + 1)), gen], axis=1)
 
   def with_cache(self, log_p, tokens_BL, mask_BL, start, width):
     logits = jax.lax.dynamic_slice_in_dim(self._logits(log_p, tokens_BL), start, width, 1)
@@ -61,18 +69,25 @@ class BlockOracle:
     return self.with_cache(log_p, tokens_BL, mask_BL, start, width)[0], cache
 
 
-def _joint(seed):
-  log_p = oracle.random_joint(jax.random.key(seed), V, G, concentration=0.3)
+def _joint(seed, vocab=V, gen=G):
+  log_p = oracle.random_joint(jax.random.key(seed), vocab, gen, concentration=0.3)
   p = np.exp(np.asarray(log_p, np.float64))
   return log_p, p / p.sum()
 
 
-def _empirical(decoder, log_p, seed=0, policy_params=None):
-  prompt = np.zeros((N, P), np.int32)
-  out = bd.generate_blocks(decoder, BlockOracle(), log_p, prompt, mask_id=MASK, eos_id=EOS,
+def _empirical(decoder, log_p, seed=0, policy_params=None, denoiser=BlockOracle(), runs=N,
+               out_nfe=None):
+  """The law of `runs` samples; `out_nfe` (a list) receives each row's forward count."""
+  vocab = denoiser.vocab
+  oracle.make_oracle_denoise(vocab, denoiser.gen)  # built outside the trace (it holds arrays)
+  prompt = np.zeros((runs, denoiser.prompt), np.int32)
+  out = bd.generate_blocks(decoder, denoiser, log_p, prompt, mask_id=vocab, eos_id=vocab + 1,
                            pad_id=0, rng=jax.random.key(seed), policy_params=policy_params)
-  assert (out.tokens < V).all()
-  return np.bincount(oracle.sequence_index(out.tokens, V), minlength=V ** G) / N
+  assert (out.tokens < vocab).all()
+  if out_nfe is not None:
+    out_nfe.append((out.nfe_B, out.forward_passes))
+  return np.bincount(oracle.sequence_index(out.tokens, vocab), minlength=vocab ** denoiser.gen
+                     ) / runs
 
 
 def _tempered(m_V, temperature, top_k=None):
@@ -128,8 +143,8 @@ def sample_then_select_law(p, temperature, schedule, tempered_score, threshold=N
   return law, min(gaps)
 
 
-def _check(q, exact, alternative):
-  tv, bound = total_variation(q, exact), tv_sampling_bound(exact, N)
+def _check(q, exact, alternative, runs=N):
+  tv, bound = total_variation(q, exact), tv_sampling_bound(exact, runs)
   gap = total_variation(exact, alternative)
   print(f"TV(samples, exact) = {tv:.4f} (bound {bound:.4f}); TV(exact, alternative) = {gap:.4f}")
   assert tv <= bound
@@ -191,6 +206,66 @@ def test_imh_inside_blocks_samples_its_exact_law():
   decoder = bd.BlockDiffusion(gen_length=G, block_length=BLOCK, steps=2,
                               remasking=S.IMH(alpha=3.0, num_candidates=4))
   _check(_empirical(decoder, log_p, seed=6), laws[4], laws[1])
+
+
+def test_rollout_imh_in_one_block_samples_the_main_loops_law():
+  """RolloutIMH with one block covering the whole generation (a 4-token prompt block, then one
+  block of 4): the rollouts complete every mask left, so the law is the main loop's exact law
+  (`rollout_imh_distribution`), not mean-field IMH's; each row's NFE is the block loop's cost,
+  (1 + K)(G + 1) window passes (one per step, K candidates, and the closing step) plus
+  K R (G - 1)(G - 2) / 2 rollout passes (one token per pass)."""
+  K, R, runs = 4, 2, 20_000
+  log_p, p = _joint(1)
+  exact = rollout_imh_distribution(p, V, G, 2.0, [K], R)[K]
+  decoder = bd.BlockDiffusion(gen_length=G, block_length=G, steps=G,
+                              remasking=S.RolloutIMH(alpha=2.0, num_candidates=K, num_rollouts=R))
+  nfe = []
+  law = _empirical(decoder, log_p, seed=9, denoiser=BlockOracle(block=G, prompt=G), runs=runs,
+                   out_nfe=nfe)
+  _check(law, exact, exact_distributions(p, V, G, 2.0, [K])[K], runs)
+  cost = (1 + K) * (G + 1) + K * R * (G - 1) * (G - 2) // 2
+  assert np.all(nfe[0][0] == cost) and nfe[0][1] == cost
+
+
+def test_rollout_imh_inside_blocks_completes_the_block_only():
+  """Two blocks of 3 (V = 2): the rollouts complete the current block's masks only, so the law
+  is `rollout_imh_distribution(..., block_suffix=True)`, far from the main loop's law with
+  rollouts over every mask left (later blocks included)."""
+  vocab, gen, block, K, R, runs = 2, 6, 3, 4, 2, 20_000
+  log_p, p = _joint(2, vocab, gen)
+  laws = {suffix: rollout_imh_distribution(p, vocab, gen, 2.0, [K], R, block_length=block,
+                                           block_suffix=suffix)[K] for suffix in (True, False)}
+  decoder = bd.BlockDiffusion(gen_length=gen, block_length=block, steps=block,
+                              remasking=S.RolloutIMH(alpha=2.0, num_candidates=K, num_rollouts=R))
+  law = _empirical(decoder, log_p, seed=10, denoiser=BlockOracle(vocab, gen, block, block),
+                   runs=runs)
+  _check(law, laws[True], laws[False], runs)
+
+
+def test_smc_inside_blocks_samples_the_main_loops_law():
+  """SMC in two blocks of 2, P = 4 particles per run carried across blocks (with their canvases
+  and caches), alpha = 3, resampling below ESS 0.9 P: the drawn particle's law is that of the
+  main loop's SMC with the same blocks (positions in the current block, weights carried),
+  estimated by its numpy re-implementation (`smc_particle_law`, 200,000 runs; the bound adds
+  both sampling errors); far from locally tempered decoding (P = 1, exact). NFE of a run: P
+  passes per step, the closing steps included: P (G + blocks). (Measured once with one block
+  of 4 too: TV 0.008, bound 0.044.)"""
+  n, alpha, runs, blocks = 4, 3.0, 20_000, 2
+  block = G // blocks
+  log_p, p = _joint(2)
+  reference = smc_particle_law(p, V, G, alpha, n, 200_000, ess_threshold=0.9, seed=1,
+                               block_length=block)
+  decoder = bd.BlockDiffusion(gen_length=G, block_length=block, steps=block,
+                              remasking=S.SMC(alpha=alpha, num_particles=n, ess_threshold=0.9))
+  nfe = []
+  law = _empirical(decoder, log_p, seed=11, denoiser=BlockOracle(block=block, prompt=block),
+                   runs=runs, out_nfe=nfe)
+  tv = total_variation(law, reference)
+  bound = tv_sampling_bound(reference, runs) + tv_sampling_bound(reference, 200_000)
+  gap = total_variation(reference, exact_distributions(p, V, G, alpha, [1], block)[1])
+  print(f"TV(samples, reference) = {tv:.4f} (bound {bound:.4f}); TV(reference, P = 1) = {gap:.4f}")
+  assert tv <= bound and gap > 2 * bound
+  assert np.all(nfe[0][0] == n * (G + blocks)) and nfe[0][1] == n * (G + blocks)
 
 
 def learned_policy_law(p, rule, params, temperature):
@@ -268,10 +343,14 @@ def tiny(tmp_path_factory):
   return lf.jax_params(cfg, tensors, tmp_path_factory.mktemp("cfg"))
 
 
-def test_imh_keeps_the_cache_exact(tiny):
-  """IMH, whose candidates are extra window passes against the cache, keeps the cache exact
-  (it equals a fresh forward of the final canvas), and the uncached loop (the canvas recomputed
-  at every pass) draws the same tokens from the same keys. (The other rules and the sampling
+@pytest.mark.parametrize("name", ["rollout_imh", "smc"])
+def test_rollout_imh_and_smc_keep_the_cache_exact(tiny, name):
+  """RolloutIMH, whose candidates and their rollouts are extra window passes against the cache
+  (IMH's candidate passes, then the rollouts'), and SMC, whose particles carry their own caches
+  of finished blocks (gathered with them when resampled; ess_threshold 1 resamples at every
+  uneven step), keep the cache exact (it equals a fresh forward of the final canvas), and the
+  uncached loop (the canvas recomputed at every pass) draws the same tokens from the same keys
+  with the same forward counts. (The other rules and the sampling
   default share the loop of the T = 0 default, whose cache is tested in
   tests/torch_ref/test_llada2_generate.py: only the committed positions differ.)"""
   config, params = tiny
@@ -282,8 +361,9 @@ def test_imh_keeps_the_cache_exact(tiny):
   for b, prompt in enumerate(prompts):
     tokens[b, 7 - len(prompt):], mask[b, 7 - len(prompt):] = prompt, True
   keys = jax.random.split(jax.random.key(7), 2)
-  decoder = bd.BlockDiffusion(gen_length=8, block_length=4, steps=4,
-                              remasking=S.IMH(alpha=2.0, num_candidates=3))
+  rule = (S.RolloutIMH(alpha=2.0, num_candidates=3, num_rollouts=2) if name == "rollout_imh"
+          else S.SMC(alpha=2.0, num_particles=3, ess_threshold=1.0))
+  decoder = bd.BlockDiffusion(gen_length=8, block_length=4, steps=4, remasking=rule)
   run = lambda d, t, m, k: bd.generate_blocks(d, denoise, params, t, m, mask_id=150, eos_id=159,
                                               pad_id=151, rng=k)
   out = run(decoder, tokens, mask, keys)
@@ -296,14 +376,27 @@ def test_imh_keeps_the_cache_exact(tiny):
   plain = run(dataclasses.replace(decoder, exact_cache=False), tokens, mask, keys)
   np.testing.assert_array_equal(plain.tokens, out.tokens)
   assert out.forward_passes == plain.forward_passes
+  np.testing.assert_array_equal(plain.nfe_B, out.nfe_B)
+  # A row's count: per block with n masks (one token per step and per rollout pass) n steps and
+  # the closing step of 1 + K passes, and K R (m - 1) rollout passes after each commit leaving
+  # m >= 1 masks in the block; SMC: one pass per particle and step (no row stops at EOS here:
+  # every block counts).
+  assert (out.tokens != 159).all()
+  K, R, lay = 3, 2, out.layout
+  cost = ((lambda n: (1 + K) * (n + 1) + K * R * (n - 1) * (n - 2) // 2) if name == "rollout_imh"
+          else lambda n: rule.num_particles * (n + 1))
+  for b in range(2):
+    masks = [len([j for j in range(k * 4, k * 4 + 4) if j >= lay.gen_start[b]])
+             for k in range(lay.first_block, lay.num_blocks)]
+    assert out.nfe_B[b] == sum(map(cost, masks)), (out.nfe_B, masks)
   # Power: another key changes the sample.
   assert (run(decoder, tokens, mask, jax.random.split(jax.random.key(8), 2)).tokens
           != out.tokens).any()
 
 
 def test_bad_settings_are_refused():
-  with pytest.raises(ValueError, match="SMC is not supported inside blocks"):
-    bd.BlockDiffusion(gen_length=4, remasking=S.SMC())
+  with pytest.raises(ValueError, match="SMC draws its values from p\\*\\*alpha"):
+    bd.BlockDiffusion(gen_length=4, remasking=S.SMC(), top_k=3)
   with pytest.raises(ValueError, match="leave temperature, top_p and top_k unset"):
     bd.BlockDiffusion(gen_length=4, remasking=S.IMH(), temperature=0.5)
   with pytest.raises(ValueError, match="editing_threshold works with the default rule only"):

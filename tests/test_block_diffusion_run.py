@@ -162,24 +162,35 @@ RULES = {
                dict(remasking=S.Random(), temperature=1.0)),
     "imh": ({"name": "imh", "alpha": 3.0, "num_candidates": 2}, {"steps": 8},
             dict(remasking=S.IMH(alpha=3.0, num_candidates=2), steps=8)),
+    # On SDAR (dense, block 4, 8 tokens): their nested loops compile faster than on the MoE.
+    "smc": ({"name": "smc", "num_particles": 3, "ess_threshold": 1.0}, {"gen_length": 8},
+            dict(remasking=S.SMC(num_particles=3, ess_threshold=1.0), block_length=4, steps=4)),
+    "rollout_imh": ({"name": "rollout_imh", "num_candidates": 2, "num_rollouts": 2,
+                     "rollout_tokens_per_step": 2}, {"gen_length": 8},
+                    dict(remasking=S.RolloutIMH(num_candidates=2, num_rollouts=2,
+                                                rollout_tokens_per_step=2),
+                         block_length=4, steps=4)),
 }
 
 
 @pytest.mark.parametrize("name", sorted(RULES))
-def test_rules_inside_blocks_equal_generate_blocks(name, llada2_ckpt, shared_data, tmp_path):
-  """--remasking=<rule> on a LLaDA2 checkpoint: the runner's records (tokens and each row's own
-  forward count) equal a direct `generate_blocks` call with the same rule and the runner's
-  per-sample keys."""
+def test_rules_inside_blocks_equal_generate_blocks(name, request, shared_data, tmp_path):
+  """--remasking=<rule> on a LLaDA2 (or SDAR) checkpoint: the runner's records (tokens and each
+  row's own forward count) equal a direct `generate_blocks` call with the same rule and the
+  runner's per-sample keys."""
   rule, fields, decoder_fields = RULES[name]
+  ckpt = request.getfixturevalue("sdar_ckpt" if "block_length" in decoder_fields
+                                 else "llada2_ckpt")
+  gen = fields.get("gen_length", GEN)
   out = tmp_path / "run"
   experiment.run_benchmark(
-      checkpoint_dir=llada2_ckpt, tokenizer_dir=None, benchmark="math500",
+      checkpoint_dir=ckpt, tokenizer_dir=None, benchmark="math500",
       data_path=str(shared_data), limit=2, chat_template="auto", mesh_spec="data=-1,model=1",
       output_dir=str(out), n_samples=1, batch_size=2, seed=5, allow_greedy=False,
       rule=_rule(**rule), sampler_fields=dict(FIELDS, **fields), progress=False, block={})
-  decoder = bd.BlockDiffusion(GEN, **decoder_fields)
+  decoder = bd.BlockDiffusion(gen, **decoder_fields)
   assert json.loads((out / "config.json").read_text())["sampler"] == repr(decoder)
-  params, config, problems, tokens, mask = _direct_inputs(llada2_ckpt, shared_data, 2)
+  params, config, problems, tokens, mask = _direct_inputs(ckpt, shared_data, 2)
   keys = jnp.stack([runner.unit_key(5, p.id, 0) for p in problems])
   direct = bd.generate_blocks(decoder, models.make_denoise(config), params, tokens, mask,
                               mask_id=config.mask_token_id, eos_id=config.eos_token_id,
@@ -192,17 +203,26 @@ def test_rules_inside_blocks_equal_generate_blocks(name, llada2_ckpt, shared_dat
     assert record["tokens"] == direct.tokens[b].tolist()
     assert record["nfe"] == direct.nfe_B[b]
   # The rule ran (not the default): the default rule's tokens differ.
-  default = bd.generate_blocks(bd.BlockDiffusion(GEN), models.make_denoise(config), params,
-                               tokens, mask, mask_id=config.mask_token_id,
+  default = bd.generate_blocks(bd.BlockDiffusion(gen, block_length=config.attention_block,
+                                                 steps=config.attention_block),
+                               models.make_denoise(config), params, tokens, mask,
+                               mask_id=config.mask_token_id,
                                eos_id=config.eos_token_id, pad_id=config.pad_token_id)
   assert (default.tokens != direct.tokens).any() or (default.nfe_B != direct.nfe_B).any()
   if name == "imh":  # a step is 1 + K passes
     assert all(r["nfe"] % 3 == 0 for r in records)
 
 
+
 @pytest.mark.parametrize("rule,fields,settings,message", [
-    ({"name": "smc"}, {}, {}, "--remasking=smc is not supported for block diffusion .* use "
-                              "--remasking=imh"),
+    ({"name": "smc"}, {"temperature": 0.7}, {},
+     r"--remasking=smc draws its values from p\*\*alpha: drop \['--temperature'\]"),
+    ({"name": "smc", "num_candidates": 2}, {}, {},
+     r"--remasking=smc does not take \['--num_candidates'\]"),
+    ({"name": "imh", "num_rollouts": 2}, {}, {},
+     r"--remasking=imh does not take \['--num_rollouts'\]"),
+    ({"name": "rollout_imh"}, {"top_p": 0.9}, {},
+     r"--remasking=rollout_imh draws its values from p\*\*alpha: drop \['--top_p'\]"),
     ({"name": "wedlm_streaming"}, {}, {}, "WeDLM's streaming decoder"),
     ({"alpha": 4.0}, {"cfg_scale": 1.0}, {}, r"does not take \['--cfg_scale'\]"),
     ({"alpha": 4.0}, {}, {}, r"the default rule \(LLaDA2's threshold\) does not take "
@@ -215,7 +235,7 @@ def test_rules_inside_blocks_equal_generate_blocks(name, llada2_ckpt, shared_dat
      "--remasking=random"),
     ({"name": "low_confidence"}, {}, {"llada21_mode": "speed"}, r"\['--llada21_mode'\] edit"),
     ({"name": "imh"}, {"temperature": 0.5, "top_k": 3}, {},
-     r"--remasking=imh draws its candidates from p\*\*alpha: drop \['--temperature', '--top_k'\]"),
+     r"--remasking=imh draws its values from p\*\*alpha: drop \['--temperature', '--top_k'\]"),
     ({"name": "learned_policy"}, {}, {}, "needs --policy="),
     ({"name": "learned_policy", "policy": "p.safetensors"}, {"steps": 2}, {},
      "chooses its own steps: drop --steps"),
@@ -257,6 +277,16 @@ def test_settings_map_to_the_decoder():
   assert imh == bd.BlockDiffusion(GEN, block_length=4, steps=2, remasking=S.IMH(
       alpha=4.0, num_candidates=2, positions=S.LowConfidence()))
   assert runner.can_sample(imh) and runner.can_sample(make({"name": "random"}))
+  rollouts = make({"name": "rollout_imh", "num_candidates": 3, "num_rollouts": 2,
+                   "rollout_tokens_per_step": 2, "rollout_greedy": True})
+  assert rollouts == bd.BlockDiffusion(GEN, block_length=4, steps=4, remasking=S.RolloutIMH(
+      num_candidates=3, num_rollouts=2, rollout_tokens_per_step=2, greedy=True))
+  assert runner.can_sample(rollouts)
+  smc = make({"name": "smc", "alpha": 3.0, "num_particles": 2, "ess_threshold": 0.3,
+              "imh_positions": "confidence"})
+  assert smc == bd.BlockDiffusion(GEN, block_length=4, steps=4, remasking=S.SMC(
+      alpha=3.0, num_particles=2, ess_threshold=0.3, positions=S.LowConfidence()))
+  assert runner.can_sample(smc)
   assert not runner.can_sample(make({"name": "low_confidence"}))
   assert make({"name": "egi", "first_temperature": 1.5}, {"temperature": 0.5}) == bd.BlockDiffusion(
       GEN, block_length=4, steps=4, remasking=S.EGI(first_temperature=1.5), temperature=0.5)
@@ -311,11 +341,11 @@ def test_run_script_refuses_in_one_line(llada2_ckpt, shared_data, tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "experiments.run", f"--checkpoint={llada2_ckpt}",
        "--benchmark=math500", f"--data_path={shared_data}", "--limit=1",
-       f"--output_dir={tmp_path / 'out'}", "--remasking=rollout_imh"],
+       f"--output_dir={tmp_path / 'out'}", "--remasking=wedlm_streaming"],
       cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False)
   assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
   last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith("error: --remasking=rollout_imh is not supported for block "
+  assert last.startswith("error: --remasking=wedlm_streaming is not supported for block "
                          "diffusion"), last
   assert not (tmp_path / "out").exists()
 

@@ -209,22 +209,23 @@ def streaming_sampler(config, rule: dict[str, Any], sampler_fields: dict[str, An
 
 
 # Flags the block decoder does not take, with the value that means "not given".
-_NOT_BLOCK_SETTINGS = {"num_rollouts": 1, "rollout_tokens_per_step": 1, "rollout_greedy": False,
-                       "num_particles": 8, "ess_threshold": 0.5, "cfg_scale": 0.0,
+_NOT_BLOCK_SETTINGS = {"cfg_scale": 0.0,
                        "forbid_eos": False, "eos_confidence_inf": False, "schedule": "linear",
                        "cache": "none"}
 # The settings of one rule (refused with any other rule), with their "not given" value.
 _RULE_SETTINGS = {"alg_temp": 0.0, "alpha": 2.0, "num_candidates": 4, "imh_positions": "random",
-                  "position_penalty": 0.1, "first_temperature": 0.9, "policy": None,
-                  "policy_temperature": None}
+                  "num_rollouts": 1, "rollout_tokens_per_step": 1, "rollout_greedy": False,
+                  "num_particles": 8, "ess_threshold": 0.5, "position_penalty": 0.1,
+                  "first_temperature": 0.9, "policy": None, "policy_temperature": None}
 _RULE_TAKES = {"maskgit_plus": {"alg_temp"}, "topk_margin": {"alg_temp"}, "entropy": {"alg_temp"},
                "rank_then_sample": {"alg_temp"}, "egi": {"alg_temp", "first_temperature"},
                "wedlm_entropy": {"position_penalty"},
                "imh": {"alpha", "num_candidates", "imh_positions"},
+               "rollout_imh": {"alpha", "num_candidates", "imh_positions", "num_rollouts",
+                               "rollout_tokens_per_step", "rollout_greedy"},
+               "smc": {"alpha", "num_particles", "ess_threshold", "imh_positions"},
                "learned_policy": {"policy", "policy_temperature"}}
 _NOT_IN_BLOCKS = {
-    "rollout_imh": "its rollouts are not written for the block cache; use --remasking=imh",
-    "smc": "its particles are not written for the block cache; use --remasking=imh",
     "wedlm_streaming": "it is WeDLM's streaming decoder (WeDLM checkpoints only)",
     "wedlm_streaming_imh": "it is WeDLM's streaming decoder (WeDLM checkpoints only)"}
 
@@ -307,9 +308,9 @@ def _block_rule(name: str, rule: dict[str, Any], fields: dict[str, Any], block: 
     raise ValueError(f"{editing} edit with LLaDA2's threshold rule only, not with "
                      f"--remasking={name}: drop them or --remasking")
   sampled = sorted(f"--{k}" for k in ("temperature", "top_p", "top_k") if k in fields)
-  if name == "imh" and sampled:
-    raise ValueError(f"--remasking=imh draws its candidates from p**alpha: drop {sampled} (set "
-                     "--alpha)")
+  if name in ("imh", "rollout_imh", "smc") and sampled:
+    raise ValueError(f"--remasking={name} draws its values from p**alpha: drop {sampled} "
+                     "(set --alpha)")
   if name != "learned_policy":
     return rule_from_name(name, **{k: rule[k] for k in _RULE_SETTINGS if k in rule
                                    and k not in ("policy", "policy_temperature")})

@@ -45,8 +45,51 @@ the mean-field weight sums over the masks left *in the block* (the decoder never
 blocks); so a step costs 1 + K passes (K = 1: one, no chain), and with several blocks the law is
 not the main loop's IMH (whose weight covers every mask left).
 
-Not supported here: RolloutIMH and SMC inside the block (their rollout or particle passes are
-not written for the block cache), token editing combined with a rule other than the default,
+RolloutIMH (`rollout_imh.py`) inside the block: IMH's step, but each candidate's weight is the
+mean of R rollout estimates (`rollout_log_mass`), each rollout completing the masks left *in the
+block* (uniformly random order, `rollout_tokens_per_step` per pass, values from p**alpha, S_hat =
+the product of the local normalisers Z_j) by window passes against the cache: a rollout pass
+evaluates the K R B rollout windows as K R passes of B windows (`lax.map`, the cache shared, as
+IMH's candidates); the pseudo-marginal independent MH chain as in the main loop. What it targets:
+the block's conditionals given the cache are p(x_b | x_<b), the later blocks marginalised (the
+model is block-causal), so S_hat is unbiased for S_b(v) = sum over completions y of the block's
+masks of p(y | x_<b, x_O, v)**alpha (one token per rollout pass, conditionals of one joint), and
+the chain's stationary law at each step is the marginal of the block's tempered conditional.
+With K -> infinity (one token per step) a block is drawn from p(x_b | x_<b)**alpha / Z_b(x_<b):
+the output law is the product over blocks of those, blockwise tempering, not the global
+p**alpha (which weighs each block by the tempered mass of the blocks after it; the main loop's
+RolloutIMH targets that). With one block covering the generation the two coincide: the block
+loop's law is then the main loop's (`oracle_exact.rollout_imh_distribution`, tested on the
+oracle, and with two blocks its `block_suffix=True` law). Cost: a step is 1 + K passes and
+K R (ceil(m / c) - 1) rollout passes, m the block's masks left after the step's commit, c
+`rollout_tokens_per_step`; a block of n masks at one token per step and per rollout pass costs
+(1 + K)(n + 1) + K R (n - 1)(n - 2) / 2 (the closing step included), counted in `nfe_B` (the
+batch's `forward_passes` adds the step's largest rollout count). K = 1 runs no rollouts.
+
+SMC (`smc.py`) inside the blocks: each run's P particles are rows of the loop (run-major, the
+prompt's prefill computed once per run), each with its own canvas and its own cache of finished
+blocks; a step's window pass gives every particle's logits, the positions (scheduled count) are
+chosen, each particle's weight is multiplied by their local normalisers Z, the runs whose ESS
+fell below `ess_threshold` x P are resampled systematically, and a resampled particle takes its
+ancestor's whole canvas *and cache* (a gather over the cache's rows), then the values are drawn
+from p**alpha / Z. The weights carry across blocks and one particle per run is drawn by its final
+weight after the last block. Why per-particle caches rather than particles confined to the
+current block over one shared cache: confining them would need a selection of one particle at
+each block's end (resetting the weights), which targets the blockwise tempered law above and
+loses the particles' diversity at every block boundary; carried across blocks, the incremental
+weights (which need no look-ahead) make the same estimator as the main loop's SMC, targeting the
+global p**alpha with the main loop's blocks, at P times the rows of cache (LLaDA2.0-mini, from
+`eval_shape`: 40 MiB a row at a 512-token canvas in float32, against 16B weights) and one
+gather of the cache at each step where a run resamples.
+On the oracle the drawn particle's law is the main loop's (`oracle_exact.smc_particle_law` with
+`block_length`: tested with two blocks, measured once with one). Cost: one pass per particle
+and step, the closing step included: a run's `nfe_B` is P (n + 1) per block of n masks at one
+token per step; `forward_passes` counts P per step. A row (particle) stops after the block
+where it wrote EOS, its weight then frozen: with EOS the target is over the decoded blocks, not
+the whole canvas. Only the drawn particle is returned (its canvas, cache and tokens), not the
+particle set or the evidence estimate.
+
+Not supported here: token editing combined with a rule other than the default,
 the learned policy's training trace (decoding only), and Multiple Block Editing (re-opening
 finished blocks). LLaDA2.2's insert/delete editing is out of scope.
 """
@@ -62,6 +105,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dllm_jax.sampling import imh as imh_lib
+from dllm_jax.sampling import smc as smc_lib
 from dllm_jax.sampling import row_random, token_sampling
 from dllm_jax.sampling.imh import IMH
 from dllm_jax.sampling.learned_policy import LearnedPolicy
@@ -69,12 +113,12 @@ from dllm_jax.sampling.position_first import EGI, RankThenSample
 from dllm_jax.sampling.remasking import (DreamOrigin, Entropy, LowConfidence, MaskGitPlus, Random,
                                          StepInputs, Threshold, TopKMargin, WeDLMEntropy,
                                          apply_rule, token_probability)
-from dllm_jax.sampling.rollout_imh import RolloutIMH
+from dllm_jax.sampling.rollout_imh import RolloutIMH, rollout_log_mass
 from dllm_jax.sampling.smc import SMC
 
 # The rules that run inside a block (the `Sampler` rules that score and select in one pass).
 BLOCK_RULES = (Random, LowConfidence, MaskGitPlus, TopKMargin, Entropy, WeDLMEntropy,
-               DreamOrigin, Threshold, RankThenSample, EGI, LearnedPolicy, IMH)
+               DreamOrigin, Threshold, RankThenSample, EGI, LearnedPolicy, IMH, RolloutIMH, SMC)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,15 +155,12 @@ class BlockDiffusion:
     if self.top_k is not None and self.top_k < 1:
       raise ValueError(f"top_k must be >= 1, got {self.top_k}")
     rule = self.remasking
-    if isinstance(rule, (RolloutIMH, SMC)):
-      raise ValueError(f"{type(rule).__name__} is not supported inside blocks yet; use one of "
-                       f"{[r.__name__ for r in BLOCK_RULES]} or dllm_jax.sampling.Sampler")
     if rule is not None and not isinstance(rule, BLOCK_RULES):
       raise ValueError(f"remasking must be None (the official threshold rule) or one of "
                        f"{[r.__name__ for r in BLOCK_RULES]}, got {rule!r}")
-    if isinstance(rule, IMH) and (self.temperature or self.top_p or self.top_k):
-      raise ValueError("IMH draws its candidates from p**alpha (temperature 1/alpha, no "
-                       "top_p/top_k); leave temperature, top_p and top_k unset")
+    if isinstance(rule, (IMH, SMC)) and (self.temperature or self.top_p or self.top_k):
+      raise ValueError(f"{type(rule).__name__} draws its values from p**alpha (temperature "
+                       "1/alpha, no top_p/top_k); leave temperature, top_p and top_k unset")
     if rule is not None and self.editing_threshold is not None:
       raise ValueError("editing_threshold works with the default rule only; leave remasking "
                        "unset to edit")
@@ -128,7 +169,8 @@ class BlockDiffusion:
   def samples(self) -> bool:
     """Whether decoding draws random numbers (then `generate_blocks` needs `rng`)."""
     rule = self.remasking
-    return (self.temperature > 0 or isinstance(rule, (Random, DreamOrigin, LearnedPolicy, IMH))
+    return (self.temperature > 0
+            or isinstance(rule, (Random, DreamOrigin, LearnedPolicy, IMH, SMC))
             or getattr(rule, "alg_temp", 0) > 0
             or (isinstance(rule, EGI) and rule.first_temperature > 0))
 
@@ -220,27 +262,75 @@ def _draw(decoder: BlockDiffusion, logits_BWV: jax.Array, key_B: jax.Array, star
 
 
 def _imh_commit(rule: IMH, window_logits, logits_BWV: jax.Array, inputs: StepInputs,
-                tok_BW: jax.Array, keys: list[jax.Array], max_chosen: int):
+                tok_BW: jax.Array, keys: list[jax.Array], max_chosen: int, open_B: jax.Array):
   """One IMH step inside the block (`imh.py`): positions by `rule.positions`, K candidates
-  from p**alpha there, each scored by the mean-field mass of the block's masks left after it
-  (`window_logits(candidate_BW)`, one window pass per candidate), the independent MH chain.
-  Returns the positions to commit and the block's tokens with the chosen candidate."""
-  key_cand, key_score, key_select, key_chain = keys
+  from p**alpha there, each scored by the mass of the block's masks left after it
+  (`window_logits(candidate_BW)`, one window pass per candidate): the mean-field product, or
+  for RolloutIMH R rollouts completing the block (`rollout_imh.rollout_log_mass`, rows whose
+  block is closed (`open_B` False) roll nothing out); then the independent MH chain.
+  Returns the positions to commit, the block's tokens with the chosen candidate and each row's
+  rollout passes."""
+  key_cand, key_score, key_select, key_chain, *key_roll = keys
+  no_rollouts_B = jnp.zeros(open_B.shape, jnp.int32)
   mode_BW = jnp.argmax(logits_BWV, axis=-1).astype(jnp.int32)
   inputs = inputs._replace(sample_logits_BGV=logits_BWV, x0_BG=mode_BW)
   score_BW = rule.positions.confidence(inputs, key_score)
   chosen_BW = rule.positions.select(score_BW, inputs, key_select) & inputs.eligible_BG
   index_BM, valid_BM = imh_lib.gather_positions(chosen_BW, max_chosen)
   logits_BMV = jnp.take_along_axis(logits_BWV, index_BM[..., None], axis=1)
-  values_KBM = imh_lib.draw_candidates(key_cand, logits_BMV, rule.alpha, rule.num_candidates)
+  K = rule.num_candidates
+  values_KBM = imh_lib.draw_candidates(key_cand, logits_BMV, rule.alpha, K)
   cand_KBW = imh_lib.place_candidates(tok_BW, index_BM, valid_BM, values_KBM)
-  if rule.num_candidates == 1:  # no chain: the one candidate is committed
-    return chosen_BW, cand_KBW[0]
+  if K == 1:  # no chain: the one candidate is committed
+    return chosen_BW, cand_KBW[0], no_rollouts_B
   # One candidate at a time (`lax.map`): the cache is shared, not copied K times.
-  log_w_KB = imh_lib.suffix_log_mass(jax.lax.map(window_logits, cand_KBW),
-                                     inputs.eligible_BG & ~chosen_BW, rule.alpha)
+  cand_logits_KBWV = jax.lax.map(window_logits, cand_KBW)
+  remaining_BW = inputs.eligible_BG & ~chosen_BW
+  if isinstance(rule, RolloutIMH):
+    rows, W = tok_BW.shape
+    runs = K * rule.num_rollouts
+
+    def forward(block_XW):  # one candidate-rollout batch of rows at a time, as above
+      logits = jax.lax.map(window_logits, block_XW.reshape(runs, rows, W))
+      return logits.reshape(runs * rows, W, logits.shape[-1])
+
+    log_w_KB, rollout_passes_B = rollout_log_mass(
+        key_roll[0], forward, cand_KBW, cand_logits_KBWV, remaining_BW & open_B[:, None],
+        jnp.zeros((W,), jnp.int32), rule)
+  else:
+    log_w_KB = imh_lib.suffix_log_mass(cand_logits_KBWV, remaining_BW, rule.alpha)
+    rollout_passes_B = no_rollouts_B
   state_B, _ = imh_lib.run_chain(key_chain, log_w_KB)
-  return chosen_BW, jnp.take_along_axis(cand_KBW, state_B[None, :, None], axis=0)[0]
+  return (chosen_BW, jnp.take_along_axis(cand_KBW, state_B[None, :, None], axis=0)[0],
+          rollout_passes_B)
+
+
+def _smc_commit(rule: SMC, logits_XWV: jax.Array, inputs: StepInputs, keys: list[jax.Array],
+                run_key_R: jax.Array, log_w_X: jax.Array, open_X: jax.Array):
+  """One SMC step inside the block (`smc.py`), rows X = R runs x P particles (run-major):
+  positions by `rule.positions`, each open particle's weight times the local normalisers Z of
+  its positions, systematic resampling of the runs whose ESS fell below the threshold. Returns
+  the positions, the values drawn from p**alpha / Z there (for the particle that holds the slot
+  after resampling), the ancestors [R, P], whether any run resampled, the new log weights."""
+  key_token, key_score, key_select = keys
+  n = rule.num_particles
+  mode_XW = jnp.argmax(logits_XWV, axis=-1).astype(jnp.int32)
+  inputs = inputs._replace(sample_logits_BGV=logits_XWV, x0_BG=mode_XW)
+  score_XW = rule.positions.confidence(inputs, key_score)
+  chosen_XW = rule.positions.select(score_XW, inputs, key_select) & inputs.eligible_BG
+  chosen_XW = chosen_XW & open_X[:, None]
+  log_z_XW = smc_lib.log_normalizer(logits_XWV, rule.alpha)
+  log_w_RP = (log_w_X + jnp.sum(jnp.where(chosen_XW, log_z_XW, 0.0), axis=-1)).reshape(-1, n)
+  resample_R = smc_lib.effective_sample_size(log_w_RP) < rule.ess_threshold * n
+  ancestors_RP = jnp.where(resample_R[:, None], smc_lib.systematic_ancestors(run_key_R, log_w_RP),
+                           jnp.arange(n)[None])
+  pick = lambda x_X: smc_lib.gather_particles(x_X, ancestors_RP)
+  logits_XWV, chosen_XW = pick(logits_XWV), pick(chosen_XW)
+  gumbel_XWV = row_random.gumbel(key_token, logits_XWV.shape[1:])
+  tokens_XW = jnp.argmax(rule.alpha * jax.nn.log_softmax(logits_XWV, axis=-1) + gumbel_XWV,
+                         axis=-1).astype(jnp.int32)
+  new_log_w_X = jnp.where(resample_R[:, None], 0.0, log_w_RP).reshape(-1)
+  return chosen_XW, tokens_XW, ancestors_RP, resample_R.any(), new_log_w_X
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 5, 6, 7))
@@ -253,6 +343,9 @@ def _decode(decoder: BlockDiffusion, denoise_fn, params, arrays, policy_params, 
   editing = decoder.editing_threshold is not None
   rule = decoder.remasking
   imh = isinstance(rule, IMH)
+  rollouts = isinstance(rule, RolloutIMH) and rule.num_candidates > 1
+  smc = isinstance(rule, SMC)
+  num_particles = rule.num_particles if smc else 1
   schedule = jnp.asarray(decoder.schedule())
   # One pass per step, and IMH's candidate passes (none with one candidate).
   passes = 1 + (rule.num_candidates if imh and rule.num_candidates > 1 else 0)
@@ -268,6 +361,16 @@ def _decode(decoder: BlockDiffusion, denoise_fn, params, arrays, policy_params, 
   else:
     _, cache = denoise_fn.with_cache(params, canvas_BL, valid_BL, 0, 1)
     cache = [(jnp.zeros_like(k), jnp.zeros_like(v)) for k, v in cache]
+  runs = rows
+  if smc:  # rows become particles, run-major, sharing the prefill; keys as in `decode.py`
+    run_keys_R, final_keys_R, base_R = jax.vmap(lambda k: jax.random.split(k, 3), out_axes=1)(
+        keys_B)
+    keys_B = jax.vmap(lambda k: jax.vmap(lambda i: jax.random.fold_in(k, i))(
+        jnp.arange(num_particles)))(base_R).reshape(runs * num_particles)
+    canvas_BL, valid_BL, gen_start_B, gen_BL = (jnp.repeat(x, num_particles, axis=0) for x in (
+        canvas_BL, valid_BL, gen_start_B, gen_BL))
+    cache = jax.tree.map(lambda a: jnp.repeat(a, num_particles, axis=0), cache)
+    rows = runs * num_particles
 
   def block_logits(cache, canvas, start):
     """The block's logits [B, W, V] and the cache with the block's keys/values."""
@@ -282,10 +385,13 @@ def _decode(decoder: BlockDiffusion, denoise_fn, params, arrays, policy_params, 
     return logits_BWV, cache
 
   def step(state):
-    canvas, cache, block, s, post_B, done_B, nfe, row_steps_B, blocks_B = state
+    (canvas, cache, block, s, post_B, done_B, nfe, row_steps_B, blocks_B, rollout_B,
+     log_w_X) = state
     start = block * Bk
     logits_BWV, new_cache = block_logits(cache, canvas, start)
-    keys = row_random.step_keys(keys_B, row_steps_B, 4 if imh else 3)
+    # RolloutIMH takes a fifth key; IMH keeps its four.
+    keys = row_random.step_keys(keys_B, row_steps_B,
+                                5 if isinstance(rule, RolloutIMH) else 4 if imh else 3)
     key_token, key_score, key_select = keys[:3]
     region_start = (block - first_block) * Bk
     sample_BWV, x0_BW, p_BW = _draw(decoder, logits_BWV, key_token, region_start, region)
@@ -304,6 +410,7 @@ def _decode(decoder: BlockDiffusion, denoise_fn, params, arrays, policy_params, 
     else:  # Threshold, LearnedPolicy: the block runs until it is complete
       final_B = ~has_mask_B
     final_B = final_B | done_B
+    rollout_passes_B = jnp.zeros((rows,), jnp.int32)
     if rule is None:
       n = decoder.num_to_transfer if editing else schedule[step_in_block]
       commit_BW = _threshold_commit(decoder, p_BW, masked_BW, n)
@@ -314,8 +421,21 @@ def _decode(decoder: BlockDiffusion, denoise_fn, params, arrays, policy_params, 
       if imh:
         window_logits = lambda block_BW: block_logits(
             cache, jax.lax.dynamic_update_slice_in_dim(canvas, block_BW, start, 1), start)[0]
-        commit_BW, x0_BW = _imh_commit(rule, window_logits, logits_BWV, inputs, tok_BW, keys,
-                                       int(decoder.schedule().max()))
+        commit_BW, x0_BW, rollout_passes_B = _imh_commit(
+            rule, window_logits, logits_BWV, inputs, tok_BW, keys, int(decoder.schedule().max()),
+            ~final_B)
+      elif smc:
+        (run_key_R,) = row_random.step_keys(run_keys_R, row_steps_B[::num_particles], 1)
+        commit_BW, tokens_BW, ancestors_RP, resampled, log_w_X = _smc_commit(
+            rule, logits_BWV, inputs, keys[:3], run_key_R, log_w_X, ~final_B)
+        # The particles that hold the slots now, with their canvases and caches of finished
+        # blocks (the current block's keys/values are recomputed at the next pass).
+        pick = lambda x_X: smc_lib.gather_particles(x_X, ancestors_RP)
+        canvas, new_cache, done_B, final_B = jax.lax.cond(  # no copy when no run resamples
+            resampled, lambda x: jax.tree.map(pick, x), lambda x: x,
+            (canvas, new_cache, done_B, final_B))
+        tok_BW = jax.lax.dynamic_slice_in_dim(canvas, start, Bk, 1)
+        x0_BW = jnp.where(commit_BW, tokens_BW, tok_BW)
       else:
         inputs, _, commit_BW = apply_rule(rule, inputs, key_token, key_score, key_select,
                                           decoder.top_p, decoder.top_k)
@@ -331,22 +451,33 @@ def _decode(decoder: BlockDiffusion, denoise_fn, params, arrays, policy_params, 
     zeros = jnp.zeros_like(post_B)
     return (canvas, new_cache, block + advance.astype(block.dtype),
             jnp.where(advance, 0, s + 1), jnp.where(advance, zeros, post_B), done_B,
-            nfe + passes,
+            nfe + passes + (jnp.max(rollout_passes_B) if rollouts else 0),
             row_steps_B + (~final_B).astype(jnp.int32),
-            blocks_B + (advance & ~done_before_B).astype(jnp.int32))
+            blocks_B + (advance & ~done_before_B).astype(jnp.int32), rollout_B + rollout_passes_B,
+            log_w_X)
 
   def not_finished(state):
-    _, _, block, _, _, done_B, _, _, _ = state
+    _, _, block, _, _, done_B, _, _, _, _, _ = state
     return (block < num_blocks) & ~done_B.all()
 
   state = (canvas_BL, cache, jnp.int32(first_block), jnp.int32(0), jnp.zeros(rows, jnp.int32),
            jnp.zeros(rows, bool), jnp.int32(0), jnp.zeros(rows, jnp.int32),
-           jnp.zeros(rows, jnp.int32))
-  canvas, cache, _, _, _, _, nfe, row_steps_B, blocks_B = jax.lax.while_loop(not_finished, step,
-                                                                            state)
+           jnp.zeros(rows, jnp.int32), jnp.zeros(rows, jnp.int32),
+           jnp.zeros(rows))  # SMC: each particle's log weight since its run last resampled
+  canvas, cache, _, _, _, _, nfe, row_steps_B, blocks_B, rollout_B, log_w_X = (
+      jax.lax.while_loop(not_finished, step, state))
   # A row's own forward count: its steps with the block still open, plus each block's closing
-  # step (what decoding that row alone would take).
-  return canvas, cache, nfe, passes * (row_steps_B + blocks_B)
+  # step (what decoding that row alone would take), plus its rollout passes (RolloutIMH).
+  nfe_B = passes * (row_steps_B + blocks_B) + rollout_B
+  if not smc:
+    return canvas, cache, nfe, nfe_B
+  # SMC: one particle per run drawn by its final weight; a run's count is its particles' sum
+  # and the batch's counts every particle's window (P per step).
+  log_w_RP = log_w_X.reshape(runs, num_particles)
+  drawn_R = jax.vmap(jax.random.categorical)(final_keys_R, log_w_RP)
+  index_R = jnp.arange(runs) * num_particles + drawn_R
+  return (canvas[index_R], jax.tree.map(lambda a: a[index_R], cache), nfe * num_particles,
+          jnp.sum(nfe_B.reshape(runs, num_particles), axis=1))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -155,10 +155,12 @@ def _block_orders(positions: list[int], block: int) -> list[tuple[int, ...]]:
 
 
 def _rollout_estimates(marginals, state: tuple, alpha: float, chunk: int, greedy: bool,
-                       block: int) -> tuple[np.ndarray, np.ndarray]:
+                       block: int, only_block: int | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
   """The law of one rollout's estimate S_hat from `state` (`rollout_imh.py`): its values and
-  their probabilities, equal values merged."""
-  remaining = [j for j, t in enumerate(state) if t is None]
+  their probabilities, equal values merged. `only_block`: complete that block's masks only."""
+  remaining = [j for j, t in enumerate(state)
+               if t is None and (only_block is None or j // block == only_block)]
   if not remaining:
     return np.ones(1), np.ones(1)
   orders = _block_orders(remaining, block)
@@ -228,10 +230,13 @@ def imh_chain_law(proposal_N: np.ndarray, weight_N: np.ndarray, moves: int) -> n
 def rollout_imh_distribution(p_N: np.ndarray, vocab: int, length: int, alpha: float,
                              candidates: list[int], num_rollouts: int,
                              rollout_tokens_per_step: int = 1, greedy: bool = False,
-                             block_length: int | None = None) -> dict[int, np.ndarray]:
+                             block_length: int | None = None, block_suffix: bool = False
+                             ) -> dict[int, np.ndarray]:
   """{K: exact output law} of `RolloutIMH` (one token per step, random positions): the
   pseudo-marginal chain over (candidate, its estimate) pairs, whose proposal is
   q(v) x (law of the mean of R rollout estimates from the candidate canvas), after K - 1 moves.
+  `block_suffix`: the rollouts complete the current block's masks only (RolloutIMH inside the
+  block decoder, `block_diffusion.py`), not every mask left.
   Equal estimates are merged after rounding to 1e-13 (the laws are exact to that)."""
   sequences_NL = all_sequences(vocab, length)
   block = block_length or length
@@ -257,11 +262,12 @@ def rollout_imh_distribution(p_N: np.ndarray, vocab: int, length: int, alpha: fl
           values, owners, proposal = [], [], []
           for v in np.flatnonzero(q):
             after = _with(state, i, int(v))
-            if after not in estimates:
-              estimates[after] = _mean_of_draws(
+            only = step // block if block_suffix else None
+            if (after, only) not in estimates:
+              estimates[after, only] = _mean_of_draws(
                   *_rollout_estimates(marginals, after, alpha, rollout_tokens_per_step, greedy,
-                                      block), num_rollouts)
-            w, pw = estimates[after]
+                                      block, only), num_rollouts)
+            w, pw = estimates[after, only]
             values.append(w)
             owners.append(np.full(len(w), v))
             proposal.append(q[v] * pw)
@@ -279,11 +285,13 @@ def rollout_imh_distribution(p_N: np.ndarray, vocab: int, length: int, alpha: fl
 
 
 def smc_particle_law(p_N: np.ndarray, vocab: int, length: int, alpha: float, particles: int,
-                     runs: int, ess_threshold: float = 0.5, seed: int = 0) -> np.ndarray:
+                     runs: int, ess_threshold: float = 0.5, seed: int = 0,
+                     block_length: int | None = None) -> np.ndarray:
   """A Monte Carlo estimate (not exact) of the law of one draw from `SMC` (one token per
   step, random positions; `smc.py`): `runs` independent runs of a plain numpy re-implementation,
   each contributing its particles with their normalised weights (the expected law of a draw,
-  with less noise than one draw per run)."""
+  with less noise than one draw per run). `block_length`: positions drawn in the current block
+  (each particle's first block with a mask) only."""
   rng = np.random.default_rng(seed)
   sequences_NL = all_sequences(vocab, length)
   # Conditional marginals of every partial canvas (token `vocab` = masked), by its index.
@@ -300,7 +308,12 @@ def smc_particle_law(p_N: np.ndarray, vocab: int, length: int, alpha: float, par
   rows = np.arange(runs)[:, None]
   for _ in range(length):
     m = table[(canvas * place).sum(-1)]                                  # [N, P, L, V]
-    u = np.where(canvas == vocab, rng.random(canvas.shape), np.inf)
+    masked = canvas == vocab
+    if block_length is not None:
+      block = np.arange(length) // block_length
+      current = block[np.argmax(masked, axis=-1)]
+      masked = masked & (block == current[..., None])
+    u = np.where(masked, rng.random(canvas.shape), np.inf)
     position = np.argmin(u, axis=-1)                                     # uniform among masks
     q = np.take_along_axis(m, position[..., None, None], axis=2)[:, :, 0] ** alpha
     log_w = log_w + np.log(q.sum(-1))
