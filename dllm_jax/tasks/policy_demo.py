@@ -232,7 +232,7 @@ def run(out_dir: str | pathlib.Path, model_path: str | pathlib.Path = builtin.LA
                           {"model": pathlib.Path(model_path).name,
                            "heldout_problems": heldout_problems,
                            "seed": seed})
-  train_seconds: dict[str, float] = {}
+  train_seconds: dict[str, float | None] = {}
   jobs: list[tuple[dict[str, Any], str, Any]] = []  # (row, cache key, (sampler, params) thunk)
   for layout in layouts:
     for alpha in alphas:
@@ -241,7 +241,9 @@ def run(out_dir: str | pathlib.Path, model_path: str | pathlib.Path = builtin.LA
       for label, directory in sources:
         if directory is None and train:
           work = out_dir / "policies" / f"{layout}_alpha{alpha:g}"
-          params, seconds = train_policy(model, layout, alpha, work, recipe, progress)
+          params, _ = train_policy(model, layout, alpha, work, recipe, progress)
+          # over every resumption of the run, not this call's alone
+          seconds = policy_training.train_seconds(work)
           train_seconds[f"{layout} alpha {alpha:g}"] = seconds
           path = policy_file(out_dir / "policies", layout, alpha)
           sampling.save_policy_params(path, params,
