@@ -18,8 +18,8 @@ of groups whose rewards differ (a group of equal rewards has zero advantage, so 
 the step); `imitate_threshold` = tau first trains the policy for `imitation_steps` steps to copy
 Threshold(tau)'s decisions (unmask a masked position iff its top-1 probability >= tau) on states
 of its own rollouts (binary cross-entropy, `imitation_iterations` Adam steps at
-`imitation_learning_rate` per batch), then runs GRPO from there. The rollout policy temperature
-is the rule's (`LearnedPolicy.temperature`).
+`imitation_learning_rate` per batch, decayed by a cosine with `imitation_cosine`), then runs GRPO
+from there. The rollout policy temperature is the rule's (`LearnedPolicy.temperature`).
 
 `train` saves {params, opt_state, step} with Orbax every `checkpoint_every` steps and resumes from
 the latest; prompts and keys of step n depend on (seed, n) only, so a resumed run repeats an
@@ -84,6 +84,7 @@ class GRPOConfig:
   imitation_steps: int = 0
   imitation_learning_rate: float = 1e-3
   imitation_iterations: int = 4  # Adam steps per imitation batch (4: the shipped policies')
+  imitation_cosine: bool = False  # decay the imitation lr to 0 over the warm start (cosine)
 
   def __post_init__(self):
     for name in ("num_steps", "prompts_per_step", "group_size", "iterations",
@@ -205,11 +206,21 @@ def imitation_loss(params: PolicyParams, rule: LearnedPolicy, trace: PolicyTrace
   return jnp.sum(bce_NSW * weight_NSW) / count, {"agreement": agree}
 
 
+def imitation_optimizer(config: GRPOConfig) -> optax.GradientTransformation:
+  """Adam at `imitation_learning_rate`; with `imitation_cosine`, decayed to 0 by a half cosine
+  over the warm start's imitation_steps x imitation_iterations updates, so that its last
+  batches cannot throw the policy far from what the earlier ones taught."""
+  if not config.imitation_cosine:
+    return optax.adam(config.imitation_learning_rate)
+  total = max(config.imitation_steps * config.imitation_iterations, 1)
+  return optax.adam(optax.cosine_decay_schedule(config.imitation_learning_rate, total))
+
+
 @functools.partial(jax.jit, static_argnames=("rule", "config"))
 def imitation_update(params: PolicyParams, opt_state, rule: LearnedPolicy, config: GRPOConfig,
                      trace: PolicyTrace):
   """`config.imitation_iterations` Adam steps on `imitation_loss`; metrics of the first."""
-  optimizer = optax.adam(config.imitation_learning_rate)
+  optimizer = imitation_optimizer(config)
 
   def one(carry, _):
     params, opt_state = carry
@@ -252,7 +263,7 @@ def imitate_threshold(sampler: sampling.Sampler, denoise_fn, dllm_params,
   `imitation_loss` over the states it visited (`active_states`). Each step's metrics are
   appended to `log_path` if given."""
   rule = sampler.remasking
-  optimizer_state = optax.adam(config.imitation_learning_rate).init(params)
+  optimizer_state = imitation_optimizer(config).init(params)
   rows = config.prompts_per_step * config.group_size
   prompt_length = max(len(p) for p in prompts)
   history = []

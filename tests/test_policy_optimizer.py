@@ -133,3 +133,19 @@ def test_a_step_decodes_prompts_per_step_times_group_size_rollouts(tmp_path):
   lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert all(r["seconds"] > 0 for r in lines) and [r["step"] for r in history] == [1, 2]
   assert pt.train_seconds(tmp_path) == pytest.approx(sum(r["seconds"] for r in lines))
+
+
+def test_the_warm_starts_cosine_decays_its_learning_rate_to_zero():
+  """`imitation_cosine`: Adam steps of lr * (1 + cos(pi k / K)) / 2 over K = imitation_steps x
+  imitation_iterations updates; without it, constant steps of lr."""
+  config = pt.GRPOConfig(imitate_threshold=0.9, imitation_steps=2, imitation_iterations=3,
+                         imitation_learning_rate=0.5)
+  for cosine in (False, True):
+    optimizer = pt.imitation_optimizer(dataclasses.replace(config, imitation_cosine=cosine))
+    params = {"w": jnp.ones(1)}
+    state, steps = optimizer.init(params), []
+    for _ in range(6):  # constant gradients: Adam's direction is 1, the step the learning rate
+      updates, state = optimizer.update({"w": jnp.ones(1)}, state, params)
+      steps.append(-float(updates["w"][0]))
+    want = 0.5 * (0.5 + 0.5 * np.cos(np.pi * np.arange(6) / 6)) if cosine else np.full(6, 0.5)
+    np.testing.assert_allclose(steps, want, atol=2e-5)

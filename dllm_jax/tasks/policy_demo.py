@@ -62,6 +62,7 @@ class Recipe:
   imitation_steps: int = 30
   imitation_learning_rate: float = 1e-3  # the shipped alpha-1 policy's warm start; 5e-4 with 16
   imitation_iterations: int = 4          # iterations reproduces Threshold (README)
+  imitation_cosine: bool = False          # decay the warm start's lr to 0 (cosine)
   seed: int = 0
   train_problems: int = 4096
 
@@ -153,7 +154,8 @@ def grpo_config(recipe: Recipe, alpha: float) -> policy_training.GRPOConfig:
       imitate_threshold=recipe.imitate_threshold if recipe.imitation_steps else None,
       imitation_steps=recipe.imitation_steps if recipe.imitate_threshold is not None else 0,
       imitation_learning_rate=recipe.imitation_learning_rate,
-      imitation_iterations=recipe.imitation_iterations, checkpoint_every=25)
+      imitation_iterations=recipe.imitation_iterations,
+      imitation_cosine=recipe.imitation_cosine, checkpoint_every=25)
 
 
 def train_policy(model: BuiltinModel, layout: str, alpha: float, directory: str | pathlib.Path,
