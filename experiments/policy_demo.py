@@ -46,7 +46,7 @@ _IMITATION_LR = flags.DEFINE_float("imitation_learning_rate", _RECIPE.imitation_
                                    "Warm-start Adam learning rate.")
 _IMITATION_ITERATIONS = flags.DEFINE_integer(
     "imitation_iterations", _RECIPE.imitation_iterations,
-    "Warm-start Adam steps per batch (16 with lr 5e-4 reproduces Threshold; 4: the shipped).")
+    "Warm-start Adam steps per batch.")
 _IMITATION_COSINE = flags.DEFINE_bool("imitation_cosine", _RECIPE.imitation_cosine,
                                       "Decay the warm start's learning rate to 0 (cosine).")
 _SEED = flags.DEFINE_integer("seed", _RECIPE.seed, "Seed of problems, policy init and rollouts.")

@@ -50,19 +50,20 @@ SHIPPED_POLICIES = builtin.ASSETS / "lagged_difference_policies"
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-  """How the demo trains a policy (every field is recorded in the exported file)."""
-  num_steps: int = 150
-  learning_rate: float = 1e-4
+  """How the demo trains a policy (every field is recorded in the exported file). The defaults
+  are the shipped semi-AR policies' recipe; each alpha imitates its own tau (README)."""
+  num_steps: int = 100
+  learning_rate: float = 3e-5
   warmup_steps: int = 10
   prompts_per_step: int = 4
   temperature: float = 1.0
   entropy_coef: float = 0.0
   drop_zero_variance: bool = False
   imitate_threshold: float | None = 0.9
-  imitation_steps: int = 30
-  imitation_learning_rate: float = 1e-3  # the shipped alpha-1 policy's warm start; 5e-4 with 16
-  imitation_iterations: int = 4          # iterations reproduces Threshold (README)
-  imitation_cosine: bool = False          # decay the warm start's lr to 0 (cosine)
+  imitation_steps: int = 20
+  imitation_learning_rate: float = 5e-4
+  imitation_iterations: int = 16
+  imitation_cosine: bool = True   # decay the warm start's lr to 0 (cosine)
   seed: int = 0
   train_problems: int = 4096
 
