@@ -83,7 +83,7 @@ class GRPOConfig:
   imitate_threshold: float | None = None  # tau of the Threshold rule to imitate first
   imitation_steps: int = 0
   imitation_learning_rate: float = 1e-3
-  imitation_iterations: int = 4  # Adam steps per imitation batch (4: the shipped policies')
+  imitation_iterations: int = 4  # Adam steps per imitation batch (the shipped semi-AR: 16)
   imitation_cosine: bool = False  # decay the imitation lr to 0 over the warm start (cosine)
 
   def __post_init__(self):
