@@ -18,15 +18,16 @@ of groups whose rewards differ (a group of equal rewards has zero advantage, so 
 the step); `imitate_threshold` = tau first trains the policy for `imitation_steps` steps to copy
 Threshold(tau)'s decisions (unmask a masked position iff its top-1 probability >= tau) on states
 of its own rollouts (binary cross-entropy, `imitation_iterations` Adam steps at
-`imitation_learning_rate` per batch), then runs GRPO from there. The rollout policy temperature
-is the rule's (`LearnedPolicy.temperature`).
+`imitation_learning_rate` per batch, decayed by a cosine with `imitation_cosine`), then runs GRPO
+from there. The rollout policy temperature is the rule's (`LearnedPolicy.temperature`).
 
 `train` saves {params, opt_state, step} with Orbax every `checkpoint_every` steps and resumes from
 the latest; prompts and keys of step n depend on (seed, n) only, so a resumed run repeats an
 uninterrupted one. Per step, `metrics.jsonl` gets reward, accuracy, NFE, the rollout policy's
 mean Bernoulli entropy per masked position (nats), the fraction of groups with zero reward
-variance, the gradient norm before clipping, loss and clip fraction; imitation steps go to
-`imitation.jsonl` (loss, agreement with Threshold's decisions).
+variance, the gradient norm before clipping, loss, clip fraction and the step's wall seconds;
+imitation steps go to `imitation.jsonl` (loss, agreement with Threshold's decisions, seconds).
+`train_seconds(directory)` sums the steps' seconds, over resumptions.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import functools
 import json
 import pathlib
 import sys
+import time
 from typing import Any, Callable, Sequence
 
 import jax
@@ -81,7 +83,8 @@ class GRPOConfig:
   imitate_threshold: float | None = None  # tau of the Threshold rule to imitate first
   imitation_steps: int = 0
   imitation_learning_rate: float = 1e-3
-  imitation_iterations: int = 4  # Adam steps per imitation batch (4: the shipped policies')
+  imitation_iterations: int = 4  # Adam steps per imitation batch (the shipped semi-AR: 16)
+  imitation_cosine: bool = False  # decay the imitation lr to 0 over the warm start (cosine)
 
   def __post_init__(self):
     for name in ("num_steps", "prompts_per_step", "group_size", "iterations",
@@ -203,11 +206,21 @@ def imitation_loss(params: PolicyParams, rule: LearnedPolicy, trace: PolicyTrace
   return jnp.sum(bce_NSW * weight_NSW) / count, {"agreement": agree}
 
 
+def imitation_optimizer(config: GRPOConfig) -> optax.GradientTransformation:
+  """Adam at `imitation_learning_rate`; with `imitation_cosine`, decayed to 0 by a half cosine
+  over the warm start's imitation_steps x imitation_iterations updates, so that its last
+  batches cannot throw the policy far from what the earlier ones taught."""
+  if not config.imitation_cosine:
+    return optax.adam(config.imitation_learning_rate)
+  total = max(config.imitation_steps * config.imitation_iterations, 1)
+  return optax.adam(optax.cosine_decay_schedule(config.imitation_learning_rate, total))
+
+
 @functools.partial(jax.jit, static_argnames=("rule", "config"))
 def imitation_update(params: PolicyParams, opt_state, rule: LearnedPolicy, config: GRPOConfig,
                      trace: PolicyTrace):
   """`config.imitation_iterations` Adam steps on `imitation_loss`; metrics of the first."""
-  optimizer = optax.adam(config.imitation_learning_rate)
+  optimizer = imitation_optimizer(config)
 
   def one(carry, _):
     params, opt_state = carry
@@ -250,13 +263,14 @@ def imitate_threshold(sampler: sampling.Sampler, denoise_fn, dllm_params,
   `imitation_loss` over the states it visited (`active_states`). Each step's metrics are
   appended to `log_path` if given."""
   rule = sampler.remasking
-  optimizer_state = optax.adam(config.imitation_learning_rate).init(params)
+  optimizer_state = imitation_optimizer(config).init(params)
   rows = config.prompts_per_step * config.group_size
   prompt_length = max(len(p) for p in prompts)
   history = []
   seed = config.seed + 7919  # prompts and keys apart from the GRPO steps'
   for step in tqdm.trange(config.imitation_steps, disable=not progress, desc="imitation",
                           unit="step"):
+    start = time.time()
     chosen = step_prompts(dataclasses.replace(config, seed=seed), step, len(prompts))
     problem_N = np.repeat(chosen, config.group_size)
     prompt_NP, mask_NP = pad_left([prompts[i] for i in problem_N], pad_id, prompt_length)
@@ -266,7 +280,8 @@ def imitate_threshold(sampler: sampling.Sampler, denoise_fn, dllm_params,
     params, optimizer_state, metrics = imitation_update(params, optimizer_state, rule, config,
                                                         active_states(trace))
     history.append({"step": step + 1, "nfe": float(np.asarray(trace.active_BS).sum(1).mean()),
-                    **{k: float(v) for k, v in jax.device_get(metrics).items()}})
+                    **{k: float(v) for k, v in jax.device_get(metrics).items()},
+                    "seconds": time.time() - start})
     if log_path is not None:
       with open(log_path, "a", encoding="utf-8") as f:
         f.write(json.dumps(history[-1]) + "\n")
@@ -395,6 +410,7 @@ def train(sampler: sampling.Sampler, denoise_fn, dllm_params, prompts: Sequence[
     bar = tqdm.tqdm(total=config.num_steps, initial=start, disable=not progress,
                     desc="GRPO", unit="step")
     for step in range(start, end):
+      step_start = time.time()
       chosen = step_prompts(config, step, len(prompts))
       problem_N = np.repeat(chosen, config.group_size)
       prompt_NP, mask_NP = pad_left([prompts[i] for i in problem_N], pad_id, prompt_length)
@@ -414,7 +430,8 @@ def train(sampler: sampling.Sampler, denoise_fn, dllm_params, prompts: Sequence[
       record = {"step": step + 1, "reward": float(reward_N.mean()),
                 "accuracy": float(correct_N.mean()), "nfe": float(nfe_N.mean()),
                 "zero_variance_groups": float(zero_variance.mean()),
-                **{k: float(v) for k, v in jax.device_get(metrics).items()}}
+                **{k: float(v) for k, v in jax.device_get(metrics).items()},
+                "seconds": time.time() - step_start}
       history.append(record)
       if jax.process_index() == 0:
         with open(metrics_path, "a", encoding="utf-8") as f:
@@ -428,6 +445,20 @@ def train(sampler: sampling.Sampler, denoise_fn, dllm_params, prompts: Sequence[
       manager.save(end, args=ocp.args.StandardSave(state), force=True)
     manager.wait_until_finished()
   return state["params"], history
+
+
+def train_seconds(directory: str | pathlib.Path) -> float | None:
+  """Wall seconds a `train` directory's policy took: the sum of its logged steps' `seconds`
+  (warm start and GRPO, compilation included, over every resumption; model loading and the
+  steps a killed run lost are not counted). None if a logged step has no time (a run from
+  before steps were timed) or nothing is logged."""
+  directory = pathlib.Path(directory)
+  records = [json.loads(line) for name in ("imitation.jsonl", "metrics.jsonl")
+             if (directory / name).exists()
+             for line in (directory / name).read_text().splitlines() if line.strip()]
+  if not records or any("seconds" not in r for r in records):
+    return None
+  return float(sum(r["seconds"] for r in records))
 
 
 def load_policy(directory: str | pathlib.Path, rule: LearnedPolicy, step: int | None = None
@@ -513,6 +544,7 @@ def train_from_checkpoint(*, checkpoint_dir: str | pathlib.Path, tokenizer_dir: 
         "gen_length": sampler.gen_length,
         "block_length": sampler.block_length or sampler.gen_length,
         "temperature": policy_temperature, "grpo": dataclasses.asdict(config),
+        "train_seconds": train_seconds(output_dir),
         "checkpoint": checkpoint_dir.name, "data": pathlib.Path(data_path).name,
         "problems": len(problems)})
   return path

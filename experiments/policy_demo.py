@@ -46,7 +46,9 @@ _IMITATION_LR = flags.DEFINE_float("imitation_learning_rate", _RECIPE.imitation_
                                    "Warm-start Adam learning rate.")
 _IMITATION_ITERATIONS = flags.DEFINE_integer(
     "imitation_iterations", _RECIPE.imitation_iterations,
-    "Warm-start Adam steps per batch (16 with lr 5e-4 reproduces Threshold; 4: the shipped).")
+    "Warm-start Adam steps per batch.")
+_IMITATION_COSINE = flags.DEFINE_bool("imitation_cosine", _RECIPE.imitation_cosine,
+                                      "Decay the warm start's learning rate to 0 (cosine).")
 _SEED = flags.DEFINE_integer("seed", _RECIPE.seed, "Seed of problems, policy init and rollouts.")
 _THRESHOLDS = flags.DEFINE_list("thresholds", [f"{t:g}" for t in policy_demo.THRESHOLDS],
                                 "Threshold decoding's tau values.")
@@ -88,7 +90,8 @@ def main(argv):
         entropy_coef=_ENTROPY.value, drop_zero_variance=_DROP.value, imitate_threshold=imitate,
         imitation_steps=_IMITATION_STEPS.value if imitate else 0,
         imitation_learning_rate=_IMITATION_LR.value,
-        imitation_iterations=_IMITATION_ITERATIONS.value, seed=_SEED.value,
+        imitation_iterations=_IMITATION_ITERATIONS.value,
+        imitation_cosine=_IMITATION_COSINE.value, seed=_SEED.value,
         train_problems=_TRAIN_PROBLEMS.value)
     policy_demo.run(_OUT.value, _NAMED.get(_MODEL.value, _MODEL.value), _POLICY_DIR.value,
                     _TRAIN.value, alphas, _LAYOUTS.value, _HELDOUT.value, recipe, _BATCH.value,

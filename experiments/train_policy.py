@@ -58,6 +58,8 @@ _IMITATION_STEPS = flags.DEFINE_integer("imitation_steps", 0, "Warm-start steps.
 _IMITATION_LR = flags.DEFINE_float("imitation_learning_rate", 1e-3, "Warm-start Adam lr.")
 _IMITATION_ITERATIONS = flags.DEFINE_integer("imitation_iterations", 4, "Warm-start Adam steps "
                                              "per batch of rollouts.")
+_IMITATION_COSINE = flags.DEFINE_bool("imitation_cosine", False, "Decay the warm start's lr "
+                                      "to 0 by a cosine over its steps.")
 _CKPT_EVERY = flags.DEFINE_integer("checkpoint_every", 50, "Save every N steps.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the policy init, prompt order and rollouts.")
 _MESH = flags.DEFINE_string("mesh", "data=-1,model=1", "data=D,model=M (-1: the rest).")
@@ -98,7 +100,8 @@ def _train():
       entropy_coef=_ENTROPY.value, drop_zero_variance=_DROP.value,
       imitate_threshold=_IMITATE.value, imitation_steps=_IMITATION_STEPS.value,
       imitation_learning_rate=_IMITATION_LR.value,
-      imitation_iterations=_IMITATION_ITERATIONS.value)
+      imitation_iterations=_IMITATION_ITERATIONS.value,
+      imitation_cosine=_IMITATION_COSINE.value)
   return policy_training.train_from_checkpoint(
       checkpoint_dir=_CHECKPOINT.value, tokenizer_dir=_TOKENIZER.value, data_path=_DATA.value,
       limit=_LIMIT.value, chat_template=_CHAT.value, mesh_spec=_MESH.value,

@@ -49,6 +49,9 @@ def test_trains_resumes_exports_and_reports_both_layouts(tmp_path):
   metadata = sampling.read_policy_metadata(tmp_path / "policies" / "semi_ar_alpha1.safetensors")
   assert (metadata["gen_length"], metadata["block_length"], metadata["temperature"]) == (32, 8, 1)
   assert metadata["grpo"]["num_steps"] == 2 and metadata["grpo"]["imitation_steps"] == 1
+  seconds = metadata["train_seconds"]  # the run's logged steps (1 imitation + 2 GRPO)
+  assert seconds == pytest.approx(policy_training.train_seconds(
+      tmp_path / "policies" / "semi_ar_alpha1")) and seconds > 0
   assert sampling.read_policy_metadata(
       tmp_path / "policies" / "full_alpha1.safetensors")["block_length"] == 32
   assert (tmp_path / "pareto.png").stat().st_size > 10_000
@@ -60,6 +63,9 @@ def test_trains_resumes_exports_and_reports_both_layouts(tmp_path):
              .read_text().splitlines()) == 2
   again = sampling.load_policy_params(tmp_path / "policies" / "full_alpha1.safetensors")
   assert all(np.array_equal(exported[m][k], again[m][k]) for m in exported for k in exported[m])
+  # The re-export records the run's training time, not the resumed call's (no step).
+  assert sampling.read_policy_metadata(
+      tmp_path / "policies" / "semi_ar_alpha1.safetensors")["train_seconds"] == seconds
   assert json.loads((tmp_path / "results.json").read_text())["rows"] == rows
 
 

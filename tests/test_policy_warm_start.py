@@ -8,7 +8,7 @@ with the one Threshold(0.9) would commit there (positions with top-1 probability
 the most confident one always); and its whole decodes with Threshold(0.9)'s own (tokens, NFE,
 accuracy). The bound on the per-step agreement is checked to be one that a broken warm start
 fails: an untrained policy, and Threshold at another tau (0.7: what the 4-iteration warm start
-of the shipped policies had learned, measured below), stay under it.
+of the first warm-started policy had learned, measured below), stay under it.
 
 On tiny random models this does not hold (their top-1 probabilities are near-uniform, so
 Threshold(0.9) commits one position by its fallback nearly always), hence the shipped model.
@@ -38,7 +38,7 @@ ROWS = 16        # rollout rows per imitation step, and per evaluation batch (on
 HELDOUT = 128
 # 20 steps x 16 rows, 16 Adam steps of lr 5e-4 per batch: measured on 256 held-out problems,
 # 99.4% of the policy's position decisions (logit > 0) equal Threshold(0.9)'s and its boundary
-# is at top-1 probability 0.85-0.9. (The shipped recipe, 30 steps x 32 rows with 4 Adam steps
+# is at top-1 probability 0.85-0.9. (The first recipe, 30 steps x 32 rows with 4 Adam steps
 # of lr 1e-3, put it at 0.65-0.7: 77% of steps agree with Threshold 0.9 and 90% with 0.7.)
 CONFIG = pt.GRPOConfig(prompts_per_step=2, group_size=8, imitate_threshold=TAU,
                        imitation_steps=20, imitation_learning_rate=5e-4,
@@ -136,7 +136,7 @@ def warm_start_check() -> None:
   # the policy samples its actions): 0.938 / 0.901 of ~750 steps agree with Threshold 0.9 (SE
   # about 0.01), 0.860 / 0.839 with Threshold 0.7, 0.151 / 0.149 for the untrained policy;
   # positions 0.9895 / 0.9834; identical decodes 0.898 / 0.789; accuracy 0.938 / 0.930 vs
-  # 0.938, NFE 5.82 / 5.94 vs 5.84. The shipped 4-iteration warm start reaches 0.76.
+  # 0.938, NFE 5.82 / 5.94 vs 5.84. The first, 4-iteration warm start reaches 0.76.
   assert agree[TAU] >= 0.87
   assert agree[TAU] >= agree[0.7] + 0.04  # closer to Threshold 0.9 than to 0.7
   assert untrained < 0.5

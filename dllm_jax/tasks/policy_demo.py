@@ -50,18 +50,20 @@ SHIPPED_POLICIES = builtin.ASSETS / "lagged_difference_policies"
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-  """How the demo trains a policy (every field is recorded in the exported file)."""
-  num_steps: int = 150
-  learning_rate: float = 1e-4
+  """How the demo trains a policy (every field is recorded in the exported file). The defaults
+  are the shipped semi-AR policies' recipe; each alpha imitates its own tau (README)."""
+  num_steps: int = 100
+  learning_rate: float = 3e-5
   warmup_steps: int = 10
   prompts_per_step: int = 4
   temperature: float = 1.0
   entropy_coef: float = 0.0
   drop_zero_variance: bool = False
   imitate_threshold: float | None = 0.9
-  imitation_steps: int = 30
-  imitation_learning_rate: float = 1e-3  # the shipped alpha-1 policy's warm start; 5e-4 with 16
-  imitation_iterations: int = 4          # iterations reproduces Threshold (README)
+  imitation_steps: int = 20
+  imitation_learning_rate: float = 5e-4
+  imitation_iterations: int = 16
+  imitation_cosine: bool = True   # decay the warm start's lr to 0 (cosine)
   seed: int = 0
   train_problems: int = 4096
 
@@ -153,7 +155,8 @@ def grpo_config(recipe: Recipe, alpha: float) -> policy_training.GRPOConfig:
       imitate_threshold=recipe.imitate_threshold if recipe.imitation_steps else None,
       imitation_steps=recipe.imitation_steps if recipe.imitate_threshold is not None else 0,
       imitation_learning_rate=recipe.imitation_learning_rate,
-      imitation_iterations=recipe.imitation_iterations, checkpoint_every=25)
+      imitation_iterations=recipe.imitation_iterations,
+      imitation_cosine=recipe.imitation_cosine, checkpoint_every=25)
 
 
 def train_policy(model: BuiltinModel, layout: str, alpha: float, directory: str | pathlib.Path,
@@ -232,7 +235,7 @@ def run(out_dir: str | pathlib.Path, model_path: str | pathlib.Path = builtin.LA
                           {"model": pathlib.Path(model_path).name,
                            "heldout_problems": heldout_problems,
                            "seed": seed})
-  train_seconds: dict[str, float] = {}
+  train_seconds: dict[str, float | None] = {}
   jobs: list[tuple[dict[str, Any], str, Any]] = []  # (row, cache key, (sampler, params) thunk)
   for layout in layouts:
     for alpha in alphas:
@@ -241,7 +244,9 @@ def run(out_dir: str | pathlib.Path, model_path: str | pathlib.Path = builtin.LA
       for label, directory in sources:
         if directory is None and train:
           work = out_dir / "policies" / f"{layout}_alpha{alpha:g}"
-          params, seconds = train_policy(model, layout, alpha, work, recipe, progress)
+          params, _ = train_policy(model, layout, alpha, work, recipe, progress)
+          # over every resumption of the run, not this call's alone
+          seconds = policy_training.train_seconds(work)
           train_seconds[f"{layout} alpha {alpha:g}"] = seconds
           path = policy_file(out_dir / "policies", layout, alpha)
           sampling.save_policy_params(path, params,
