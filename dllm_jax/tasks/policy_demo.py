@@ -287,7 +287,7 @@ def run(out_dir: str | pathlib.Path, model_path: str | pathlib.Path = builtin.LA
   print(table)
   print("\n".join(lines))
   rows = [{k: v for k, v in r.items() if not k.endswith("_P")} for r in rows]
-  results = {"model": str(model_path), "heldout_problems": heldout_problems, "seed": seed,
+  results = {"model": pathlib.Path(model_path).name, "heldout_problems": heldout_problems, "seed": seed,
              "train_seconds": train_seconds, "rows": rows, "verdicts": lines}
   (out_dir / "results.json").write_text(json.dumps(results, indent=2))
   (out_dir / "table.md").write_text(table + "\n" + "".join(f"- {line}\n" for line in lines))
