@@ -287,8 +287,8 @@ def run(out_dir: str | pathlib.Path, model_path: str | pathlib.Path = builtin.LA
   print(table)
   print("\n".join(lines))
   rows = [{k: v for k, v in r.items() if not k.endswith("_P")} for r in rows]
-  results = {"model": pathlib.Path(model_path).name, "heldout_problems": heldout_problems, "seed": seed,
-             "train_seconds": train_seconds, "rows": rows, "verdicts": lines}
+  results = {"model": pathlib.Path(model_path).name, "heldout_problems": heldout_problems,
+             "seed": seed, "train_seconds": train_seconds, "rows": rows, "verdicts": lines}
   (out_dir / "results.json").write_text(json.dumps(results, indent=2))
   (out_dir / "table.md").write_text(table + "\n" + "".join(f"- {line}\n" for line in lines))
   plot = pareto_plot(rows, out_dir / "pareto.png")
