@@ -75,6 +75,9 @@ _EDITING = flags.DEFINE_float("editing_threshold", None, "Block diffusion (LLaDA
                               "than this (default: no editing).")
 _MAX_POST = flags.DEFINE_integer("max_post_steps", None, "Block diffusion with editing: editing "
                                  "steps at most once a block has no mask (default 16).")
+_REOPENED = flags.DEFINE_integer("reopened_blocks", None, "Block diffusion with editing: "
+                                 "Multiple Block Editing, finished blocks kept open to edits "
+                                 "(this project's definition: BlockDiffusion.reopened_blocks).")
 _LLADA21_MODE = flags.DEFINE_enum("llada21_mode", None, ["speed", "quality"], "Block diffusion: "
                                   "LLaDA2.1's S mode (threshold 0.5, editing 0.0) or Q mode "
                                   "(0.7, 0.5); see BlockDiffusion.llada21_speed / _quality.")
@@ -159,7 +162,7 @@ def _run():
       progress=_PROGRESS.value, verify_checkpoint=_VERIFY.value,
       stop_strings=tuple(_STOP_STRINGS.value),
       block={"editing_threshold": _EDITING.value, "max_post_steps": _MAX_POST.value,
-             "llada21_mode": _LLADA21_MODE.value})
+             "reopened_blocks": _REOPENED.value, "llada21_mode": _LLADA21_MODE.value})
 
 
 def main(argv):

@@ -245,6 +245,10 @@ def test_rules_inside_blocks_equal_generate_blocks(name, request, shared_data, t
     ({}, {"block_length": 8}, {}, "--block_length=8: this llada2_moe model attends in blocks of 4"),
     ({"threshold": 0.9}, {}, {"llada21_mode": "speed"}, "sets the thresholds itself"),
     ({}, {}, {"max_post_steps": 4}, "--max_post_steps bounds token editing"),
+    ({}, {}, {"reopened_blocks": 1}, "--reopened_blocks re-opens finished blocks for token "
+                                     "editing: it needs --editing_threshold"),
+    ({}, {}, {"editing_threshold": 0.5, "reopened_blocks": -1}, "--reopened_blocks must be >= 0"),
+    ({"name": "low_confidence"}, {}, {"reopened_blocks": 1}, r"\['--reopened_blocks'\] edit"),
     ({}, {}, {"editing_threshold": 1.5}, r"editing_threshold must be in \[0, 1\]"),
 ])
 def test_flags_the_block_decoder_does_not_take_are_named(rule, fields, settings, message):
@@ -267,6 +271,8 @@ def test_settings_map_to_the_decoder():
                   max_post_steps=3)
   assert make(llada21_mode="speed") == bd.BlockDiffusion(GEN, block_length=4, steps=4,
                                                          threshold=0.5, editing_threshold=0.0)
+  assert make(llada21_mode="quality", reopened_blocks=2) == bd.BlockDiffusion(
+      GEN, block_length=4, steps=4, threshold=0.7, editing_threshold=0.5, reopened_blocks=2)
   assert not runner.can_sample(make())
   hot = make(fields={"temperature": 0.7, "top_p": 0.9, "top_k": 5})
   assert hot == bd.BlockDiffusion(GEN, block_length=4, steps=4, threshold=0.95, temperature=0.7,

@@ -237,7 +237,8 @@ def block_sampler(config, rule: dict[str, Any], sampler_fields: dict[str, Any], 
   threshold 0.95 with the scheduled low-confidence fallback, temperature 0 (`--temperature`,
   `--top_p`, `--top_k` sample as the official generate does). `block` may hold `llada21_mode`
   ("speed" or "quality": `BlockDiffusion.llada21_speed` / `llada21_quality`),
-  `editing_threshold` (LLaDA2.1 token editing) and `max_post_steps`. Another rule name runs that
+  `editing_threshold` (LLaDA2.1 token editing), `max_post_steps` and `reopened_blocks`
+  (Multiple Block Editing). Another rule name runs that
   `Sampler` rule inside each block (`BlockDiffusion.remasking`; `--steps` per block, the rule's
   own settings as for LLaDA; learned_policy: `--policy`, whose params `run_benchmark` loads).
   Settings the block decoder does not take, or that the rule does not, are refused by flag."""
@@ -297,6 +298,14 @@ def block_sampler(config, rule: dict[str, Any], sampler_fields: dict[str, Any], 
       raise ValueError("--max_post_steps bounds token editing: it needs --editing_threshold or "
                        "--llada21_mode")
     fields["max_post_steps"] = max_post
+  reopened = block.get("reopened_blocks")
+  if reopened is not None:
+    if mode is None and editing is None:
+      raise ValueError("--reopened_blocks re-opens finished blocks for token editing: it needs "
+                       "--editing_threshold or --llada21_mode")
+    if reopened < 0:
+      raise ValueError(f"--reopened_blocks must be >= 0, got {reopened}")
+    fields["reopened_blocks"] = reopened
   return preset(gen_length, **fields)
 
 

@@ -79,10 +79,11 @@ class Denoiser:
     return self.with_cache(params, tokens_BL, mask_BL, start, width)[0]
 
   def with_cache(self, params: Params, tokens_BL: jax.Array, mask_BL: jax.Array,
-                 start: jax.Array | int = 0, width: int | None = None):
+                 start: jax.Array | int = 0, width: int | None = None, merged_span=None):
     """Logits [B, width, V] of positions [start, start + width) (default: all) and every
-    layer's (keys, values) [B, L, K, H]."""
-    return self._model(params).forward_with_cache(tokens_BL, mask_BL, start, width)
+    layer's (keys, values) [B, L, K, H]; `merged_span` (lo, hi): block-causal positions in
+    [lo, hi) attend to each other as one block (`transformer.block_causal_mask`)."""
+    return self._model(params).forward_with_cache(tokens_BL, mask_BL, start, width, merged_span)
 
   def window(self, params: Params, cache, tokens_BL: jax.Array, mask_BL: jax.Array,
              start: jax.Array, width: int) -> jax.Array:
@@ -90,9 +91,11 @@ class Denoiser:
     return self._model(params).window(tokens_BL, mask_BL, cache, start, width)
 
   def window_with_cache(self, params: Params, cache, tokens_BL: jax.Array, mask_BL: jax.Array,
-                        start: jax.Array, width: int):
-    """`window`'s logits and the cache with the window's fresh keys and values written in."""
-    return self._model(params).window_with_cache(tokens_BL, mask_BL, cache, start, width)
+                        start: jax.Array, width: int, merged_span=None):
+    """`window`'s logits and the cache with the window's fresh keys and values written in;
+    `merged_span` as in `with_cache`."""
+    return self._model(params).window_with_cache(tokens_BL, mask_BL, cache, start, width,
+                                                 merged_span=merged_span)
 
   def suffix_window(self, params: Params, cache, tokens_BL: jax.Array, mask_BL: jax.Array,
                     start: jax.Array, width: int, suffix_length: int) -> jax.Array:

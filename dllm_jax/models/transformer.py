@@ -97,12 +97,18 @@ def topological_mask(tokens_BL: jax.Array, valid_BL: jax.Array, mask_token_id: i
   return visible_BLL | jnp.eye(tokens_BL.shape[1], dtype=bool)[None]
 
 
-def block_causal_mask(positions_BL: jax.Array, valid_BL: jax.Array, block: int) -> jax.Array:
+def block_causal_mask(positions_BL: jax.Array, valid_BL: jax.Array, block: int,
+                      merged_span: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
   """The block diffusion mask [B, L, L]: query i sees key j iff block(j) <= block(i) and j is
   real, block(t) = position(t) // block. Every query also sees itself (a padded query row is
-  never empty)."""
+  never empty). `merged_span` (lo, hi), canvas indices on block boundaries: the positions in
+  [lo, hi) attend to each other as one block (Multiple Block Editing's re-opened blocks)."""
   block_BL = positions_BL // block
   visible_BLL = (block_BL[:, None, :] <= block_BL[:, :, None]) & valid_BL[:, None, :]
+  if merged_span is not None:
+    index_L = jnp.arange(positions_BL.shape[1])
+    inside_L = (index_L >= merged_span[0]) & (index_L < merged_span[1])
+    visible_BLL = visible_BLL | (inside_L[:, None] & inside_L[None, :])[None] & valid_BL[:, None]
   return visible_BLL | jnp.eye(positions_BL.shape[1], dtype=bool)[None]
 
 
@@ -231,13 +237,17 @@ class Transformer(nnx.Module):
       return jnp.where(mask_BL, jnp.cumsum(mask_BL, axis=-1) - 1, 1)
     return jnp.broadcast_to(jnp.arange(mask_BL.shape[1]), mask_BL.shape)
 
-  def attention_mask(self, tokens_BL: jax.Array, mask_BL: jax.Array) -> jax.Array:
+  def attention_mask(self, tokens_BL: jax.Array, mask_BL: jax.Array,
+                     merged_span: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
     """The key padding mask [B, L], WeDLM's topological causal mask or the block-causal mask
-    [B, L, L]."""
+    [B, L, L] (with `merged_span`'s blocks attending as one; see `block_causal_mask`)."""
+    if merged_span is not None and not self.config.attention_block:
+      raise ValueError("merged_span needs block-causal attention (ModelConfig.attention_block)")
     if self.config.topological_causal:
       return topological_mask(tokens_BL, mask_BL, self.config.mask_token_id)
     if self.config.attention_block:
-      return block_causal_mask(self.positions(mask_BL), mask_BL, self.config.attention_block)
+      return block_causal_mask(self.positions(mask_BL), mask_BL, self.config.attention_block,
+                               merged_span)
     return mask_BL
 
   def _logits_at(self, x_BTD: jax.Array, start: jax.Array | int, width: int) -> jax.Array:
@@ -255,15 +265,16 @@ class Transformer(nnx.Module):
     return self.forward_with_cache(tokens_BL, mask_BL)[0]
 
   def forward_with_cache(self, tokens_BL: jax.Array, mask_BL: jax.Array | None = None,
-                         start: jax.Array | int = 0, width: int | None = None
+                         start: jax.Array | int = 0, width: int | None = None,
+                         merged_span: tuple[jax.Array, jax.Array] | None = None
                          ) -> tuple[jax.Array, list[KV]]:
     """Logits [B, width, V] of positions [start, start + width) (default: all L) and every
-    layer's keys and values [B, L, K, H]."""
+    layer's keys and values [B, L, K, H]; `merged_span` as in `block_causal_mask`."""
     if mask_BL is None:
       mask_BL = jnp.ones(tokens_BL.shape, bool)
     mask_BL = mask_BL.astype(bool)
     positions_BL = self.positions(mask_BL)
-    attn_mask = self.attention_mask(tokens_BL, mask_BL)
+    attn_mask = self.attention_mask(tokens_BL, mask_BL, merged_span)
     x_BLD = self.embed(tokens_BL)
     cache = []
     for layer in self.layers:
@@ -284,10 +295,12 @@ class Transformer(nnx.Module):
     return self.window_with_cache(tokens_BL, mask_BL, cache, start, width, suffix_length)[0]
 
   def window_with_cache(self, tokens_BL: jax.Array, mask_BL: jax.Array, cache: list[KV],
-                        start: jax.Array, width: int, suffix_length: int | None = None
+                        start: jax.Array, width: int, suffix_length: int | None = None,
+                        merged_span: tuple[jax.Array, jax.Array] | None = None
                         ) -> tuple[jax.Array, list[KV]]:
     """`window`'s logits, and the cache with the recomputed positions' keys and values written
-    in (the block diffusion decoder keeps them: exact under block-causal attention)."""
+    in (the block diffusion decoder keeps them: exact under block-causal attention);
+    `merged_span` as in `block_causal_mask`."""
     shift = int(self.config.shift_logits)
     fresh_from = start - shift
     fresh_W = None
@@ -299,7 +312,7 @@ class Transformer(nnx.Module):
       fresh_W = first + jnp.arange(count) >= fresh_from
     mask_BL = mask_BL.astype(bool)
     positions_BW = jax.lax.dynamic_slice_in_dim(self.positions(mask_BL), first, count, 1)
-    attn_mask = self.attention_mask(tokens_BL, mask_BL)
+    attn_mask = self.attention_mask(tokens_BL, mask_BL, merged_span)
     if attn_mask.ndim == 3:  # the window's query rows
       attn_mask = jax.lax.dynamic_slice_in_dim(attn_mask, first, count, 1)
     x_BWD = self.embed(jax.lax.dynamic_slice_in_dim(tokens_BL, first, count, 1))

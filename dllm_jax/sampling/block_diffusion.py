@@ -89,9 +89,19 @@ where it wrote EOS, its weight then frozen: with EOS the target is over the deco
 the whole canvas. Only the drawn particle is returned (its canvas, cache and tokens), not the
 particle set or the evidence estimate.
 
-Not supported here: token editing combined with a rule other than the default,
-the learned policy's training trace (decoding only), and Multiple Block Editing (re-opening
-finished blocks). LLaDA2.2's insert/delete editing is out of scope.
+Multiple Block Editing (`reopened_blocks` = m > 0, with editing; this project's definition,
+as no public code defines LLaDA2.1's MBE): every step runs a window of the current block and the
+m decoded blocks before it (fewer at the start), attending to each other as one block
+(`merged_span`, so the re-opened blocks see the new one) and to the cache before the window;
+commits are made in the current block, edits anywhere in the window (committed, non-prompt
+tokens); the block is final when it has no mask and the window no edit (or `max_post_steps`).
+At temperature > 0 the window's values are drawn with fresh noise each step. The keys/values of
+the window are recomputed by every pass; the block that leaves the window at an advance gets one
+block-causal pass and the last window one at the end (W tokens), so the cache ends exact; those
+passes are counted in `nfe_B` and `forward_passes` (not with `exact_cache=False`).
+
+Not supported here: token editing combined with a rule other than the default, and the learned
+policy's training trace (decoding only). LLaDA2.2's insert/delete editing is out of scope.
 """
 
 from __future__ import annotations
@@ -133,6 +143,7 @@ class BlockDiffusion:
   editing_threshold: float | None = None
   max_post_steps: int = 16
   num_to_transfer: int = 1
+  reopened_blocks: int = 0  # Multiple Block Editing: finished blocks kept open to edits
   exact_cache: bool = True  # False: every step recomputes the whole canvas (for benchmarks)
   temperature: float = 0.0
   top_p: float | None = None
@@ -148,6 +159,11 @@ class BlockDiffusion:
       raise ValueError(f"editing_threshold must be in [0, 1], got {self.editing_threshold}")
     if self.num_to_transfer < 1 or self.max_post_steps < 0:
       raise ValueError("num_to_transfer must be >= 1 and max_post_steps >= 0")
+    if self.reopened_blocks < 0:
+      raise ValueError(f"reopened_blocks must be >= 0, got {self.reopened_blocks}")
+    if self.reopened_blocks and self.editing_threshold is None:
+      raise ValueError("reopened_blocks (Multiple Block Editing) keeps finished blocks open to "
+                       "token edits; set editing_threshold too")
     if not self.temperature >= 0:
       raise ValueError(f"temperature must be >= 0, got {self.temperature}")
     if self.top_p is not None and not 0 < self.top_p <= 1:
@@ -352,6 +368,11 @@ def _decode(decoder: BlockDiffusion, denoise_fn, params, arrays, policy_params, 
   gen_BL = jnp.arange(L)[None] >= gen_start_B[:, None]
   # Random numbers are drawn over the decoded region (at least a block) and sliced to the window.
   region = max(decoder.gen_length, Bk)
+  # Multiple Block Editing: each step's window E covers the current block and up to `reopen`
+  # blocks before it (never before the first decoded block), W positions, attended as one block
+  # (arrays `_BE`); the current block sits at offset `start - window` in it.
+  reopen = min(decoder.reopened_blocks, num_blocks - first_block - 1)
+  W = (reopen + 1) * Bk
 
   if first_block:
     _, prefix = denoise_fn.with_cache(params, canvas_BL[:, :first_block * Bk],
@@ -372,13 +393,15 @@ def _decode(decoder: BlockDiffusion, denoise_fn, params, arrays, policy_params, 
     cache = jax.tree.map(lambda a: jnp.repeat(a, num_particles, axis=0), cache)
     rows = runs * num_particles
 
-  def block_logits(cache, canvas, start):
-    """The block's logits [B, W, V] and the cache with the block's keys/values."""
+  def block_logits(cache, canvas, start, width=Bk, merged_span=None):
+    """The logits [B, width, V] of positions [start, start + width) (the block) and the cache
+    with their keys/values; `merged_span`: positions attending as one block."""
+    merged = {} if merged_span is None else {"merged_span": merged_span}
     if decoder.exact_cache:
       logits_BWV, cache = denoise_fn.window_with_cache(params, cache, canvas, valid_BL, start,
-                                                       Bk)
+                                                       width, **merged)
     else:
-      logits_BWV = denoise_fn.with_cache(params, canvas, valid_BL, start, Bk)[0]
+      logits_BWV = denoise_fn.with_cache(params, canvas, valid_BL, start, width, **merged)[0]
     logits_BWV = logits_BWV.astype(jnp.float32)
     if rule is not None:  # as the main loop's rules see them
       logits_BWV = logits_BWV.at[..., mask_id].set(-jnp.inf)
@@ -388,13 +411,23 @@ def _decode(decoder: BlockDiffusion, denoise_fn, params, arrays, policy_params, 
     (canvas, cache, block, s, post_B, done_B, nfe, row_steps_B, blocks_B, rollout_B,
      log_w_X) = state
     start = block * Bk
-    logits_BWV, new_cache = block_logits(cache, canvas, start)
+    if reopen:
+      window = jnp.maximum(start - reopen * Bk, first_block * Bk)
+      logits_BEV, new_cache = block_logits(cache, canvas, window, W, (window, start + Bk))
+      logits_BWV = jax.lax.dynamic_slice_in_dim(logits_BEV, start - window, Bk, 1)
+    else:
+      logits_BWV, new_cache = block_logits(cache, canvas, start)
     # RolloutIMH takes a fifth key; IMH keeps its four.
     keys = row_random.step_keys(keys_B, row_steps_B,
                                 5 if isinstance(rule, RolloutIMH) else 4 if imh else 3)
     key_token, key_score, key_select = keys[:3]
     region_start = (block - first_block) * Bk
-    sample_BWV, x0_BW, p_BW = _draw(decoder, logits_BWV, key_token, region_start, region)
+    if reopen:  # values over the window (fresh noise each step), the block's sliced from them
+      drawn_BE = _draw(decoder, logits_BEV, key_token, 0, W)
+      sample_BWV, x0_BW, p_BW = (jax.lax.dynamic_slice_in_dim(a, start - window, Bk, 1)
+                                 for a in drawn_BE)
+    else:
+      sample_BWV, x0_BW, p_BW = _draw(decoder, logits_BWV, key_token, region_start, region)
     tok_BW = jax.lax.dynamic_slice_in_dim(canvas, start, Bk, 1)
     gen_BW = jax.lax.dynamic_slice_in_dim(gen_BL, start, Bk, 1)
     masked_BW = (tok_BW == mask_id) & gen_BW
@@ -403,8 +436,17 @@ def _decode(decoder: BlockDiffusion, denoise_fn, params, arrays, policy_params, 
     edit_BW = jnp.zeros_like(masked_BW)
     if editing:
       post_B = post_B + (~has_mask_B).astype(jnp.int32)
-      edit_BW = (~masked_BW & gen_BW & (p_BW > decoder.editing_threshold) & (x0_BW != tok_BW))
-      final_B = ~has_mask_B & ((post_B > decoder.max_post_steps) | ~edit_BW.any(-1))
+      if reopen:  # edits anywhere in the window up to the current block's end
+        _, x0_BE, p_BE = drawn_BE
+        tok_BE = jax.lax.dynamic_slice_in_dim(canvas, window, W, 1)
+        open_BE = (jax.lax.dynamic_slice_in_dim(gen_BL, window, W, 1)
+                   & (window + jnp.arange(W) < start + Bk)[None] & (tok_BE != mask_id))
+        edit_BE = open_BE & (p_BE > decoder.editing_threshold) & (x0_BE != tok_BE)
+        edits_B = edit_BE.any(-1)
+      else:
+        edit_BW = (~masked_BW & gen_BW & (p_BW > decoder.editing_threshold) & (x0_BW != tok_BW))
+        edits_B = edit_BW.any(-1)
+      final_B = ~has_mask_B & ((post_B > decoder.max_post_steps) | ~edits_B)
     elif rule is None or rule.uses_schedule:
       final_B = ~has_mask_B | (s >= schedule.shape[0])
     else:  # Threshold, LearnedPolicy: the block runs until it is complete
@@ -440,10 +482,25 @@ def _decode(decoder: BlockDiffusion, denoise_fn, params, arrays, policy_params, 
         inputs, _, commit_BW = apply_rule(rule, inputs, key_token, key_score, key_select,
                                           decoder.top_p, decoder.top_k)
         x0_BW = inputs.x0_BG
-    change_BW = (commit_BW | edit_BW) & ~final_B[:, None]
-    canvas = jax.lax.dynamic_update_slice_in_dim(canvas, jnp.where(change_BW, x0_BW, tok_BW),
-                                                 start, 1)
+    if reopen:
+      commit_BE = jax.lax.dynamic_update_slice_in_dim(jnp.zeros_like(edit_BE), commit_BW,
+                                                      start - window, 1)
+      change_BE = (commit_BE | edit_BE) & ~final_B[:, None]
+      canvas = jax.lax.dynamic_update_slice_in_dim(canvas, jnp.where(change_BE, x0_BE, tok_BE),
+                                                   window, 1)
+    else:
+      change_BW = (commit_BW | edit_BW) & ~final_B[:, None]
+      canvas = jax.lax.dynamic_update_slice_in_dim(canvas, jnp.where(change_BW, x0_BW, tok_BW),
+                                                   start, 1)
     advance = final_B.all()
+    recomputed = jnp.bool_(False)
+    if reopen and decoder.exact_cache:
+      # The block that leaves the window gets its keys/values recomputed block-causally (one
+      # B-token pass), so that every block before the window is exact in the cache.
+      leaving = block - reopen
+      recomputed = advance & (leaving >= first_block)
+      new_cache = jax.lax.cond(recomputed, lambda c: block_logits(c, canvas, leaving * Bk)[1],
+                               lambda c: c, new_cache)
     end_BL = jnp.arange(L)[None] < start + Bk
     eos_B = ((canvas == eos_id) & gen_BL & end_BL).any(-1)
     done_before_B = done_B
@@ -451,7 +508,8 @@ def _decode(decoder: BlockDiffusion, denoise_fn, params, arrays, policy_params, 
     zeros = jnp.zeros_like(post_B)
     return (canvas, new_cache, block + advance.astype(block.dtype),
             jnp.where(advance, 0, s + 1), jnp.where(advance, zeros, post_B), done_B,
-            nfe + passes + (jnp.max(rollout_passes_B) if rollouts else 0),
+            nfe + passes + (jnp.max(rollout_passes_B) if rollouts else 0)
+            + recomputed.astype(jnp.int32),
             row_steps_B + (~final_B).astype(jnp.int32),
             blocks_B + (advance & ~done_before_B).astype(jnp.int32), rollout_B + rollout_passes_B,
             log_w_X)
@@ -464,11 +522,18 @@ def _decode(decoder: BlockDiffusion, denoise_fn, params, arrays, policy_params, 
            jnp.zeros(rows, bool), jnp.int32(0), jnp.zeros(rows, jnp.int32),
            jnp.zeros(rows, jnp.int32), jnp.zeros(rows, jnp.int32),
            jnp.zeros(rows))  # SMC: each particle's log weight since its run last resampled
-  canvas, cache, _, _, _, _, nfe, row_steps_B, blocks_B, rollout_B, log_w_X = (
+  canvas, cache, end_block, _, _, _, nfe, row_steps_B, blocks_B, rollout_B, log_w_X = (
       jax.lax.while_loop(not_finished, step, state))
   # A row's own forward count: its steps with the block still open, plus each block's closing
   # step (what decoding that row alone would take), plus its rollout passes (RolloutIMH).
   nfe_B = passes * (row_steps_B + blocks_B) + rollout_B
+  if reopen and decoder.exact_cache:
+    # The last window's keys/values recomputed block-causally (one W-token pass), so the
+    # returned cache is exact; a row's count adds the blocks that left its window, and this.
+    last = jnp.maximum(end_block - 1 - reopen, first_block) * Bk
+    cache = block_logits(cache, canvas, last, W)[1]
+    nfe = nfe + 1
+    nfe_B = nfe_B + jnp.maximum(blocks_B - reopen, 0) + 1
   if not smc:
     return canvas, cache, nfe, nfe_B
   # SMC: one particle per run drawn by its final weight; a run's count is its particles' sum

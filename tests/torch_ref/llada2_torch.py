@@ -206,10 +206,14 @@ class LLaDA2(nn.Module):
     return self.lm_head(self.model.norm(x)).float(), chosen
 
 
-def block_causal(positions, valid, block: int):
-  """[B, L, L]: key j visible to query i iff block(j) <= block(i) and j is real (+ self)."""
+def block_causal(positions, valid, block: int, merged: tuple[int, int] | None = None):
+  """[B, L, L]: key j visible to query i iff block(j) <= block(i) and j is real (+ self); the
+  positions in `merged` = [lo, hi) also see each other (one block)."""
   blk = positions // block
   visible = (blk[:, None, :] <= blk[:, :, None]) & valid[:, None, :]
+  if merged is not None:
+    inside = (positions[0] >= merged[0]) & (positions[0] < merged[1])
+    visible = visible | ((inside[:, None] & inside[None, :])[None] & valid[:, None, :])
   return visible | torch.eye(positions.shape[1], dtype=torch.bool, device=positions.device)[None]
 
 
@@ -222,12 +226,18 @@ def _schedule(block_length: int, steps: int) -> list[int]:
 def generate(model: LLaDA2, prompt: list[int], *, gen_length: int, block_length: int = 32,
              steps: int = 32, threshold: float = 0.95, mask_id: int, eos_id: int,
              editing_threshold: float | None = None, max_post_steps: int = 16,
-             num_to_transfer: int = 1) -> tuple[list[int], int]:
+             num_to_transfer: int = 1, reopened_blocks: int = 0) -> tuple[list[int], int]:
   """The official generate at temperature 0 for one prompt, recomputing the canvas each step:
   LLaDA2.0's (threshold with the scheduled fallback; stops after the block holding an EOS) or,
   with `editing_threshold`, LLaDA2.1's (one committed token minimum per step, plus edits of
   committed tokens; decodes every block). Returns the tokens after the prompt up to and
-  including the first EOS, and the number of forward passes. Runs on the model's device."""
+  including the first EOS, and the number of forward passes. Runs on the model's device.
+
+  `reopened_blocks` > 0 is not official code (no public implementation of LLaDA2.1's Multiple
+  Block Editing was found): it is this project's definition, written plainly as the test
+  reference of `BlockDiffusion.reopened_blocks`: every step runs the canvas up to the current
+  block with the current block and the `reopened_blocks` decoded blocks before it attending as
+  one block, and edits committed, non-prompt tokens anywhere in those blocks."""
   device = next(model.parameters()).device
   P = len(prompt)
   num_blocks = (P + gen_length + block_length - 1) // block_length
@@ -239,13 +249,19 @@ def generate(model: LLaDA2, prompt: list[int], *, gen_length: int, block_length:
                              block_length)
   schedule = _schedule(block_length, min(steps, gen_length))
   forwards = 0
-  for b in range(P // block_length, num_blocks):
+  first = P // block_length
+  for b in range(first, num_blocks):
     end = (b + 1) * block_length
     start = end - block_length
-    fixed = torch.arange(start, end, device=device) < P  # prompt positions inside the block
+    lo = max(b - reopened_blocks, first) * block_length  # the window's first position
+    visible = visible_all if lo == start else block_causal(
+        positions, torch.ones(1, total, dtype=torch.bool, device=device), block_length,
+        (lo, end))
+    fixed = torch.arange(lo, end, device=device) < P  # prompt positions inside the window
     step, post = 0, 0
     while True:
-      old = x[0, start:end].clone()
+      window_old = x[0, lo:end].clone()
+      old = window_old[start - lo:]
       masked = old == mask_id
       if editing_threshold is None:
         if not masked.any() or step >= len(schedule):
@@ -254,10 +270,10 @@ def generate(model: LLaDA2, prompt: list[int], *, gen_length: int, block_length:
         post += int(not masked.any())
         if post > max_post_steps:
           break
-      logits = model(x[:, :end], positions[:, :end], visible_all[:, :end, :end])[0][0, start:end]
+      logits = model(x[:, :end], positions[:, :end], visible[:, :end, :end])[0][0, lo:end]
       forwards += 1
-      probs = logits.softmax(-1)
-      x0_p, x0 = probs.max(-1)
+      window_p, window_x0 = logits.softmax(-1).max(-1)
+      x0_p, x0 = window_p[start - lo:], window_x0[start - lo:]
       n = schedule[step] if editing_threshold is None else num_to_transfer
       commit = torch.zeros(block_length, dtype=torch.bool, device=device)
       if masked.any():
@@ -267,11 +283,12 @@ def generate(model: LLaDA2, prompt: list[int], *, gen_length: int, block_length:
           commit = high
         else:
           commit[confidence.topk(min(n, int(masked.sum()))).indices] = True
-      edit = torch.zeros(block_length, dtype=torch.bool, device=device)
+      edit = torch.zeros(end - lo, dtype=torch.bool, device=device)
       if editing_threshold is not None:
-        editable = ~masked & ~fixed
-        edit = editable & (x0_p > editing_threshold) & (x0 != old)
-      x[0, start:end] = torch.where(commit | edit, x0, old)
+        editable = (window_old != mask_id) & ~fixed
+        edit = editable & (window_p > editing_threshold) & (window_x0 != window_old)
+      commit = torch.cat([torch.zeros(start - lo, dtype=torch.bool, device=device), commit])
+      x[0, lo:end] = torch.where(commit | edit, window_x0, window_old)
       step += 1
       if editing_threshold is not None and not masked.any() and not edit.any():
         break
