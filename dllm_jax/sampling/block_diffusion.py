@@ -94,11 +94,12 @@ as no public code defines LLaDA2.1's MBE): every step runs a window of the curre
 m decoded blocks before it (fewer at the start), attending to each other as one block
 (`merged_span`, so the re-opened blocks see the new one) and to the cache before the window;
 commits are made in the current block, edits anywhere in the window (committed, non-prompt
-tokens); the block is final when it has no mask and the window no edit (or `max_post_steps`).
-At temperature > 0 the window's values are drawn with fresh noise each step. The keys/values of
-the window are recomputed by every pass; the block that leaves the window at an advance gets one
-block-causal pass and the last window one at the end (W tokens), so the cache ends exact; those
-passes are counted in `nfe_B` and `forward_passes` (not with `exact_cache=False`).
+tokens; in the re-opened blocks never to the mask token, which nothing would fill); the block is
+final when it has no mask and the window no edit (or `max_post_steps`). At temperature > 0 the
+window's values are drawn with fresh noise each step. The keys/values of the window are
+recomputed by every pass; the block that leaves the window at an advance gets one block-causal
+pass and the last window one at the end (W tokens), so the cache ends exact; those passes are
+counted in `nfe_B` and `forward_passes` (not with `exact_cache=False`).
 
 Not supported here: token editing combined with a rule other than the default, and the learned
 policy's training trace (decoding only). LLaDA2.2's insert/delete editing is out of scope.
@@ -439,8 +440,11 @@ def _decode(decoder: BlockDiffusion, denoise_fn, params, arrays, policy_params, 
       if reopen:  # edits anywhere in the window up to the current block's end
         _, x0_BE, p_BE = drawn_BE
         tok_BE = jax.lax.dynamic_slice_in_dim(canvas, window, W, 1)
+        index_E = window + jnp.arange(W)
         open_BE = (jax.lax.dynamic_slice_in_dim(gen_BL, window, W, 1)
-                   & (window + jnp.arange(W) < start + Bk)[None] & (tok_BE != mask_id))
+                   & (index_E < start + Bk)[None] & (tok_BE != mask_id))
+        # A re-opened block is never edited back to the mask token (nothing would fill it).
+        open_BE = open_BE & ((index_E >= start)[None] | (x0_BE != mask_id))
         edit_BE = open_BE & (p_BE > decoder.editing_threshold) & (x0_BE != tok_BE)
         edits_B = edit_BE.any(-1)
       else:

@@ -237,7 +237,8 @@ def generate(model: LLaDA2, prompt: list[int], *, gen_length: int, block_length:
   Block Editing was found): it is this project's definition, written plainly as the test
   reference of `BlockDiffusion.reopened_blocks`: every step runs the canvas up to the current
   block with the current block and the `reopened_blocks` decoded blocks before it attending as
-  one block, and edits committed, non-prompt tokens anywhere in those blocks."""
+  one block, and edits committed, non-prompt tokens anywhere in those blocks (in the earlier
+  blocks never to the mask token)."""
   device = next(model.parameters()).device
   P = len(prompt)
   num_blocks = (P + gen_length + block_length - 1) // block_length
@@ -286,6 +287,7 @@ def generate(model: LLaDA2, prompt: list[int], *, gen_length: int, block_length:
       edit = torch.zeros(end - lo, dtype=torch.bool, device=device)
       if editing_threshold is not None:
         editable = (window_old != mask_id) & ~fixed
+        editable[:start - lo] &= window_x0[:start - lo] != mask_id  # re-opened: never to a mask
         edit = editable & (window_p > editing_threshold) & (window_x0 != window_old)
       commit = torch.cat([torch.zeros(start - lo, dtype=torch.bool, device=device), commit])
       x[0, lo:end] = torch.where(commit | edit, window_x0, window_old)

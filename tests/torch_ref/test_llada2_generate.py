@@ -127,6 +127,21 @@ def test_multiple_block_editing_equals_its_reference(tiny):
     bd.BlockDiffusion(gen_length=8, block_length=4, reopened_blocks=1)
 
 
+def test_reopened_blocks_are_never_edited_back_to_the_mask(tmp_path):
+  """Sampling, an edit may draw the mask token (the official rule does not forbid it in the
+  current block, where the next steps fill it); in a re-opened block nothing would fill it.
+  With these weights and key, row 2 draws it in a re-opened block (the test fails without the
+  guard)."""
+  cfg = lf.llada2_hf_config()
+  config, params = lf.jax_params(cfg, lf.llada2_tensors(cfg, seed=9), tmp_path)
+  tokens, mask = _batch()
+  hot = bd.BlockDiffusion(gen_length=12, block_length=4, steps=4, threshold=0.6,
+                          editing_threshold=0.2, reopened_blocks=1, temperature=0.8, top_k=5)
+  drawn = bd.generate_blocks(hot, make_denoise(config), params, tokens, mask, mask_id=150,
+                             eos_id=159, pad_id=151, rng=jax.random.key(3))
+  assert (drawn.tokens != 150).all(), drawn.tokens
+
+
 def test_block_length_must_match_the_model(tiny):
   config, params, _ = tiny
   tokens, mask = _batch()
