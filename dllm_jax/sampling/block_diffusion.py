@@ -415,7 +415,6 @@ def _decode(decoder: BlockDiffusion, denoise_fn, params, arrays, policy_params, 
     if reopen:
       window = jnp.maximum(start - reopen * Bk, first_block * Bk)
       logits_BEV, new_cache = block_logits(cache, canvas, window, W, (window, start + Bk))
-      logits_BWV = jax.lax.dynamic_slice_in_dim(logits_BEV, start - window, Bk, 1)
     else:
       logits_BWV, new_cache = block_logits(cache, canvas, start)
     # RolloutIMH takes a fifth key; IMH keeps its four.
