@@ -9,15 +9,14 @@ MoE layer >= 10x the dense oracle at 256 experts. Random weights: the decoder co
 scheduled token per step (threshold 0.95 is never met), so both sides make the same number of
 forward passes.
 
-Measured (2 shared CPU cores, medians; the README's block diffusion speed paragraph has the rest):
-the defaults (width 256, 4 layers; MoE 512 tokens), load 5-7: cache 4.81x (2.34 s vs 11.3 s),
-MoE tiled 8.8x the dense oracle (0.056 s vs 0.49 s; 11.2x by best times), ragged_dot 0.20x.
---hidden_size=128 --num_layers=2 --repeats=3 --moe_tokens=256 at load ~8: cache 2.90x (1.50 s
-vs 4.35 s, same tokens). --parts=moe --moe_tokens=256 (width 256, 10 calls per path, load ~8):
-tiled 6.1x the dense oracle (0.059 s vs 0.36 s; 12.8x by best times), ragged_dot 0.18x (2.04 s:
-XLA:CPU masks the rows over all experts).
---parts=moe --moe_width=2048 --moe_expert_width=512 --moe_paths=tiled,dense (LLaDA2.0-mini's
-layer): tiled 6.1x at 256 tokens (2.64 s vs 16.0 s), 9.9x at 1024 tokens (2.90 s vs 28.7 s).
+Measured (2 CPU cores, medians; the README's block diffusion speed paragraph has the rest): the
+cache defaults (width 256, 4 layers), load 5-7: cache 4.81x (2.34 s vs 11.3 s);
+--hidden_size=128 --num_layers=2 --repeats=3 at load ~8: 2.90x (1.50 s vs 4.35 s, same tokens).
+--parts=moe --moe_repeats=20 (512 tokens, width 256), load ~1.9, three runs: tiled 11.6x, 11.8x,
+11.3x the dense oracle (e.g. 0.020 s vs 0.234 s), ragged_dot 0.20-0.22x (XLA:CPU masks the rows
+over all experts); --moe_tokens=32/128/256/2048: 4.8x/6.9x/8.9x/14.5x; --moe_width=2048
+--moe_expert_width=512 --moe_paths=tiled,dense (LLaDA2.0-mini's layer): 8.3x at 256 tokens
+(0.675 s vs 5.63 s), 14.8x at 1024 (0.906 s vs 13.4 s).
 """
 
 from __future__ import annotations
@@ -106,7 +105,7 @@ def moe_paths() -> dict:
   outs = {path: np.asarray(fn(state, x)) for path, fn in fns.items()}
   times = benchlib.time_interleaved(
       {path: functools.partial(lambda fn: fn(state, x).block_until_ready(), fn)
-       for path, fn in fns.items()}, _MOE_REPEATS.value)
+       for path, fn in fns.items()}, _MOE_REPEATS.value, untimed_before=1)
   result = {"experts": _EXPERTS.value, "tokens": _TOKENS.value, "width": width,
             "expert_width": expert_width, "times": times}
   if "dense" in fns:

@@ -26,8 +26,10 @@ from dllm_jax.models import ModelConfig
 
 
 def time_interleaved(fns: dict[str, Callable[[], Any]], repeats: int,
-                     warmup: int = 1) -> dict[str, dict[str, Any]]:
-  """Seconds per call of each function, called alternately; each must block until done."""
+                     warmup: int = 1, untimed_before: int = 0) -> dict[str, dict[str, Any]]:
+  """Seconds per call of each function, called alternately; each must block until done.
+  `untimed_before` calls of the same function precede each timed call, so that a short call is
+  not timed on the caches that the previous function left."""
   for _ in range(warmup):
     for fn in fns.values():
       fn()
@@ -38,6 +40,8 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], repeats: int,
     if r % 2:
       order.reverse()
     for name, fn in order:
+      for _ in range(untimed_before):
+        fn()
       start = time.perf_counter()
       fn()
       samples[name].append(time.perf_counter() - start)

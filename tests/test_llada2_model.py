@@ -16,7 +16,7 @@ from dllm_jax import checkpoint, sharding
 from dllm_jax import models
 from dllm_jax.models import safetensors_io
 from dllm_jax.models.config import from_hf_config
-from dllm_jax.models.moe import MoE, group_limited_top_k, tile_layout, tile_rows
+from dllm_jax.models.moe import MoE, capacity_rows, group_limited_top_k, tile_rows
 from dllm_jax.models.safetensors_io import CheckpointError
 from tests import hf_fixtures as fx
 from tests import llada2_fixtures as lf
@@ -61,6 +61,20 @@ def test_routing_matches_a_plain_loop_and_the_layer_matches_dense():
   np.testing.assert_allclose(np.asarray(auto), np.asarray(dense), atol=1e-5, rtol=1e-5)
 
 
+def test_group_limited_top_k_breaks_ties_to_the_lower_index():
+  """Scores on a coarse grid (many equal group scores and equal entries): the chosen experts
+  equal a plain loop that ranks groups, then experts, by score and then by lower index."""
+  rng = np.random.default_rng(4)
+  scores = np.round(rng.uniform(0, 1, (300, 32)) * 4) / 4
+  got = np.asarray(jax.jit(group_limited_top_k, static_argnums=(1, 2, 3))(
+      jnp.asarray(scores, jnp.float32), 4, 8, 3))
+  for t, s in enumerate(scores):
+    group_score = [sum(sorted(s[g * 4:(g + 1) * 4])[-2:]) for g in range(8)]
+    kept = sorted(range(8), key=lambda g: (-group_score[g], g))[:3]
+    candidates = [e for e in range(32) if e // 4 in kept]
+    np.testing.assert_array_equal(got[t], sorted(candidates, key=lambda e: (-s[e], e))[:4])
+
+
 def _routing(kind, T, E, K, rng):
   """Chosen experts [T, K] (distinct per token) with a given group-size pattern."""
   if kind == "uneven":  # a few crowded experts, many with zero or one row
@@ -73,7 +87,9 @@ def _routing(kind, T, E, K, rng):
   return np.stack([rng.choice(E, K, replace=False) for _ in range(T)])
 
 
-_TILES = (1, 3, 8, 64)
+# (tile, capacity) of the CPU kernel: loop only; batched only for small groups; both, with the
+# capacity below, equal to and above group sizes and tiles that overrun the groups.
+_TILED = ((1, 0), (3, 0), (64, 0), (8, 1), (3, 2), (4, 8), (1, 23), (2, 64))
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +103,9 @@ def all_expert_paths():
   def run(x, chosen, weights):
     out = {path: layer.experts(x, chosen, weights, path)
            for path in ("dense", "ragged_dot", "tiled", "auto")}
-    for tile in _TILES:
-      out[f"tile {tile}"] = layer._experts_tiled(x, chosen, weights, tile)  # pylint: disable=protected-access
+    for tile, capacity in _TILED:
+      experts_tiled = layer._experts_tiled  # pylint: disable=protected-access
+      out[f"tile {tile} capacity {capacity}"] = experts_tiled(x, chosen, weights, tile, capacity)
     return out
   return config, run
 
@@ -96,7 +113,8 @@ def all_expert_paths():
 @pytest.mark.parametrize("kind", ["uniform", "uneven", "one expert", "three experts"])
 def test_tiled_and_ragged_paths_match_the_dense_oracle(kind, all_expert_paths):
   """Both grouped-matmul paths == every expert on every token (float32, 1e-5), for group sizes
-  from empty to all tokens, with tiles smaller than, equal to and larger than the groups."""
+  from empty to all tokens, with every split of rows between the CPU kernel's batched matmul
+  and its loop."""
   config, run = all_expert_paths
   rng = np.random.default_rng(0)
   T = 23
@@ -106,30 +124,17 @@ def test_tiled_and_ragged_paths_match_the_dense_oracle(kind, all_expert_paths):
          run(jax.random.normal(jax.random.key(6), (T, config.hidden_size)), chosen,
              weights).items()}
   assert np.abs(out["dense"]).max() > 1e-3
-  for path in ("ragged_dot", "tiled") + tuple(f"tile {t}" for t in _TILES):
+  for path in ("ragged_dot", "tiled") + tuple(f"tile {t} capacity {c}" for t, c in _TILED):
     np.testing.assert_allclose(out[path], out["dense"], atol=1e-5, rtol=1e-5, err_msg=str(path))
-  # On CPU "auto" compiles the tiled loop (bit for bit; ragged_dot rounds differently).
+  # On CPU "auto" compiles the tiled kernel (bit for bit; ragged_dot rounds differently).
   np.testing.assert_array_equal(out["auto"], out["tiled"])
 
 
-def test_tile_layout_against_a_loop():
-  """Padded slots and each expert's tiles equal a plain Python construction, and the static tile
-  bound holds at its worst case (every nonempty group one row past a multiple of the tile)."""
-  for sizes, tile in [([0, 5, 0, 0, 1, 9], 4), ([5, 5, 5], 4), ([0, 0, 7], 1), ([3], 8)]:
-    experts = np.repeat(np.arange(len(sizes)), sizes)
-    slot, first_tile, tiles, bound = jax.jit(tile_layout, static_argnums=(1, 2))(
-        jnp.asarray(experts, jnp.int32), len(sizes), tile)
-    want_slot, want_first, want_tiles, used = [], [], [], 0
-    for s in sizes:
-      want_slot += list(range(used * tile, used * tile + s))
-      want_first.append(used)
-      want_tiles.append(-(-s // tile))
-      used += want_tiles[-1]
-    assert used <= bound
-    np.testing.assert_array_equal(np.asarray(slot), want_slot)
-    np.testing.assert_array_equal(np.asarray(first_tile), want_first)
-    np.testing.assert_array_equal(np.asarray(tiles), want_tiles)
+def test_tile_and_capacity_sizes():
   assert tile_rows(256 * 8, 256) == 8 and tile_rows(40, 256) == 1 and tile_rows(10**6, 8) == 64
+  # Mean group 16 or less: twice the tile in the batched matmul; above it, the loop only.
+  assert capacity_rows(512 * 8, 256) == 32 and capacity_rows(32 * 8, 256) == 2
+  assert capacity_rows(40, 256) == 2 and capacity_rows(1024 * 8, 256) == 0
 
 
 def test_unknown_expert_path_is_refused():
