@@ -132,9 +132,9 @@ def test_tiled_and_ragged_paths_match_the_dense_oracle(kind, all_expert_paths):
 
 def test_tile_and_capacity_sizes():
   assert tile_rows(256 * 8, 256) == 8 and tile_rows(40, 256) == 1 and tile_rows(10**6, 8) == 64
-  # Mean group above 1 and at most 16: twice the tile in the batched matmul; else the loop only.
-  assert capacity_rows(512 * 8, 256) == 32 and capacity_rows(33 * 8, 256) == 4
-  assert capacity_rows(32 * 8, 256) == 0 and capacity_rows(1024 * 8, 256) == 0
+  # Mean group 1 to 16: twice the tile in the batched matmul; else the loop only.
+  assert capacity_rows(512 * 8, 256) == 32 and capacity_rows(32 * 8, 256) == 2
+  assert capacity_rows(31 * 8, 256) == 0 and capacity_rows(1024 * 8, 256) == 0
 
 
 def test_unknown_expert_path_is_refused():

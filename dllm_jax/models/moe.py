@@ -23,14 +23,14 @@ T*k rows instead of the T*E of computing every expert on every token. Two exact 
 * "tiled" (CPU): XLA:CPU runs a batched matmul over experts on one core, at about a third of
   a plain matmul's FLOP rate on two (60-86 against 206 GFLOP/s, measured at [256, C, 256] x
   [256, 256, 64]), and each loop iteration has a fixed cost that small matmuls do not hide, so
-  the kernel splits the rows. Each expert's first `capacity` rows go into one [E, capacity] batched SwiGLU (empty
-  slots read a zero row); the rows past them run in a `fori_loop` over the experts that have
-  any (in increasing order), in tiles of C rows sliced from the sorted rows, the expert's
-  weights sliced once per expert (on CPU the slice is a copy). A tile that runs past its group
-  writes into later experts' rows, which their own expert writes again, so no masking is
-  needed. `capacity_rows` puts twice the tile (C: `tile_rows`) in the batched part while the
-  mean group is above 1 and at most 16 rows, so the loop is rarely entered on balanced routings;
-  outside that range all rows go to the loop, which was faster there (measured; `capacity_rows`).
+  the kernel splits the rows. Each expert's first `capacity` rows go into one [E, capacity]
+  batched SwiGLU (empty slots read a zero row); the rows past them run in a `fori_loop` over
+  the experts that have any (in increasing order), in tiles of C rows sliced from the sorted
+  rows, the expert's weights sliced once per expert (on CPU the slice is a copy). A tile that
+  runs past its group writes into later experts' rows, which their own expert writes again, so
+  no masking is needed. `capacity_rows` puts twice the tile (C: `tile_rows`) in the batched
+  part while the mean group is 1 to 16 rows, so the loop is rarely entered on balanced
+  routings; outside that range all rows go to the loop, which was faster there (measured).
   Under expert sharding XLA gathers the expert weights for the loop's dynamic index, so on a
   CPU mesh the experts' memory is not split (correct, tested; CPU meshes are for tests).
 
@@ -82,16 +82,16 @@ def tile_rows(rows: int, experts: int) -> int:
 
 
 def capacity_rows(rows: int, experts: int) -> int:
-  """Rows per expert of the CPU kernel's batched matmul: twice the tile when there are more rows
-  than experts and the mean group is at most 16 rows, else 0 (all rows go through the loop,
-  which reads only the busy experts' weights). Measured (medians of 11 calls of routing and
-  experts, ms, 256 experts, top 8, width 256, expert width 64; capacity 0 / twice the tile):
-  4 tokens 0.7 / 2.4; 16 tokens 2.4 / 3.0; 32 tokens 5.4 / 5.1; (0 / tile / twice the tile)
-  128 tokens 12.9 / 12.0 / 9.6; 512 tokens 26.8 / 23.9 / 20.9; 1024 tokens 43.5 / 37.7
-  / 56.4; 2048 tokens 96 / 99 / 125; at width 2048, expert width 512, 256 tokens 630 / 915 /
-  629 (3 calls)."""
+  """Rows per expert of the CPU kernel's batched matmul: twice the tile when there are at least
+  as many rows as experts and the mean group is at most 16 rows, else 0 (all rows go through
+  the loop, which reads only the busy experts' weights). Measured: medians of routing and
+  experts in ms (11 calls; 31 at 32 and 64 tokens), 256 experts, top 8, width 256, expert width
+  64, at capacity 0 / the tile / twice the tile: 4 tokens 0.7 / - / 2.4; 16 tokens 2.9 / - / 3.4;
+  32 tokens 5.5 / - / 4.8; 64 tokens 7.1 / 6.3 / 4.7; 128 tokens 12.9 / 12.0 / 9.6; 512 tokens
+  26.8 / 23.9 / 20.9; 1024 tokens 43.5 / 37.7 / 56.4; 2048 tokens 96 / 99 / 125; at width 2048,
+  expert width 512, 256 tokens 630 / 915 / 629 (3 calls)."""
   mean = -(-rows // experts)
-  return 2 * tile_rows(rows, experts) if experts < rows and mean <= 16 else 0
+  return 2 * tile_rows(rows, experts) if experts <= rows and mean <= 16 else 0
 
 
 EXPERT_PATHS = ("auto", "tiled", "ragged_dot", "dense")
