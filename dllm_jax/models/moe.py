@@ -190,17 +190,6 @@ class MoE(nnx.Module):
     x_SD = jnp.concatenate([x_TD.astype(dtype), jnp.zeros((1, D), dtype)])
     token_X = order_X // K
     gate_EDF, up_EDF, down_EFD = self.gate_kernel[...], self.up_kernel[...], self.down_kernel[...]
-    batched_ECD = None
-    if capacity:
-      slot_C = jnp.arange(capacity)
-      token_EC = jnp.where(slot_C < sizes_E[:, None],
-                           token_X[jnp.minimum(start_E[:, None] + slot_C, X - 1)], T)
-      x_ECD = x_SD[token_EC]
-      gate_ECF, up_ECF = (jnp.einsum("ecd,edf->ecf", x_ECD, w.astype(dtype))
-                          for w in (gate_EDF, up_EDF))
-      batched_ECD = jnp.einsum("ecf,efd->ecd", jax.nn.silu(gate_ECF) * up_ECF,
-                               down_EFD.astype(dtype))
-
     rest_E = jnp.maximum(sizes_E - capacity, 0)
     busy_B = jnp.nonzero(rest_E, size=min(E, X // (capacity + 1)), fill_value=0)[0]
     token_pad_X = jnp.concatenate([token_X, jnp.full((tile,), T, token_X.dtype)])
@@ -220,10 +209,18 @@ class MoE(nnx.Module):
 
     looped_XD = jax.lax.fori_loop(0, jnp.sum(rest_E > 0), run_expert,
                                   jnp.zeros((X + tile, D), dtype))
-    flat_X = chosen_TK.reshape(-1)
-    rank_X = position_X - start_E[flat_X]
     rows_XD = looped_XD[position_X]
-    if batched_ECD is not None:
+    if capacity:
+      slot_C = jnp.arange(capacity)
+      token_EC = jnp.where(slot_C < sizes_E[:, None],
+                           token_X[jnp.minimum(start_E[:, None] + slot_C, X - 1)], T)
+      x_ECD = x_SD[token_EC]
+      gate_ECF, up_ECF = (jnp.einsum("ecd,edf->ecf", x_ECD, w.astype(dtype))
+                          for w in (gate_EDF, up_EDF))
+      batched_ECD = jnp.einsum("ecf,efd->ecd", jax.nn.silu(gate_ECF) * up_ECF,
+                               down_EFD.astype(dtype))
+      flat_X = chosen_TK.reshape(-1)
+      rank_X = position_X - start_E[flat_X]
       batched_XD = batched_ECD.reshape(E * capacity, D)[
           flat_X * capacity + jnp.minimum(rank_X, capacity - 1)]
       rows_XD = jnp.where((rank_X < capacity)[:, None], batched_XD, rows_XD)
